@@ -1,0 +1,70 @@
+# Two commands matter (README): `make demo` and `make test`. Both install what they need.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+HOSTS ?= 2
+SANDBOX := $(PY) -m autoglm_infra.testbed.hosts
+APT_PACKAGES := debootstrap systemd-container iptables zstd openssh-client gnupg dpkg-dev apt-utils vagrant
+export DEBIAN_FRONTEND := noninteractive
+
+.PHONY: help deps venv lint typecheck unit integration test demo sandbox sandbox-down bench docs clean
+
+help:
+	@echo "make demo          converge two throw-away sandbox hosts end to end, twice"
+	@echo "make test          lint, type check, unit and sandbox integration tests"
+	@echo "make sandbox HOSTS=n / make sandbox-down   boot / remove sandbox hosts"
+	@echo "make bench         no-op re-run and fan-out benchmarks"
+	@echo "make docs          regenerate the README variable table and group_data/all.py"
+
+# Host tools (root, Debian 12). The stamp keys on the package list so edits re-run it.
+.make/deps-$(shell echo '$(APT_PACKAGES)' | sha1sum | cut -c1-12):
+	@mkdir -p .make
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then echo "installing: $$missing"; apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; fi
+	@touch $@
+deps: .make/deps-$(shell echo '$(APT_PACKAGES)' | sha1sum | cut -c1-12)
+
+$(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@rm -f $(VENV)/.installed-*; touch $@
+venv: $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m autoglm_infra.config.docs --check
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+unit: venv deps
+	$(VENV)/bin/pytest -q -m "not sandbox"
+
+integration: venv deps
+	$(VENV)/bin/pytest -q -m sandbox
+
+# One pytest session, so the sandbox hosts and stand-ins boot once for the whole run.
+test: lint typecheck deps
+	$(VENV)/bin/pytest -q
+
+demo: venv deps
+	$(PY) -m autoglm_infra.testbed.demo
+
+sandbox: venv deps
+	$(SANDBOX) up --name demo --net 1 --hosts $(HOSTS) --inventory inventories/sandbox.py
+
+sandbox-down: venv
+	$(SANDBOX) down --name demo
+
+bench: venv deps
+	$(PY) bench/noop_rerun.py
+	$(PY) bench/fanout.py
+
+docs: venv
+	$(PY) -m autoglm_infra.config.docs --write
+
+clean: sandbox-down
+	rm -rf .make .pytest_cache .mypy_cache .ruff_cache

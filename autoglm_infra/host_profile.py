@@ -1,0 +1,132 @@
+"""What a host is, read in ONE remote command: OS, CPU, RAM, disk, NVIDIA GPUs, driver.
+
+The probe is a POSIX shell script (no python needed on the host) that prints key=value
+lines; `parse_host_profile` turns them into a typed profile. Pure: no pyinfra import.
+GPUs are found through sysfs (PCI vendor 0x10de, display class 0x03xxxx), which works
+before any driver is installed.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+
+_EFI_SECURE_BOOT = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-e0a9e5c2c1b0"
+
+
+@dataclass(frozen=True)
+class PciGpu:
+    address: str  # 0000:65:00.0
+    device_id: str  # 0x2330
+    pci_class: str  # 0x030200
+
+
+@dataclass(frozen=True)
+class HostProfile:
+    os_id: str = ""
+    os_version: str = ""
+    arch: str = ""
+    kernel: str = ""
+    cpus: int = 0
+    mem_kib: int = 0
+    disk_path: str = ""
+    disk_free_kib: int = 0
+    gpus: tuple[PciGpu, ...] = ()
+    nvidia_module_version: str = ""  # loaded kernel module (/sys/module/nvidia/version)
+    secure_boot: str = "unknown"  # on | off | unknown (no EFI)
+    systemd_booted: bool = False
+    virtualization: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def mem_gib(self) -> float:
+        return self.mem_kib / 1024 / 1024
+
+    @property
+    def disk_free_gib(self) -> float:
+        return self.disk_free_kib / 1024 / 1024
+
+
+def probe_script(disk_path: str) -> str:
+    """Shell script whose output `parse_host_profile` reads; `disk_path` may not exist yet."""
+    path = shlex.quote(disk_path)
+    return "; ".join(
+        [
+            "export LC_ALL=C",
+            "[ -r /etc/os-release ] && . /etc/os-release",
+            'echo "os_id=${ID:-}"',
+            'echo "os_version=${VERSION_ID:-}"',
+            'echo "arch=$(uname -m)"',
+            'echo "kernel=$(uname -r)"',
+            'echo "cpus=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN)"',
+            "awk '/^MemTotal:/{print \"mem_kib=\" $2}' /proc/meminfo",
+            # nearest existing parent of the model directory: that is where it will live
+            f'p={path}; while [ ! -e "$p" ] && [ "$p" != / ]; do p=$(dirname "$p"); done',
+            'echo "disk_path=$p"',
+            'df -Pk "$p" | awk \'NR==2{print "disk_free_kib=" $4}\'',
+            "for d in /sys/bus/pci/devices/*; do"
+            ' [ "$(cat $d/vendor 2>/dev/null)" = 0x10de ] || continue;'
+            " c=$(cat $d/class); case $c in 0x03*)"
+            ' echo "gpu=${d##*/} $(cat $d/device) $c";; esac; done',
+            "[ -r /sys/module/nvidia/version ]"
+            ' && echo "nvidia_module=$(cat /sys/module/nvidia/version)"',
+            f"if [ -r {_EFI_SECURE_BOOT} ]; then"
+            f" sb=$(od -An -tu1 {_EFI_SECURE_BOOT} | awk '{{print $NF}}');"
+            ' [ "$sb" = 1 ] && echo secure_boot=on || echo secure_boot=off; fi',
+            "[ -d /run/systemd/system ] && echo systemd=yes",
+            'echo "virt=$(systemd-detect-virt 2>/dev/null || true)"',
+            "true",
+        ]
+    )
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        return 0
+
+
+def parse_host_profile(lines: list[str]) -> HostProfile:
+    values: dict[str, str] = {}
+    gpus: list[PciGpu] = []
+    for line in lines:
+        key, sep, value = line.strip().partition("=")
+        if not sep:
+            continue
+        if key == "gpu":
+            parts = value.split()
+            if len(parts) == 3:
+                gpus.append(PciGpu(parts[0], parts[1].lower(), parts[2].lower()))
+            continue
+        values[key] = value.strip()
+    known = {
+        "os_id",
+        "os_version",
+        "arch",
+        "kernel",
+        "cpus",
+        "mem_kib",
+        "disk_path",
+        "disk_free_kib",
+        "nvidia_module",
+        "secure_boot",
+        "systemd",
+        "virt",
+    }
+    return HostProfile(
+        os_id=values.get("os_id", ""),
+        os_version=values.get("os_version", ""),
+        arch=values.get("arch", ""),
+        kernel=values.get("kernel", ""),
+        cpus=_int(values.get("cpus", "0")),
+        mem_kib=_int(values.get("mem_kib", "0")),
+        disk_path=values.get("disk_path", ""),
+        disk_free_kib=_int(values.get("disk_free_kib", "0")),
+        gpus=tuple(gpus),
+        nvidia_module_version=values.get("nvidia_module", ""),
+        secure_boot=values.get("secure_boot", "unknown"),
+        systemd_booted=values.get("systemd") == "yes",
+        virtualization=values.get("virt", ""),
+        extra={k: v for k, v in values.items() if k not in known},
+    )

@@ -1,0 +1,48 @@
+"""Validated settings and cached facts for the host a deploy file is running for."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyinfra import host, state
+from pyinfra.api.exceptions import PyinfraError
+
+from autoglm_infra.config.schema import Settings
+from autoglm_infra.config.validate import ConfigError, find_problems
+from autoglm_infra.host_profile import HostProfile
+from autoglm_infra.pyinfra_ext.facts import HostProfileFact
+
+
+class InvalidConfiguration(PyinfraError):
+    """pyinfra prints PyinfraError messages without a traceback: user mistakes are not bugs."""
+
+
+# Per pyinfra State (one per CLI run, several in tests): validated hosts and cached facts.
+_validated: dict[int, bool] = {}
+_profiles: dict[tuple[int, str], HostProfile] = {}
+
+
+def _validate_all_hosts() -> None:
+    """Check every active host before any operation is queued, so one run reports all."""
+    key = id(state)
+    if _validated.get(key):
+        return
+    problems = {h.name: found for h in state.inventory if (found := find_problems(h.data.dict()))}
+    if problems:
+        raise InvalidConfiguration(str(ConfigError(problems)))
+    _validated[key] = True
+
+
+def host_settings() -> Settings:
+    """Typed settings of the current host (validating all hosts on first use)."""
+    _validate_all_hosts()
+    data: dict[str, Any] = host.data.dict()
+    return Settings.model_validate(data)
+
+
+def host_profile(disk_path: str) -> HostProfile:
+    """The host's profile, fetched once per run: pyinfra does not cache facts itself."""
+    key = (id(state), host.name)
+    if key not in _profiles:
+        _profiles[key] = host.get_fact(HostProfileFact, disk_path=disk_path)
+    return _profiles[key]

@@ -1,0 +1,20 @@
+"""Stage 1 - preflight: validate configuration and refuse hosts that cannot work.
+
+Read-only. Runs alone with `pyinfra INVENTORY deploys/preflight.py`.
+"""
+
+from pyinfra import host, logger
+from pyinfra.api.exceptions import PyinfraError
+
+from autoglm_infra.preflight import describe_host, preflight_problems
+from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
+
+settings = host_settings()
+profile = host_profile(settings.model_dir)
+problems = preflight_problems(profile)
+if problems:
+    raise PyinfraError(
+        f"preflight refused {host.name}, nothing was changed:\n"
+        + "\n".join(f"    - {p}" for p in problems)
+    )
+logger.info(f"{host.print_prefix}preflight ok: {describe_host(profile)}")
