@@ -1,5 +1,7 @@
 """pyinfra settings for every run from this directory (pyinfra loads ./config.py)."""
 
+import os
+
 from pyinfra import config
 
 from autoglm_infra.pyinfra_ext.ssh_tuning import enable_tcp_nodelay
@@ -12,4 +14,6 @@ config.CONNECT_TIMEOUT = 15
 # Stage uploads on disk, not a possibly small tmpfs /tmp.
 config.TEMP_DIR = "/var/tmp"
 
-enable_tcp_nodelay()
+# AUTOGLM_SSH_NODELAY=0 restores pyinfra's default (used by bench/noop_rerun.py as baseline).
+if os.environ.get("AUTOGLM_SSH_NODELAY", "1") != "0":
+    enable_tcp_nodelay()

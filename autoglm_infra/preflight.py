@@ -8,9 +8,15 @@ SUPPORTED_OS = {("ubuntu", "22.04"), ("ubuntu", "24.04"), ("debian", "12")}
 SUPPORTED_ARCH = {"x86_64", "aarch64"}
 
 
-def preflight_problems(profile: HostProfile) -> list[str]:
+def preflight_problems(profile: HostProfile, require_gpu: bool = True) -> list[str]:
     """Each problem says what is wrong, the evidence, and what to do about it."""
     problems = []
+    if require_gpu and not profile.gpus:
+        problems.append(
+            "no NVIDIA GPU found (no PCI display device with vendor 0x10de in sysfs): check "
+            "the GPU is attached (lspci -d 10de:), or set nvidia_require_gpu: false to install "
+            "the stack without one"
+        )
     if (profile.os_id, profile.os_version) not in SUPPORTED_OS:
         supported = ", ".join(f"{d} {v}" for d, v in sorted(SUPPORTED_OS))
         problems.append(

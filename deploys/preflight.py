@@ -11,7 +11,7 @@ from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
 
 settings = host_settings()
 profile = host_profile(settings.model_dir)
-problems = preflight_problems(profile)
+problems = preflight_problems(profile, settings.nvidia_require_gpu)
 if problems:
     raise PyinfraError(
         f"preflight refused {host.name}, nothing was changed:\n"

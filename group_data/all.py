@@ -44,6 +44,14 @@ cuda_version = "auto"
 # 9.MINOR.
 cudnn_version = "auto"
 
+# Refuse hosts without an NVIDIA GPU; false installs the stack and skips GPU checks. Allowed: true
+# | false.
+nvidia_require_gpu = True
+
+# Reboot when the installed driver differs from the loaded one; never only warns. Allowed: never |
+# if-needed.
+nvidia_reboot = "if-needed"
+
 # Base URL of NVIDIA's CUDA apt repositories, or a mirror with the same layout. Allowed: http(s)
 # URL.
 nvidia_repo_base_url = "https://developer.download.nvidia.com/compute/cuda/repos"

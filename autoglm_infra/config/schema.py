@@ -153,6 +153,16 @@ class Settings(BaseModel):
         "cuDNN 9 release to install from NVIDIA's repo; 'none' skips it.",
         "auto | none | 9 | 9.MINOR",
     )
+    nvidia_require_gpu: bool = _key(
+        True,
+        "Refuse hosts without an NVIDIA GPU; false installs the stack and skips GPU checks.",
+        "true | false",
+    )
+    nvidia_reboot: Literal["never", "if-needed"] = _key(
+        "if-needed",
+        "Reboot when the installed driver differs from the loaded one; never only warns.",
+        "never | if-needed",
+    )
     nvidia_repo_base_url: HttpUrl = _key(
         "https://developer.download.nvidia.com/compute/cuda/repos",
         "Base URL of NVIDIA's CUDA apt repositories, or a mirror with the same layout.",

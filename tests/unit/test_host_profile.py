@@ -50,6 +50,8 @@ def test_probe_runs_here_and_reads_this_machine(tmp_path) -> None:  # type: igno
 
 def test_unsupported_os_and_no_systemd_refused_with_fix() -> None:
     lines = [ln for ln in RECORDED_H100_HOST if not ln.startswith(("os_version", "systemd"))]
+    lines = [ln for ln in lines if not ln.startswith("gpu=")]
     problems = preflight_problems(parse_host_profile([*lines, "os_version=20.04"]))
+    assert any("no NVIDIA GPU found" in p and "nvidia_require_gpu" in p for p in problems)
     assert any("unsupported OS ubuntu 20.04" in p and "debian 12" in p for p in problems)
     assert any("systemd is not PID 1" in p for p in problems)

@@ -1,0 +1,79 @@
+"""Operations of the NVIDIA stage that need the host's state after installing."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Generator
+from typing import Any
+
+from pyinfra import host, logger
+from pyinfra.api import OperationError, StringCommand, operation
+from pyinfra.facts.server import Command
+from pyinfra.operations import server
+
+from autoglm_infra.remote_state import FileState
+
+NO_GPU = "no NVIDIA GPU: driver not loaded"
+
+
+def _loaded_module_version() -> str:
+    out = host.get_fact(Command, "cat /sys/module/nvidia/version 2>/dev/null || true")
+    return str(out or "").strip()
+
+
+@operation()
+def driver_reboot(
+    policy: str,
+    driver_version: str,
+    gpu_present: bool,
+    marker: str,
+    current_marker: FileState | None,
+) -> Generator[Any, None, None]:
+    """Reboot only when the loaded driver differs from the installed plan, as `policy` allows.
+
+    With policy "never", writes `marker` (read by later stages and the doctor) and warns.
+    """
+    if not gpu_present:
+        if current_marker is not None:
+            yield StringCommand(f"rm -f {shlex.quote(marker)}")
+        else:
+            host.noop(f"{NO_GPU}, no kernel module to reload: reboot not needed")
+        return
+    loaded = _loaded_module_version()
+    if loaded == driver_version:
+        if current_marker is not None:
+            yield StringCommand(f"rm -f {shlex.quote(marker)}")
+        else:
+            host.noop(f"loaded driver {loaded} matches the plan")
+        return
+    reason = f"installed driver {driver_version}, loaded {loaded or 'none'}"
+    if policy == "if-needed":
+        logger.warning(f"{host.print_prefix}rebooting: {reason}")
+        yield from server.reboot._inner(delay=10, interval=2, reboot_timeout=600)
+        return
+    logger.warning(f"{host.print_prefix}REBOOT REQUIRED ({reason}); nvidia_reboot=never")
+    text = shlex.quote(f"driver: {reason}\n")
+    q = shlex.quote(marker)
+    yield StringCommand(f"mkdir -p $(dirname {q}) && printf %s {text} > {q}")
+
+
+@operation()
+def verify_driver(
+    driver_version: str, cuda_version: str, gpu_present: bool
+) -> Generator[Any, None, None]:
+    """nvidia-smi answers, reports the planned driver, and the module matches user space."""
+    if not gpu_present:
+        host.noop(f"{NO_GPU}: nvidia-smi check skipped")
+        return
+    smi = host.get_fact(
+        Command, "nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>&1 || true"
+    )
+    versions = {line.strip() for line in str(smi or "").splitlines() if line.strip()}
+    if versions != {driver_version}:
+        raise OperationError(f"nvidia-smi reports {sorted(versions)}, plan is {driver_version}")
+    loaded = _loaded_module_version()
+    if loaded != driver_version:
+        raise OperationError(
+            f"kernel module {loaded} != user space {driver_version}: reboot the host"
+        )
+    host.noop(f"nvidia-smi: driver {driver_version}, module matches, CUDA {cuda_version}")

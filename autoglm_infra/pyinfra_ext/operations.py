@@ -1,0 +1,160 @@
+"""Operations that compare against a `Snapshot` read once per stage (see remote_state).
+
+Each yields only the commands needed and calls host.noop on every branch that does
+nothing, so a converged host costs no commands beyond its stage's one snapshot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from collections.abc import Generator, Sequence
+from io import BytesIO
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import FactBase, FileUploadCommand, StringCommand, operation
+
+from autoglm_infra.remote_state import (
+    FileState,
+    PackageState,
+    Snapshot,
+    parse_snapshot,
+    snapshot_script,
+)
+
+APT_ENV = "DEBIAN_FRONTEND=noninteractive"
+APT_OPTS = (
+    "-y -q --no-install-recommends -o Dpkg::Options::=--force-confdef "
+    "-o Dpkg::Options::=--force-confold"
+)
+
+
+class SnapshotFact(FactBase[Snapshot]):
+    """Files (sha256, mode, owner), installed packages and commands, in one command."""
+
+    def command(
+        self,
+        files: Sequence[str] = (),
+        package_patterns: Sequence[str] = (),
+        read_text: Sequence[str] = (),
+        commands: Sequence[str] = (),
+    ) -> str:
+        return snapshot_script(list(files), list(package_patterns), list(read_text), list(commands))
+
+    def process(self, output: list[str]) -> Snapshot:
+        return parse_snapshot(output)
+
+
+def file_matches(
+    current: FileState | None, content: bytes, mode: str, owner: str, group: str
+) -> tuple[bool, bool]:
+    """(content is right, metadata is right) for a file we manage."""
+    if current is None:
+        return False, False
+    same_content = current.sha256 == hashlib.sha256(content).hexdigest()
+    same_meta = (current.mode, current.owner, current.group) == (mode.lstrip("0"), owner, group)
+    return same_content, same_meta
+
+
+@operation()
+def put_file(
+    path: str,
+    content: bytes,
+    current: FileState | None,
+    mode: str = "644",
+    owner: str = "root",
+    group: str = "root",
+) -> Generator[Any, None, None]:
+    """Upload `content` to `path` atomically (temp file + rename) when it differs.
+
+    + path: destination on the host
+    + content: exact bytes the file must hold
+    + current: the file's state from this stage's snapshot (None when missing)
+    + mode/owner/group: enforced on every run
+
+    Example: put_file(name="nouveau blacklist", path="/etc/modprobe.d/x.conf",
+             content=b"blacklist nouveau\\n", current=snap.files["/etc/modprobe.d/x.conf"])
+    """
+    same_content, same_meta = file_matches(current, content, mode, owner, group)
+    if same_content and same_meta:
+        host.noop(f"{path} is up to date")
+        return
+    q = shlex.quote(path)
+    if same_content:
+        yield StringCommand(f"chmod {mode} {q} && chown {owner}:{group} {q}")
+        return
+    temp = f"{path}.autoglm-new"
+    parent = shlex.quote(path.rsplit("/", 1)[0] or "/")
+    yield StringCommand(f"mkdir -p {parent}")
+    yield FileUploadCommand(BytesIO(content), temp)
+    qt = shlex.quote(temp)
+    # metadata before the rename: the file never appears at `path` with the wrong mode
+    yield StringCommand(f"chmod {mode} {qt} && chown {owner}:{group} {qt} && mv -f {qt} {q}")
+
+
+@operation()
+def remove_file(path: str, current: FileState | None) -> Generator[Any, None, None]:
+    """Remove `path` when it exists (for settings that were unset)."""
+    if current is None:
+        host.noop(f"{path} is absent")
+        return
+    yield StringCommand(f"rm -f {shlex.quote(path)}")
+
+
+def apt_changes(
+    wanted: Sequence[tuple[str, str]], installed: dict[str, PackageState]
+) -> tuple[list[str], list[str]]:
+    """(packages to install at their version, wanted packages only missing their hold)."""
+    to_install = [
+        f"{n}={v}" for n, v in wanted if installed.get(n, PackageState("", False)).version != v
+    ]
+    to_hold = [
+        n
+        for n, v in wanted
+        if n in installed and installed[n].version == v and not installed[n].held
+    ]
+    return to_install, to_hold
+
+
+@operation()
+def apt_pinned(
+    packages: Sequence[tuple[str, str]],
+    installed: dict[str, PackageState],
+    remove: Sequence[str] = (),
+    state_file: str | None = None,
+) -> Generator[Any, None, None]:
+    """Install packages at exact versions and apt-mark hold them; remove `remove`.
+
+    A version change (an explicit upgrade) releases the holds it needs, installs, and
+    holds again, in one apt transaction so the host never has half a stack.
+
+    + packages: (name, exact Debian version) pairs
+    + installed: from this stage's snapshot
+    + remove: installed packages of a previous plan that the new plan replaces
+    + state_file: where the names of the packages we hold are recorded (for the next plan)
+    """
+    to_install, to_hold = apt_changes(packages, installed)
+    to_remove = [n for n in remove if n in installed and n not in dict(packages)]
+    if not to_install and not to_hold and not to_remove:
+        host.noop(f"{len(packages)} packages at their pinned versions and held")
+        return
+    names = [n for n, _ in packages]
+    if to_install or to_remove:
+        release = [
+            n for n in [*names, *to_remove] if installed.get(n, PackageState("", False)).held
+        ]
+        if release:
+            yield StringCommand("apt-mark unhold " + " ".join(map(shlex.quote, release)))
+        yield StringCommand(f"{APT_ENV} apt-get update -q")
+        args = [*to_install, *(f"{n}-" for n in to_remove)]
+        yield StringCommand(
+            f"{APT_ENV} apt-get install {APT_OPTS} --allow-downgrades "
+            + " ".join(map(shlex.quote, args))
+        )
+        to_hold = names
+    yield StringCommand("apt-mark hold " + " ".join(map(shlex.quote, to_hold)) + " >/dev/null")
+    if state_file:
+        q = shlex.quote(state_file)
+        listing = shlex.quote("\n".join(names) + "\n")
+        yield StringCommand(f"mkdir -p $(dirname {q}) && printf %s {listing} > {q}")

@@ -1,0 +1,56 @@
+"""`make demo`: boot two sandbox hosts, converge them twice, show the second run is a no-op.
+
+Hosts stay up afterwards (`make sandbox-down` removes them); running the demo again
+reuses them, so its first converge is then itself a re-run.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from autoglm_infra.testbed.converge import describe_failure, run_pyinfra
+from autoglm_infra.testbed.hosts import HostSpec, Sandbox
+from autoglm_infra.testbed.world import ROOT, boot_world
+
+INVENTORY = ROOT / "inventories" / "sandbox.py"
+
+
+def main() -> int:
+    sandbox = Sandbox("demo", net=1, state_dir=ROOT / ".sandbox" / "demo")
+    print("==> booting sandbox hosts (one serves from a venv, one from Docker)")
+    world = boot_world(sandbox, [HostSpec(), HostSpec(docker=True)])
+    world.write_inventory(INVENTORY)
+    for h in world.hosts:
+        print(f"    {h.name}: root@{h.address} ({world.host_data[h.name]['serve_mode']} mode)")
+
+    print(f"==> converge 1: pyinfra {INVENTORY.relative_to(ROOT)} deploys/full.py")
+    first = run_pyinfra(INVENTORY)
+    if first.returncode != 0:
+        print(describe_failure(first), file=sys.stderr)
+        return 1
+    print(f"    {len(first.changed())} operations changed in {first.seconds:.1f} s")
+
+    print("==> converge 2 (must change nothing)")
+    second = run_pyinfra(INVENTORY)
+    if second.returncode != 0:
+        print(describe_failure(second), file=sys.stderr)
+        return 1
+    changed = second.changed()
+    print(f"    {len(changed)} operations changed in {second.seconds:.1f} s")
+    if changed:
+        print("    NOT idempotent, changed on the second run:", *changed, sep="\n      ")
+        return 1
+
+    print("==> summary")
+    print(f"    hosts: {', '.join(h.name for h in world.hosts)}")
+    print(f"    first converge {first.seconds:.1f} s, no-op re-run {second.seconds:.1f} s")
+    print(f"    try:      .venv/bin/pyinfra {INVENTORY.relative_to(ROOT)} deploys/full.py -y")
+    print(
+        f"    ssh:      .venv/bin/python -m autoglm_infra.testbed.hosts ssh {world.hosts[0].name}"
+    )
+    print("    teardown: make sandbox-down")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

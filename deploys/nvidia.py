@@ -1,0 +1,81 @@
+"""Stage 3 - NVIDIA: trusted repository, driver + CUDA + cuDNN at pinned versions, held.
+
+Runs alone with `pyinfra INVENTORY deploys/nvidia.py`. The plan comes from the pure stack
+resolver; this file only turns it into operations against one snapshot of the host.
+"""
+
+from pyinfra import host, logger
+from pyinfra.api.exceptions import PyinfraError
+
+from autoglm_infra import nvidia_files as nf
+from autoglm_infra.pyinfra_ext.nvidia_ops import driver_reboot, verify_driver
+from autoglm_infra.pyinfra_ext.operations import SnapshotFact, apt_pinned, put_file
+from autoglm_infra.pyinfra_ext.repo_key import fetch_trusted_keyring
+from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
+from autoglm_infra.stack_request import plan_driver_version, plan_for_host, plan_packages
+
+settings = host_settings()
+profile = host_profile(settings.model_dir)
+try:
+    plan = plan_for_host(settings, profile)
+    keyring = fetch_trusted_keyring(
+        plan.repo_url + nf.key_file_name(settings.nvidia_repo_key_fingerprint),
+        settings.nvidia_repo_key_fingerprint,
+    )
+except ValueError as exc:  # StackError / KeyTrustError: user-facing, no traceback
+    raise PyinfraError(f"NVIDIA stage refused {host.name}: {exc}") from None
+for note in plan.notes:
+    logger.info(f"{host.print_prefix}stack: {note}")
+
+files = nf.stage_files(plan.repo_url, keyring)
+snapshot = host.get_fact(
+    SnapshotFact,
+    files=[f.path for f in files] + [nf.HELD_STATE, nf.REBOOT_REQUIRED],
+    package_patterns=list(nf.PACKAGE_PATTERNS),
+    read_text=[nf.HELD_STATE],
+    commands=["update-initramfs", "nvidia-smi"],
+)
+changed = {}
+for managed in files:
+    changed[managed.path] = put_file(
+        name=f"NVIDIA: {managed.path}",
+        path=managed.path,
+        content=managed.content,
+        current=snapshot.files.get(managed.path),
+        mode=managed.mode,
+    )
+
+held_state = snapshot.files.get(nf.HELD_STATE)
+previously_held = held_state.text.split() if held_state and held_state.text else []
+packages = plan_packages(plan)
+install = apt_pinned(
+    name="NVIDIA: driver, CUDA and cuDNN at pinned versions, held",
+    packages=packages,
+    installed=snapshot.packages,
+    remove=previously_held,
+    state_file=nf.HELD_STATE,
+)
+
+if snapshot.commands.get("update-initramfs"):
+    from pyinfra.operations import server
+
+    server.shell(
+        name="NVIDIA: rebuild initramfs (nouveau blacklist changed)",
+        commands=["update-initramfs -u"],
+        _if=changed[nf.NOUVEAU_BLACKLIST].did_change,
+    )
+
+driver_reboot(
+    name="NVIDIA: reboot when the driver changed",
+    policy=settings.nvidia_reboot,
+    driver_version=plan_driver_version(plan),
+    gpu_present=bool(profile.gpus),
+    marker=nf.REBOOT_REQUIRED,
+    current_marker=snapshot.files.get(nf.REBOOT_REQUIRED),
+)
+verify_driver(
+    name="NVIDIA: verify driver with nvidia-smi",
+    driver_version=plan_driver_version(plan),
+    cuda_version=plan.cuda_version,
+    gpu_present=bool(profile.gpus),
+)
