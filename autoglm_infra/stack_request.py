@@ -37,11 +37,3 @@ def plan_packages(plan: StackPlan) -> list[tuple[str, str]]:
     """(name, exact version) of every package the plan installs, driver first."""
     every = (*plan.driver_packages, *plan.cuda_packages, *plan.cudnn_packages)
     return [(p.name, p.version) for p in every]
-
-
-def plan_driver_version(plan: StackPlan) -> str:
-    """Upstream driver version (e.g. 570.172.08) of the plan's branch-versioned package."""
-    for package in plan.driver_packages:
-        if package.version.startswith(f"{plan.driver_branch}."):
-            return package.version.split("-", 1)[0].split(":", 1)[-1]
-    return ""

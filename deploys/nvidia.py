@@ -12,7 +12,7 @@ from autoglm_infra.pyinfra_ext.nvidia_ops import driver_reboot, verify_driver
 from autoglm_infra.pyinfra_ext.operations import SnapshotFact, apt_pinned, put_file
 from autoglm_infra.pyinfra_ext.repo_key import fetch_trusted_keyring
 from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
-from autoglm_infra.stack_request import plan_driver_version, plan_for_host, plan_packages
+from autoglm_infra.stack_request import plan_for_host, plan_packages
 
 settings = host_settings()
 profile = host_profile(settings.model_dir)
@@ -68,14 +68,14 @@ if snapshot.commands.get("update-initramfs"):
 driver_reboot(
     name="NVIDIA: reboot when the driver changed",
     policy=settings.nvidia_reboot,
-    driver_version=plan_driver_version(plan),
+    driver_version=plan.driver_version,
     gpu_present=bool(profile.gpus),
     marker=nf.REBOOT_REQUIRED,
     current_marker=snapshot.files.get(nf.REBOOT_REQUIRED),
 )
 verify_driver(
     name="NVIDIA: verify driver with nvidia-smi",
-    driver_version=plan_driver_version(plan),
+    driver_version=plan.driver_version,
     cuda_version=plan.cuda_version,
     gpu_present=bool(profile.gpus),
 )
