@@ -57,7 +57,7 @@ sandbox: venv deps
 	$(SANDBOX) up --name demo --net 1 --hosts $(HOSTS) --inventory inventories/sandbox.py
 
 sandbox-down: venv
-	$(SANDBOX) down --name demo
+	$(PY) -m autoglm_infra.testbed.demo --down
 
 bench: venv deps
 	$(PY) bench/noop_rerun.py

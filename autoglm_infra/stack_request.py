@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.host_profile import HostProfile
+from autoglm_infra.stack.gpus import GpuDevice
 from autoglm_infra.stack.resolver import (
-    GpuDevice,
     OsInfo,
     StackPlan,
     StackRequest,

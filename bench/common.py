@@ -17,9 +17,13 @@ def bench_world(name: str, net: int, hosts: int) -> Iterator[World]:
     """Fresh hosts for one benchmark, removed afterwards whatever happens."""
     sandbox = Sandbox(name, net=net, state_dir=ROOT / ".sandbox" / name)
     sandbox.down()  # leftovers of an interrupted run
+    world = None
     try:
-        yield boot_world(sandbox, [HostSpec() for _ in range(hosts)], reuse=False)
+        world = boot_world(sandbox, [HostSpec() for _ in range(hosts)], reuse=False)
+        yield world
     finally:
+        if world is not None:
+            world.stop()
         sandbox.down()
 
 

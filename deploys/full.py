@@ -7,6 +7,7 @@ from pyinfra import local
 
 STAGES = [
     "deploys/preflight.py",
+    "deploys/nvidia.py",
 ]
 
 for stage in STAGES:

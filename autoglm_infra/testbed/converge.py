@@ -87,3 +87,22 @@ def run_pyinfra(
 def describe_failure(result: ConvergeResult) -> str:
     tail = "\n".join(result.stderr.splitlines()[-40:])
     return f"pyinfra exited {result.returncode}; failed ops: {result.failed()}\n{tail}"
+
+
+class NotIdempotent(AssertionError):
+    pass
+
+
+def converge_twice(
+    inventory: str | Path, deploy: str | Path = "deploys/full.py", *extra: str
+) -> tuple[ConvergeResult, ConvergeResult]:
+    """Converge twice; raise NotIdempotent naming every operation the 2nd run changed."""
+    first = run_pyinfra(inventory, deploy, *extra)
+    if first.returncode != 0:
+        raise AssertionError(describe_failure(first))
+    second = run_pyinfra(inventory, deploy, *extra)
+    if second.returncode != 0:
+        raise AssertionError(describe_failure(second))
+    if second.changed():
+        raise NotIdempotent("second converge changed: " + "; ".join(second.changed()))
+    return first, second

@@ -10,15 +10,32 @@ import sys
 
 from autoglm_infra.testbed.converge import describe_failure, run_pyinfra
 from autoglm_infra.testbed.hosts import HostSpec, Sandbox
-from autoglm_infra.testbed.world import ROOT, boot_world
+from autoglm_infra.testbed.nvidia_repo import NvidiaRepoStandin
+from autoglm_infra.testbed.world import ROOT, STANDIN_KEY_DIR, boot_world
 
 INVENTORY = ROOT / "inventories" / "sandbox.py"
 
 
+def demo_sandbox() -> Sandbox:
+    return Sandbox("demo", net=1, state_dir=ROOT / ".sandbox" / "demo")
+
+
+def down() -> int:
+    """Stop the demo's stand-in servers and remove its hosts (`make sandbox-down`)."""
+    sandbox = demo_sandbox()
+    NvidiaRepoStandin(sandbox.state_dir / "nvidia-repo", "", STANDIN_KEY_DIR).stop()
+    sandbox.down()
+    INVENTORY.unlink(missing_ok=True)
+    return 0
+
+
 def main() -> int:
-    sandbox = Sandbox("demo", net=1, state_dir=ROOT / ".sandbox" / "demo")
+    if sys.argv[1:] == ["--down"]:
+        return down()
+    sandbox = demo_sandbox()
     print("==> booting sandbox hosts (one serves from a venv, one from Docker)")
-    world = boot_world(sandbox, [HostSpec(), HostSpec(docker=True)])
+    world = boot_world(sandbox, [HostSpec(), HostSpec(docker=True)], detached=True)
+    print(f"    NVIDIA repository stand-in: {world.nvidia_repo.base_url}")
     world.write_inventory(INVENTORY)
     for h in world.hosts:
         print(f"    {h.name}: root@{h.address} ({world.host_data[h.name]['serve_mode']} mode)")
@@ -48,7 +65,9 @@ def main() -> int:
     print(
         f"    ssh:      .venv/bin/python -m autoglm_infra.testbed.hosts ssh {world.hosts[0].name}"
     )
-    print("    teardown: make sandbox-down")
+    print(
+        "    teardown: make sandbox-down   (hosts and the repository stand-in stay up until then)"
+    )
     return 0
 
 

@@ -1,0 +1,1 @@
+"""Loopback stand-ins for the services our sandbox cannot reach (apt repos, hubs, mirrors)."""

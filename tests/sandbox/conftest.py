@@ -1,0 +1,111 @@
+"""Fixtures that boot real Debian 12 sandbox hosts (systemd-nspawn, reached over SSH).
+
+Needs root. One sandbox ("pytest", 10.231.2.0/24) serves the whole session; each test
+module asks `sandbox_hosts(n, docker=False)` for fresh hosts, which are powered off and
+deleted when the module ends. Leftovers of a crashed earlier session are removed first.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from autoglm_infra.testbed.hosts import (
+    HostSpec,
+    Sandbox,
+    SandboxError,
+    SandboxHost,
+    write_inventory,
+)
+from autoglm_infra.testbed.nvidia_repo import NvidiaRepoStandin
+from autoglm_infra.testbed.world import STANDIN_KEY_DIR, controller_address
+
+ROOT = Path(__file__).resolve().parents[2]
+SANDBOX_NAME = "pytest"
+SANDBOX_NET = 2
+STATE_DIR = Path(os.environ.get("AUTOGLM_SANDBOX_STATE_DIR", str(ROOT / ".sandbox" / "pytest")))
+PYINFRA = str(ROOT / ".venv" / "bin" / "pyinfra")
+
+HostFactory = Callable[..., list[SandboxHost]]
+InventoryFactory = Callable[..., Path]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/sandbox is a sandbox test, whether or not it says so."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.sandbox)
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[Sandbox]:
+    """The session's sandbox: tools and base image ready, no hosts yet; torn down at the end."""
+    if os.geteuid() != 0:
+        pytest.fail(
+            "sandbox tests need root (they mount overlays, create network namespaces and "
+            "boot systemd-nspawn hosts). Run them as root, or deselect them: -m 'not sandbox'.",
+            pytrace=False,
+        )
+    sb = Sandbox(SANDBOX_NAME, SANDBOX_NET, STATE_DIR)
+    try:
+        sb.down()  # whatever a crashed or interrupted earlier session left behind
+        sb.ensure_tools()
+        sb.ensure_base()
+        yield sb
+    except SandboxError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    finally:
+        sb.down()  # also runs on test failures and Ctrl-C (pytest tears fixtures down)
+
+
+@pytest.fixture(scope="module")
+def sandbox_hosts(sandbox: Sandbox) -> Iterator[HostFactory]:
+    """Factory: `sandbox_hosts(2)` or `sandbox_hosts(1, docker=True)` boots fresh hosts.
+
+    Hosts made through it are removed when the test module ends.
+    """
+    made: list[SandboxHost] = []
+
+    def make(count: int = 1, docker: bool = False) -> list[SandboxHost]:
+        try:
+            hosts = sandbox.up([HostSpec(docker=docker) for _ in range(count)])
+        except SandboxError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        made.extend(hosts)
+        return hosts
+
+    yield make
+    sandbox.remove(made)
+
+
+@pytest.fixture
+def sandbox_inventory(tmp_path: Path) -> InventoryFactory:
+    """Factory: write a pyinfra inventory for some hosts and return its path."""
+
+    def make(
+        hosts: list[SandboxHost],
+        host_data: dict[str, dict[str, object]] | None = None,
+        group_data: dict[str, object] | None = None,
+    ) -> Path:
+        path = tmp_path / "sandbox_inventory.py"
+        write_inventory(path, hosts, host_data or {}, group_data or {})
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def nvidia_repo(sandbox: Sandbox) -> Iterator[NvidiaRepoStandin]:
+    """The signed NVIDIA repository stand-in, served on the sandbox bridge for the session."""
+    repo = NvidiaRepoStandin(
+        sandbox.state_dir / "nvidia-repo", controller_address(sandbox), STANDIN_KEY_DIR
+    )
+    sandbox._ensure_network()  # the bridge address the repository binds to
+    repo.build()
+    repo.start()
+    yield repo
+    repo.stop()

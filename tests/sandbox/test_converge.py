@@ -1,0 +1,136 @@
+"""A real converge of sandbox hosts: NVIDIA stack from the signed stand-in repository.
+
+One host is converged once for the module; the scenarios that need an untouched host
+boot their own (2 s each).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from autoglm_infra.testbed.converge import converge_twice, describe_failure, run_pyinfra
+from autoglm_infra.testbed.hosts import SandboxHost
+from autoglm_infra.testbed.nvidia_repo import NvidiaRepoStandin, planned_packages
+from autoglm_infra.testbed.world import sandbox_group_data
+
+MANAGED = (
+    "/etc/apt/keyrings/autoglm-nvidia-cuda.gpg /etc/apt/sources.list.d/autoglm-nvidia-cuda.sources"
+)
+
+
+def held_versions(host: SandboxHost) -> dict[str, tuple[str, bool]]:
+    out = host.ssh(
+        "dpkg-query -W -f='${db:Status-Abbrev} ${Package} ${Version}\\n' "
+        "'nvidia-*' 'cuda-*' 'cudnn*' 'libcudnn*' 2>/dev/null || true"
+    ).stdout
+    result = {}
+    for line in out.splitlines():
+        fields = line.split()  # "un name" (known, not installed) has no version
+        if len(fields) != 3:
+            continue
+        status, name, version = fields
+        if status[1] == "i":
+            result[name] = (version, status[0] == "h")
+    return result
+
+
+def nothing_written(host: SandboxHost) -> bool:
+    return host.ssh(f"ls {MANAGED} 2>/dev/null || true").stdout.strip() == ""
+
+
+@pytest.fixture(scope="module")
+def world(
+    sandbox_hosts: Callable[..., list[SandboxHost]],
+    nvidia_repo: NvidiaRepoStandin,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[SandboxHost, Path]:
+    from autoglm_infra.testbed.hosts import write_inventory
+
+    (host,) = sandbox_hosts(1)
+    inventory = tmp_path_factory.mktemp("converge") / "inventory.py"
+    write_inventory(inventory, [host], {}, sandbox_group_data(nvidia_repo))
+    return host, inventory
+
+
+def test_converge_installs_plan_and_second_run_changes_nothing(
+    world: tuple[SandboxHost, Path],
+) -> None:
+    host, inventory = world
+    first, second = converge_twice(inventory)
+    assert first.changed(), "a fresh host must change on its first converge"
+    installed = held_versions(host)
+    for name in ("nvidia-open-580", "cuda-toolkit-12-9", "cudnn9-cuda-12"):
+        assert installed[name] == (planned_packages()[name], True), installed
+    assert host.ssh("stat -c %a /etc/apt/keyrings/autoglm-nvidia-cuda.gpg").stdout.strip() == "644"
+    unattended = host.ssh("cat /etc/apt/apt.conf.d/51autoglm-nvidia-no-unattended-upgrades").stdout
+    assert '"nvidia-";' in unattended and '"libcudnn";' in unattended
+    assert "nvidia_uvm" in host.ssh("cat /etc/modules-load.d/autoglm-nvidia-uvm.conf").stdout
+    assert "no NVIDIA GPU" in second.stderr or second.returncode == 0
+
+
+def test_held_packages_survive_apt_upgrade(
+    world: tuple[SandboxHost, Path], nvidia_repo: NvidiaRepoStandin
+) -> None:
+    host, inventory = world
+    run_pyinfra(inventory)  # converged, whatever ran before
+    before = held_versions(host)
+    nvidia_repo.build(extra_newer=("nvidia-open-580", "cuda-toolkit-12-9"))
+    try:
+        host.ssh("apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get upgrade -y -q",
+                 timeout=300)  # fmt: skip
+        newer = host.ssh("apt-cache policy nvidia-open-580").stdout
+        assert "580.95.05-9" in newer, "the newer build must be visible to apt"
+        assert held_versions(host) == before
+        again = run_pyinfra(inventory)
+        assert again.returncode == 0 and again.changed() == [], describe_failure(again)
+    finally:
+        nvidia_repo.build()
+
+
+def test_branch_change_upgrades_cleanly_and_reholds(world: tuple[SandboxHost, Path]) -> None:
+    host, inventory = world
+    to_570 = run_pyinfra(inventory, "deploys/full.py", "--data", "nvidia_driver_branch=570")
+    assert to_570.returncode == 0, describe_failure(to_570)
+    installed = held_versions(host)
+    assert installed["nvidia-open-570"] == (planned_packages(("570",))["nvidia-open-570"], True)
+    assert "nvidia-open-580" not in installed
+    back = run_pyinfra(inventory)
+    assert back.returncode == 0, describe_failure(back)
+    installed = held_versions(host)
+    assert installed["nvidia-open-580"][1] and "nvidia-open-570" not in installed
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (["serve_port=70000", "serve_mode=podman", "model_revision="],
+         ["serve_port = 70000", "serve_mode = 'podman'", "model_revision = ''"]),
+        (["nvidia_repo_key_fingerprint=" + "A" * 40],
+         ["nvidia_repo_key_fingerprint pins " + "A" * 40, "nothing was trusted or written"]),
+        (["nvidia_driver_branch=550", "cuda_version=12.8"], ["cuda_version=12.8 needs"]),
+        (["nvidia_require_gpu=true"], ["no NVIDIA GPU found"]),
+    ],
+)  # fmt: skip
+def test_refusals_name_the_problem_and_change_nothing(
+    sandbox_hosts: Callable[..., list[SandboxHost]],
+    nvidia_repo: NvidiaRepoStandin,
+    tmp_path: Path,
+    data: list[str],
+    expected: list[str],
+) -> None:
+    from autoglm_infra.testbed.hosts import write_inventory
+
+    (host,) = sandbox_hosts(1)
+    inventory = tmp_path / "inventory.py"
+    write_inventory(inventory, [host], {}, sandbox_group_data(nvidia_repo))
+    extra = [arg for item in data for arg in ("--data", item)]
+    result = run_pyinfra(inventory, "deploys/full.py", *extra)
+    assert result.returncode != 0
+    for text in expected:
+        assert text in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert nothing_written(host)
+    assert held_versions(host) == {}
