@@ -71,6 +71,7 @@ HOST_OFFSET = 10  # host i gets .(10 + i)
 MAX_HOSTS = 254 - HOST_OFFSET
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 REGISTRY_DIR = Path("/run/autoglm-sandbox")
+LOCK_DIR = Path("/run/lock")
 NSPAWN_PROPAGATE_DIR = Path("/run/systemd/nspawn/propagate")
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "autoglm-infra" / "sandbox"
 STATE_MARKER = ".autoglm-sandbox"
@@ -508,6 +509,34 @@ class Sandbox:
         self._registry = REGISTRY_DIR / f"{name}.json"
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def exclusive(self, timeout: float = 900) -> Iterator[None]:
+        """Hold the sandbox's lock (e.g. a whole pytest session): a second user of the same
+        name waits instead of tearing down hosts the first one is using."""
+        path = LOCK_DIR / f"autoglm-sandbox-{self.name}.lock"
+        LOCK_DIR.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as fh:
+            deadline = time.monotonic() + timeout
+            waiting_logged = False
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise SandboxError(
+                            f"sandbox {self.name} is still in use by another process after "
+                            f"{timeout:g} s (lock {path})"
+                        ) from None
+                    if not waiting_logged:
+                        log.warning("sandbox %s is in use by another process; waiting", self.name)
+                        waiting_logged = True
+                    time.sleep(1)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def __repr__(self) -> str:
         return f"Sandbox(name={self.name!r}, net={self.net}, state_dir={str(self.state_dir)!r})"
@@ -1173,6 +1202,12 @@ def _sandbox_from_args(name: str, net: int | None, state_dir: str | None) -> San
 
 def _cmd_up(args: argparse.Namespace) -> int:
     sb = Sandbox(args.name, args.net, Path(args.state_dir or f".sandbox/{args.name}"))
+    _require_root()
+    with sb.exclusive(timeout=60):
+        return _up_locked(sb, args)
+
+
+def _up_locked(sb: Sandbox, args: argparse.Namespace) -> int:
     running = sb.hosts()
     if running:
         raise SandboxError(
@@ -1213,7 +1248,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 def _cmd_down(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
-    _sandbox_from_args(args.name, None, args.state_dir).down()
+    sb = _sandbox_from_args(args.name, None, args.state_dir)
+    _require_root()
+    with sb.exclusive(timeout=60):
+        sb.down()
     print(f"sandbox {args.name} down in {time.monotonic() - t0:.1f} s", file=sys.stderr)
     return 0
 

@@ -51,15 +51,17 @@ def sandbox() -> Iterator[Sandbox]:
             pytrace=False,
         )
     sb = Sandbox(SANDBOX_NAME, SANDBOX_NET, STATE_DIR)
-    try:
-        sb.down()  # whatever a crashed or interrupted earlier session left behind
-        sb.ensure_tools()
-        sb.ensure_base()
-        yield sb
-    except SandboxError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    finally:
-        sb.down()  # also runs on test failures and Ctrl-C (pytest tears fixtures down)
+    # A concurrent session on the same machine waits here instead of tearing our hosts down.
+    with sb.exclusive():
+        try:
+            sb.down()  # whatever a crashed or interrupted earlier session left behind
+            sb.ensure_tools()
+            sb.ensure_base()
+            yield sb
+        except SandboxError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        finally:
+            sb.down()  # also on test failures and Ctrl-C (pytest tears fixtures down)
 
 
 @pytest.fixture(scope="module")
