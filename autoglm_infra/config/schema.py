@@ -10,7 +10,7 @@ import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from autoglm_infra.config.urls import check_url
 
@@ -44,6 +44,14 @@ def _repo_id(value: str) -> str:
     if not _REPO_ID.match(value):
         raise ValueError("must look like 'owner/name', e.g. 'zai-org/AutoGLM-Phone-9B'")
     return value
+
+
+def _as_text(value: object) -> object:
+    """`--data nvidia_driver_branch=570` arrives as an int, `cuda_version=12.8` as a float."""
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+Text = BeforeValidator(_as_text)
 
 
 def _driver_branch(value: str) -> str:
@@ -116,7 +124,7 @@ class Settings(BaseModel):
         "Hub repository of the model (or its -Multilingual twin).",
         "owner/name",
     )
-    model_revision: NonEmpty = _key(
+    model_revision: Annotated[str, Text, AfterValidator(_non_empty)] = _key(
         "main",
         "Branch, tag or commit of model_repo; locked to a commit before download.",
         "non-empty branch, tag or 40-hex commit",
@@ -133,7 +141,7 @@ class Settings(BaseModel):
     )
 
     # --- NVIDIA stack ----------------------------------------------------------------------
-    nvidia_driver_branch: Annotated[str, AfterValidator(_driver_branch)] = _key(
+    nvidia_driver_branch: Annotated[str, Text, AfterValidator(_driver_branch)] = _key(
         "auto",
         "NVIDIA driver branch; 'auto' picks the newest production branch that fits.",
         "auto | three-digit branch (e.g. 570)",
@@ -143,12 +151,12 @@ class Settings(BaseModel):
         "Kernel modules: open (Turing and newer) or proprietary; auto picks open when possible.",
         "auto | open | proprietary",
     )
-    cuda_version: Annotated[str, AfterValidator(_cuda_version)] = _key(
+    cuda_version: Annotated[str, Text, AfterValidator(_cuda_version)] = _key(
         "auto",
         "CUDA toolkit version; 'auto' follows the serving engine's torch wheel.",
         "auto | MAJOR.MINOR (e.g. 12.8)",
     )
-    cudnn_version: Annotated[str, AfterValidator(_cudnn_version)] = _key(
+    cudnn_version: Annotated[str, Text, AfterValidator(_cudnn_version)] = _key(
         "auto",
         "cuDNN 9 release to install from NVIDIA's repo; 'none' skips it.",
         "auto | none | 9 | 9.MINOR",

@@ -17,6 +17,9 @@ def fetch_trusted_keyring(url: str, fingerprint: str, timeout: float = 30) -> by
             response = requests.get(url, timeout=timeout)
             response.raise_for_status()
         except requests.RequestException as exc:
-            raise KeyTrustError(f"cannot fetch the repository key {url}: {exc}") from None
+            raise KeyTrustError(
+                f"cannot fetch the repository key {url} for nvidia_repo_key_fingerprint="
+                f"{fingerprint}: {exc}; nothing was trusted or written"
+            ) from None
         _cache[key] = trusted_keyring(response.content, fingerprint, url)
     return _cache[key]

@@ -69,7 +69,6 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 SUBNET_PREFIX = "10.231"
 HOST_OFFSET = 10  # host i gets .(10 + i)
 MAX_HOSTS = 254 - HOST_OFFSET
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 REGISTRY_DIR = Path("/run/autoglm-sandbox")
 LOCK_DIR = Path("/run/lock")
 NSPAWN_PROPAGATE_DIR = Path("/run/systemd/nspawn/propagate")
@@ -103,7 +102,7 @@ class SandboxError(RuntimeError):
 class SSHCommandError(SandboxError):
     """A command run over SSH exited non-zero (the CompletedProcess is attached)."""
 
-    def __init__(self, host: str, command: str, result: subprocess.CompletedProcess[str]):
+    def __init__(self, host: str, command: str, result: subprocess.CompletedProcess[str]) -> None:
         self.result = result
         super().__init__(
             f"{host}: `{command}` exited {result.returncode}\n"
@@ -682,9 +681,9 @@ class Sandbox:
     def _load_state_records(self) -> list[_HostRecord]:
         try:
             doc = json.loads(self._state_file.read_text())
-        except (OSError, ValueError):
-            return []
-        return [_HostRecord(**h) for h in doc.get("hosts", [])]
+            return [_HostRecord(**h) for h in doc.get("hosts", [])]
+        except (OSError, ValueError, TypeError):
+            return []  # `down` still finds hosts through their netns, links and cgroups
 
     def _save_state(self, records: list[_HostRecord]) -> None:
         doc = {
