@@ -6,6 +6,7 @@ resolver; this file only turns it into operations against one snapshot of the ho
 
 from pyinfra import host, logger
 from pyinfra.api.exceptions import PyinfraError
+from pyinfra.operations import server
 
 from autoglm_infra import nvidia_files as nf
 from autoglm_infra.pyinfra_ext.nvidia_ops import driver_reboot, verify_driver
@@ -33,7 +34,7 @@ snapshot = host.get_fact(
     files=[f.path for f in files] + [nf.HELD_STATE, nf.REBOOT_REQUIRED],
     package_patterns=list(nf.PACKAGE_PATTERNS),
     read_text=[nf.HELD_STATE],
-    commands=["update-initramfs", "nvidia-smi"],
+    commands=["update-initramfs"],
 )
 changed = {}
 for managed in files:
@@ -57,8 +58,6 @@ install = apt_pinned(
 )
 
 if snapshot.commands.get("update-initramfs"):
-    from pyinfra.operations import server
-
     server.shell(
         name="NVIDIA: rebuild initramfs (nouveau blacklist changed)",
         commands=["update-initramfs -u"],
@@ -70,6 +69,7 @@ driver_reboot(
     policy=settings.nvidia_reboot,
     driver_version=plan.driver_version,
     gpu_present=bool(profile.gpus),
+    loaded_version=profile.nvidia_module_version,
     marker=nf.REBOOT_REQUIRED,
     current_marker=snapshot.files.get(nf.REBOOT_REQUIRED),
 )

@@ -26,12 +26,15 @@ def driver_reboot(
     policy: str,
     driver_version: str,
     gpu_present: bool,
+    loaded_version: str,
     marker: str,
     current_marker: FileState | None,
 ) -> Generator[Any, None, None]:
     """Reboot only when the loaded driver differs from the installed plan, as `policy` allows.
 
-    With policy "never", writes `marker` (read by later stages and the doctor) and warns.
+    `loaded_version` comes from the preflight host profile: only a reboot changes the
+    loaded module, so it needs no second read. With policy "never", writes `marker`
+    (read by later stages and the doctor) and warns.
     """
     if not gpu_present:
         if current_marker is not None:
@@ -39,14 +42,13 @@ def driver_reboot(
         else:
             host.noop(f"{NO_GPU}, no kernel module to reload: reboot not needed")
         return
-    loaded = _loaded_module_version()
-    if loaded == driver_version:
+    if loaded_version == driver_version:
         if current_marker is not None:
             yield StringCommand(f"rm -f {shlex.quote(marker)}")
         else:
-            host.noop(f"loaded driver {loaded} matches the plan")
+            host.noop(f"loaded driver {loaded_version} matches the plan")
         return
-    reason = f"installed driver {driver_version}, loaded {loaded or 'none'}"
+    reason = f"installed driver {driver_version}, loaded {loaded_version or 'none'}"
     if policy == "if-needed":
         logger.warning(f"{host.print_prefix}rebooting: {reason}")
         yield from server.reboot._inner(delay=10, interval=2, reboot_timeout=600)
