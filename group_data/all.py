@@ -14,19 +14,18 @@ serve_host = "127.0.0.1"
 # TCP port of the OpenAI-compatible endpoint. Allowed: integer 1-65535.
 serve_port = 8000
 
-# Hub repository of the model (or its -Multilingual twin). Allowed: owner/name.
-model_repo = "zai-org/AutoGLM-Phone-9B"
+# HTTP(S) proxy for apt, pip, npm, Docker and the shell; credentials never go here. Allowed:
+# http(s) URL without user:pass, or None.
+proxy_url = None
 
-# Branch, tag or commit of model_repo; locked to a commit before download. Allowed: non-empty
-# branch, tag or 40-hex commit.
-model_revision = "main"
+# Hosts, domains and CIDRs that bypass proxy_url. Allowed: list of host names / domains / CIDRs.
+no_proxy = ["localhost", "127.0.0.1", "::1"]
 
-# Directory on the host that holds the verified model files. Allowed: absolute path.
-model_dir = "/srv/autoglm/models/AutoGLM-Phone-9B"
+# PyPI mirror used for the venv; None uses pip's default index. Allowed: http(s) URL or None.
+pip_index_url = None
 
-# Hugging Face or an HF-compatible mirror (e.g. hf-mirror) used to resolve and pull. Allowed:
-# http(s) URL.
-hub_endpoint = "https://huggingface.co"
+# npm registry mirror; None uses npm's default registry. Allowed: http(s) URL or None.
+npm_registry = None
 
 # NVIDIA driver branch; 'auto' picks the newest production branch that fits. Allowed: auto |
 # three-digit branch (e.g. 570).
@@ -59,15 +58,16 @@ nvidia_repo_base_url = "https://developer.download.nvidia.com/compute/cuda/repos
 # Fingerprint the repository signing key must have before it is trusted. Allowed: 40 hex digits.
 nvidia_repo_key_fingerprint = "EB693B3035CD5710E231E123A4B469963BF863CC"
 
-# HTTP(S) proxy for apt, pip, npm, Docker and the shell; credentials never go here. Allowed:
-# http(s) URL without user:pass, or None.
-proxy_url = None
+# Hub repository of the model (or its -Multilingual twin). Allowed: owner/name.
+model_repo = "zai-org/AutoGLM-Phone-9B"
 
-# Hosts, domains and CIDRs that bypass proxy_url. Allowed: list of host names / domains / CIDRs.
-no_proxy = ["localhost", "127.0.0.1", "::1"]
+# Branch, tag or commit of model_repo; locked to a commit before download. Allowed: non-empty
+# branch, tag or 40-hex commit.
+model_revision = "main"
 
-# PyPI mirror used for the venv; None uses pip's default index. Allowed: http(s) URL or None.
-pip_index_url = None
+# Directory on the host that holds the verified model files. Allowed: absolute path.
+model_dir = "/srv/autoglm/models/AutoGLM-Phone-9B"
 
-# npm registry mirror; None uses npm's default registry. Allowed: http(s) URL or None.
-npm_registry = None
+# Hugging Face or an HF-compatible mirror (e.g. hf-mirror) used to resolve and pull. Allowed:
+# http(s) URL.
+hub_endpoint = "https://huggingface.co"

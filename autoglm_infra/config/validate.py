@@ -82,6 +82,18 @@ def _reason(error: Mapping[str, Any]) -> str:
     return message.removeprefix("Value error, ")
 
 
+def _locate(error: Mapping[str, Any]) -> tuple[str, str]:
+    """The key an error is about. Cross-key checks (model validators) have no location;
+    they raise "KEY: reason" so the message still names the key to fix."""
+    reason = _reason(error)
+    if error["loc"]:
+        return str(error["loc"][0]), reason
+    key, sep, rest = reason.partition(": ")
+    if sep and key in Settings.model_fields:
+        return key, rest
+    return "(settings)", reason
+
+
 def find_problems(data: Mapping[str, Any]) -> list[ConfigProblem]:
     """Every problem in `data` (merged host data), sorted by key; empty when valid."""
     problems = _unknown_keys(data)
@@ -90,12 +102,12 @@ def find_problems(data: Mapping[str, Any]) -> list[ConfigProblem]:
     except ValidationError as exc:
         seen: set[str] = set()
         for error in exc.errors():
-            key = str(error["loc"][0]) if error["loc"] else "(settings)"
+            key, reason = _locate(error)
             if key in seen:
                 continue  # one line per key: unions report each branch separately
             seen.add(key)
             value = data.get(key, _NOT_GIVEN)
-            problems.append(ConfigProblem(key, value, _reason(error), _allowed(key)))
+            problems.append(ConfigProblem(key, value, reason, _allowed(key)))
     return sorted(problems, key=lambda p: p.key)
 
 

@@ -1,8 +1,9 @@
 """Fixtures that boot real Debian 12 sandbox hosts (systemd-nspawn, reached over SSH).
 
-Needs root. One sandbox ("pytest", 10.231.2.0/24) serves the whole session; each test
-module asks `sandbox_hosts(n, docker=False)` for fresh hosts, which are powered off and
-deleted when the module ends. Leftovers of a crashed earlier session are removed first.
+Needs root. One sandbox ("pytest", 10.231.2.0/24; AUTOGLM_SANDBOX_NAME and _NET override
+it) serves the whole session; each test module asks `sandbox_hosts(n, docker=False)` for
+fresh hosts, which are powered off and deleted when the module ends. Leftovers of a
+crashed earlier session are removed first.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from autoglm_infra.testbed.nvidia_repo import NvidiaRepoStandin
 from autoglm_infra.testbed.world import STANDIN_KEY_DIR, controller_address
 
 ROOT = Path(__file__).resolve().parents[2]
-SANDBOX_NAME = "pytest"
-SANDBOX_NET = 2
-STATE_DIR = Path(os.environ.get("AUTOGLM_SANDBOX_STATE_DIR", str(ROOT / ".sandbox" / "pytest")))
+# Overridable so that several developers' sessions on one machine use separate sandboxes.
+SANDBOX_NAME = os.environ.get("AUTOGLM_SANDBOX_NAME", "pytest")
+SANDBOX_NET = int(os.environ.get("AUTOGLM_SANDBOX_NET", "2"))
+STATE_DIR = Path(
+    os.environ.get("AUTOGLM_SANDBOX_STATE_DIR", str(ROOT / ".sandbox" / SANDBOX_NAME))
+)
 PYINFRA = str(ROOT / ".venv" / "bin" / "pyinfra")
 
 HostFactory = Callable[..., list[SandboxHost]]
