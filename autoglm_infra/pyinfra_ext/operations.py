@@ -86,9 +86,13 @@ def put_file(
         return
     temp = f"{path}.autoglm-new"
     parent = shlex.quote(path.rsplit("/", 1)[0] or "/")
-    yield StringCommand(f"mkdir -p {parent}")
-    yield FileUploadCommand(BytesIO(content), temp)
     qt = shlex.quote(temp)
+    yield StringCommand(f"mkdir -p {parent}")
+    if not int(mode, 8) & 0o004:
+        # Create the temp file with its final mode first: an upload creates it with the
+        # remote umask (often 644), which would expose a secret for a moment.
+        yield StringCommand(f"install -m {mode} -o {owner} -g {group} /dev/null {qt}")
+    yield FileUploadCommand(BytesIO(content), temp)
     # metadata before the rename: the file never appears at `path` with the wrong mode
     yield StringCommand(f"chmod {mode} {qt} && chown {owner}:{group} {qt} && mv -f {qt} {q}")
 

@@ -57,6 +57,18 @@ def test_put_file_uploads_aside_then_renames() -> None:
     assert changed
     assert commands[-1].endswith("mv -f /etc/x.conf.autoglm-new /etc/x.conf")
 
+    assert not any(c.startswith("install -m") for c in commands)
+
+
+def test_put_file_private_temp_is_never_world_readable() -> None:
+    changed, commands = run_op(
+        put_file, path="/etc/secret", content=b"s3cret", current=None, mode="600"
+    )
+    assert changed
+    create = "install -m 600 -o root -g root /dev/null /etc/secret.autoglm-new"
+    assert create in commands
+    assert not any("s3cret" in c for c in commands)
+
 
 WANTED = [("cuda-drivers-570", "570.172.08-1"), ("nvidia-driver-570-open", "570.172.08-1")]
 
