@@ -12,6 +12,8 @@ import shlex
 from dataclasses import dataclass, field
 
 _EFI_SECURE_BOOT = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-e0a9e5c2c1b0"
+# Where DKMS (Debian) and shim-signed (Ubuntu) keep the key they sign modules with.
+MOK_KEYS = ("/var/lib/dkms/mok.pub", "/var/lib/shim-signed/mok/MOK.der")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class HostProfile:
     gpus: tuple[PciGpu, ...] = ()
     nvidia_module_version: str = ""  # loaded kernel module (/sys/module/nvidia/version)
     secure_boot: str = "unknown"  # on | off | unknown (no EFI)
+    module_signing_key: str = "none"  # enrolled | not-enrolled | none (no DKMS/MOK key)
     systemd_booted: bool = False
     virtualization: str = ""
     extra: dict[str, str] = field(default_factory=dict)
@@ -73,6 +76,11 @@ def probe_script(disk_path: str) -> str:
             f"if [ -r {_EFI_SECURE_BOOT} ]; then"
             f" sb=$(od -An -tu1 {_EFI_SECURE_BOOT} | awk '{{print $NF}}');"
             ' [ "$sb" = 1 ] && echo secure_boot=on || echo secure_boot=off; fi',
+            # Only asked when Secure Boot is on: mokutil is slow-ish and often missing.
+            'if [ "${sb:-0}" = 1 ]; then for k in ' + " ".join(MOK_KEYS) + "; do"
+            ' [ -r "$k" ] || continue;'
+            ' if mokutil --test-key "$k" 2>/dev/null | grep -q "already enrolled";'
+            " then echo mok=enrolled; break; else echo mok=not-enrolled; fi; done; fi",
             "[ -d /run/systemd/system ] && echo systemd=yes",
             'echo "virt=$(systemd-detect-virt 2>/dev/null || true)"',
             "true",
@@ -111,6 +119,7 @@ def parse_host_profile(lines: list[str]) -> HostProfile:
         "disk_free_kib",
         "nvidia_module",
         "secure_boot",
+        "mok",
         "systemd",
         "virt",
     }
@@ -126,6 +135,7 @@ def parse_host_profile(lines: list[str]) -> HostProfile:
         gpus=tuple(gpus),
         nvidia_module_version=values.get("nvidia_module", ""),
         secure_boot=values.get("secure_boot", "unknown"),
+        module_signing_key=values.get("mok", "none"),
         systemd_booted=values.get("systemd") == "yes",
         virtualization=values.get("virt", ""),
         extra={k: v for k, v in values.items() if k not in known},

@@ -27,12 +27,40 @@ def preflight_problems(profile: HostProfile, require_gpu: bool = True) -> list[s
         problems.append(
             f"unsupported CPU architecture {profile.arch or '?'}: use x86_64 or aarch64 (sbsa)"
         )
+    problem = secure_boot_problem(profile)
+    if problem:
+        problems.append(problem)
     if not profile.systemd_booted:
         problems.append(
             "systemd is not PID 1 (no /run/systemd/system): the model service needs a booted "
             "systemd host, not a chroot or a plain container"
         )
     return problems
+
+
+def secure_boot_problem(profile: HostProfile) -> str | None:
+    """Secure Boot refuses unsigned kernel modules, and DKMS builds NVIDIA's at install.
+
+    Without an enrolled Machine Owner Key the driver installs but never loads ("Key was
+    rejected by service"), which is worse than refusing up front. A driver that is already
+    loaded proves its modules are accepted, so that host is fine.
+    """
+    if profile.secure_boot != "on" or not profile.gpus or profile.nvidia_module_version:
+        return None
+    if profile.module_signing_key == "enrolled":
+        return None
+    state = (
+        "its DKMS signing key is not enrolled yet"
+        if profile.module_signing_key == "not-enrolled"
+        else "no DKMS module signing key exists"
+    )
+    return (
+        f"Secure Boot is on and {state}: the NVIDIA kernel modules DKMS builds would be "
+        "rejected at load. Either disable Secure Boot in the firmware, or create and enroll a "
+        "Machine Owner Key first: `dkms generate_mok` (Ubuntu: `update-secureboot-policy "
+        "--new-key`), `mokutil --import /var/lib/dkms/mok.pub`, reboot, confirm the key in "
+        "the blue MOK manager screen, then run the converge again"
+    )
 
 
 def describe_host(profile: HostProfile) -> str:

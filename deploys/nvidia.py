@@ -9,7 +9,12 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.operations import server
 
 from autoglm_infra import nvidia_files as nf
-from autoglm_infra.pyinfra_ext.nvidia_ops import driver_reboot, verify_driver
+from autoglm_infra.pyinfra_ext.nvidia_ops import (
+    PERSISTENCED_ENABLED,
+    driver_reboot,
+    persistence_mode,
+    verify_driver,
+)
 from autoglm_infra.pyinfra_ext.operations import SnapshotFact, apt_pinned, put_file
 from autoglm_infra.pyinfra_ext.repo_key import fetch_trusted_keyring
 from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
@@ -31,7 +36,7 @@ for note in plan.notes:
 files = nf.stage_files(plan.repo_url, keyring)
 snapshot = host.get_fact(
     SnapshotFact,
-    files=[f.path for f in files] + [nf.HELD_STATE, nf.REBOOT_REQUIRED],
+    files=[f.path for f in files] + [nf.HELD_STATE, nf.REBOOT_REQUIRED, PERSISTENCED_ENABLED],
     package_patterns=list(nf.PACKAGE_PATTERNS),
     read_text=[nf.HELD_STATE],
     commands=["update-initramfs"],
@@ -64,6 +69,11 @@ if snapshot.commands.get("update-initramfs"):
         _if=changed[nf.NOUVEAU_BLACKLIST].did_change,
     )
 
+persistence_mode(
+    name="NVIDIA: persistence mode",
+    gpu_present=bool(profile.gpus),
+    enabled=snapshot.files.get(PERSISTENCED_ENABLED),
+)
 driver_reboot(
     name="NVIDIA: reboot when the driver changed",
     policy=settings.nvidia_reboot,

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pyinfra.api import FactBase
 
+from autoglm_infra.gpu_checks import GpuProbe
+from autoglm_infra.gpu_checks import parse_probe as parse_gpu_probe
+from autoglm_infra.gpu_checks import probe_script as gpu_probe_script
 from autoglm_infra.host_profile import HostProfile, parse_host_profile, probe_script
 
 
@@ -15,3 +20,13 @@ class HostProfileFact(FactBase[HostProfile]):
 
     def process(self, output: list[str]) -> HostProfile:
         return parse_host_profile(output)
+
+
+class GpuProbeFact(FactBase[GpuProbe]):
+    """nvidia-smi, the loaded modules, NVIDIA packages and holds, in one command."""
+
+    def command(self, package_patterns: Sequence[str]) -> str:
+        return gpu_probe_script(package_patterns)
+
+    def process(self, output: list[str]) -> GpuProbe:
+        return parse_gpu_probe(output)

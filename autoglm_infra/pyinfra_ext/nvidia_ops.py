@@ -14,6 +14,7 @@ from pyinfra.operations import server
 from autoglm_infra.remote_state import FileState
 
 NO_GPU = "no NVIDIA GPU: driver not loaded"
+PERSISTENCED_ENABLED = "/etc/systemd/system/multi-user.target.wants/nvidia-persistenced.service"
 
 
 def _loaded_module_version() -> str:
@@ -80,3 +81,23 @@ def verify_driver(
             f"kernel module {loaded} != user space {driver_version}: reboot the host"
         )
     host.noop(f"nvidia-smi: driver {driver_version}, module matches, CUDA {cuda_version}")
+
+
+@operation()
+def persistence_mode(gpu_present: bool, enabled: FileState | None) -> Generator[Any, None, None]:
+    """Keep the driver initialised between CUDA clients (nvidia-persistenced), on GPU hosts.
+
+    + enabled: the unit's multi-user.target.wants link from this stage's snapshot
+
+    Started only while the module is loaded: after a fresh install it starts at the reboot.
+    """
+    if not gpu_present:
+        host.noop(f"{NO_GPU}: persistence mode skipped (nvidia-persistenced needs a GPU)")
+        return
+    if enabled is not None:
+        host.noop("nvidia-persistenced is enabled")
+        return
+    yield StringCommand(
+        "systemctl enable nvidia-persistenced.service && "
+        "{ [ ! -e /sys/module/nvidia ] || systemctl start nvidia-persistenced.service; }"
+    )

@@ -12,6 +12,7 @@ from pyinfra.api.operation import add_op
 from pyinfra.api.operations import run_ops
 from pyinfra.api.state import StateStage
 
+from autoglm_infra.pyinfra_ext.nvidia_ops import persistence_mode
 from autoglm_infra.pyinfra_ext.operations import apt_pinned, put_file
 from autoglm_infra.remote_state import FileState, PackageState
 
@@ -103,3 +104,11 @@ def test_apt_pinned_upgrade_releases_installs_removes_and_rehold() -> None:
         assert part in install
     assert "apt-mark hold cuda-drivers-570 nvidia-driver-570-open" in commands[-2]
     assert commands[-1].endswith("> /var/lib/a/held")
+
+
+def test_persistence_mode_enabled_once_on_gpu_hosts_only() -> None:
+    changed, commands = run_op(persistence_mode, gpu_present=True, enabled=None)
+    assert changed
+    assert commands[0].startswith("systemctl enable nvidia-persistenced.service")
+    assert run_op(persistence_mode, gpu_present=True, enabled=GOOD) == (False, [])
+    assert run_op(persistence_mode, gpu_present=False, enabled=None) == (False, [])

@@ -28,9 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Overridable so that several developers' sessions on one machine use separate sandboxes.
 SANDBOX_NAME = os.environ.get("AUTOGLM_SANDBOX_NAME", "pytest")
 SANDBOX_NET = int(os.environ.get("AUTOGLM_SANDBOX_NET", "2"))
-STATE_DIR = Path(
-    os.environ.get("AUTOGLM_SANDBOX_STATE_DIR", str(ROOT / ".sandbox" / SANDBOX_NAME))
-)
+STATE_DIR = Path(os.environ.get("AUTOGLM_SANDBOX_STATE_DIR", str(ROOT / ".sandbox" / SANDBOX_NAME)))
 PYINFRA = str(ROOT / ".venv" / "bin" / "pyinfra")
 
 HostFactory = Callable[..., list[SandboxHost]]

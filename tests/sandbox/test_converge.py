@@ -6,6 +6,7 @@ boot their own (2 s each).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -134,3 +135,23 @@ def test_refusals_name_the_problem_and_change_nothing(
     assert "Traceback" not in result.stderr
     assert nothing_written(host)
     assert held_versions(host) == {}
+
+
+def test_gpu_check_is_read_only_and_honest_without_a_gpu(
+    world: tuple[SandboxHost, Path], tmp_path: Path
+) -> None:
+    host, inventory = world
+    run_pyinfra(inventory)  # converged, whatever ran before
+    before = host.ssh("find /etc /var/lib/autoglm -newer /etc/hostname | sort; apt-mark showhold")
+    result = run_pyinfra(
+        inventory, "deploys/gpu_check.py", env={"AUTOGLM_CHECKS_JSON": str(tmp_path)}
+    )
+    assert result.returncode != 0, "a host without a GPU must not pass GPU acceptance"
+    assert result.changed() == [] and result.operations == []
+    assert "gpu present" in result.stderr and "no PCI display device" in result.stderr
+    report = json.loads((tmp_path / f"{host.name}.gpu_check.json").read_text())
+    statuses = {c["name"]: c["status"] for c in report["checks"]}
+    assert statuses["packages"] == "ok", report  # the converged stack is pinned and held
+    assert statuses["gpu present"] == "fail" and statuses["nvidia-smi"] == "skip"
+    after = host.ssh("find /etc /var/lib/autoglm -newer /etc/hostname | sort; apt-mark showhold")
+    assert after.stdout == before.stdout

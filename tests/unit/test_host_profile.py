@@ -55,3 +55,45 @@ def test_unsupported_os_and_no_systemd_refused_with_fix() -> None:
     assert any("no NVIDIA GPU found" in p and "nvidia_require_gpu" in p for p in problems)
     assert any("unsupported OS ubuntu 20.04" in p and "debian 12" in p for p in problems)
     assert any("systemd is not PID 1" in p for p in problems)
+
+
+def _fresh_secure_boot_host(*extra: str) -> list[str]:
+    """The recorded host before its first driver install, with Secure Boot on."""
+    keep = [ln for ln in RECORDED_H100_HOST if not ln.startswith(("nvidia_module", "secure"))]
+    return [*keep, "secure_boot=on", *extra]
+
+
+def test_secure_boot_without_enrolled_key_is_refused_with_mokutil_steps() -> None:
+    for mok, state in ((None, "no DKMS module signing key"), ("not-enrolled", "not enrolled")):
+        lines = _fresh_secure_boot_host(*([f"mok={mok}"] if mok else []))
+        problems = preflight_problems(parse_host_profile(lines))
+        assert len(problems) == 1, problems
+        assert state in problems[0] and "mokutil --import" in problems[0]
+
+
+def test_secure_boot_is_fine_with_enrolled_key_or_a_loaded_driver() -> None:
+    assert preflight_problems(parse_host_profile(_fresh_secure_boot_host("mok=enrolled"))) == []
+    loaded = _fresh_secure_boot_host("nvidia_module=570.172.08")
+    assert preflight_problems(parse_host_profile(loaded)) == []
+
+
+def test_secure_boot_probe_reports_key_state_through_mokutil(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Run the probe's Secure Boot branch with a fake EFI variable and a real shell."""
+    efivar = tmp_path / "SecureBoot"
+    efivar.write_bytes(b"\x06\x00\x00\x00\x01")  # attributes (4 bytes) + enabled
+    key = tmp_path / "mok.pub"
+    key.write_text("key")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    mokutil = bindir / "mokutil"
+    mokutil.write_text('#!/bin/sh\necho "$2 is already enrolled"\n')
+    mokutil.chmod(0o755)
+    from autoglm_infra import host_profile
+
+    script = probe_script("/").replace(host_profile._EFI_SECURE_BOOT, str(efivar))
+    script = script.replace(host_profile.MOK_KEYS[0], str(key))
+    out = subprocess.run(
+        ["sh", "-c", f"PATH={bindir}:$PATH; {script}"], capture_output=True, text=True, check=True
+    )
+    profile = parse_host_profile(out.stdout.splitlines())
+    assert (profile.secure_boot, profile.module_signing_key) == ("on", "enrolled")
