@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from autoglm_infra.host_profile import HostProfile
 
 SUPPORTED_OS = {("ubuntu", "22.04"), ("ubuntu", "24.04"), ("debian", "12")}
 SUPPORTED_ARCH = {"x86_64", "aarch64"}
 
 
-def preflight_problems(profile: HostProfile, require_gpu: bool = True) -> list[str]:
+# Open-AutoGLM's recommendation; below it the host works but is slow: a warning.
+RECOMMENDED_CPUS = 16
+RECOMMENDED_MEM_GIB = 64
+
+
+@dataclass(frozen=True)
+class Minimums:
+    cpus: int = 4
+    mem_gib: float = 16
+    disk_gib: float = 40
+
+
+def preflight_problems(
+    profile: HostProfile, require_gpu: bool = True, minimums: Minimums = Minimums()
+) -> list[str]:
     """Each problem says what is wrong, the evidence, and what to do about it."""
-    problems = []
+    problems = resource_problems(profile, minimums)
     if require_gpu and not profile.gpus:
         problems.append(
             "no NVIDIA GPU found (no PCI display device with vendor 0x10de in sysfs): check "
@@ -36,6 +52,41 @@ def preflight_problems(profile: HostProfile, require_gpu: bool = True) -> list[s
             "systemd host, not a chroot or a plain container"
         )
     return problems
+
+
+def _num(value: float) -> str:
+    return f"{value:.0f}" if value == int(value) else f"{value}"
+
+
+def resource_problems(profile: HostProfile, minimums: Minimums) -> list[str]:
+    problems = []
+    if profile.cpus < minimums.cpus:
+        problems.append(
+            f"{profile.cpus} CPU cores, preflight_min_cpus is {minimums.cpus}: use a larger host"
+        )
+    if profile.mem_gib < minimums.mem_gib:
+        problems.append(
+            f"{profile.mem_gib:.1f} GiB RAM, preflight_min_mem_gib is {_num(minimums.mem_gib)}: "
+            "use a host with more memory"
+        )
+    if profile.disk_free_gib < minimums.disk_gib:
+        problems.append(
+            f"{profile.disk_free_gib:.1f} GiB free at {profile.disk_path or '?'} (where model_dir "
+            f"will live), preflight_min_disk_gib is {_num(minimums.disk_gib)}: free space there, or "
+            "point model_dir at a larger filesystem"
+        )
+    return problems
+
+
+def resource_warnings(profile: HostProfile) -> list[str]:
+    warnings = []
+    if profile.cpus < RECOMMENDED_CPUS or profile.mem_gib < RECOMMENDED_MEM_GIB:
+        warnings.append(
+            f"{profile.cpus} CPU cores / {profile.mem_gib:.0f} GiB RAM is below Open-AutoGLM's "
+            f"recommended {RECOMMENDED_CPUS} / {RECOMMENDED_MEM_GIB} GiB: expect slow "
+            "pre-processing of screenshots"
+        )
+    return warnings
 
 
 def secure_boot_problem(profile: HostProfile) -> str | None:

@@ -13,15 +13,23 @@ from autoglm_infra.config.keys_docker import DockerKeys
 from autoglm_infra.config.keys_model import ModelKeys
 from autoglm_infra.config.keys_network import NetworkKeys
 from autoglm_infra.config.keys_nvidia import NvidiaKeys
+from autoglm_infra.config.keys_preflight import PreflightKeys
 from autoglm_infra.config.keys_python import PythonEnvKeys
 from autoglm_infra.config.keys_service import ServiceKeys
 from autoglm_infra.config.keys_serving import ServingKeys
 
 
 # pydantic orders fields from the last base to the first, so this list is the reverse of
-# the README order (serving, network, nvidia, python, model, service, docker).
+# the README order (serving, preflight, network, nvidia, python, model, service, docker).
 class Settings(
-    DockerKeys, ServiceKeys, ModelKeys, PythonEnvKeys, NvidiaKeys, NetworkKeys, ServingKeys
+    DockerKeys,
+    ServiceKeys,
+    ModelKeys,
+    PythonEnvKeys,
+    NvidiaKeys,
+    NetworkKeys,
+    PreflightKeys,
+    ServingKeys,
 ):
     """Validated configuration of one host (merged pyinfra host + group data)."""
 

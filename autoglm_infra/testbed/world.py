@@ -61,6 +61,10 @@ def sandbox_group_data(nvidia_repo: NvidiaRepoStandin) -> dict[str, object]:
         # never reboot (a reboot would end the nspawn container).
         "nvidia_require_gpu": False,
         "nvidia_reboot": "never",
+        # CI machines have 2 cores; the tiny test model needs little RAM or disk.
+        "preflight_min_cpus": 1,
+        "preflight_min_mem_gib": 1,
+        "preflight_min_disk_gib": 1,
     }
 
 
