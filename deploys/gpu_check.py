@@ -8,16 +8,13 @@ driver too old for the planned CUDA, packages not pinned, a pending reboot.
 Set AUTOGLM_CHECKS_JSON=<dir> to also write <dir>/<host>.gpu_check.json.
 """
 
-import os
-from pathlib import Path
-
-from pyinfra import host, logger
-from pyinfra.api.exceptions import PyinfraError
+from pyinfra import host
 
 from autoglm_infra import nvidia_files as nf
-from autoglm_infra.checks import Check, failed, format_table, to_json
+from autoglm_infra.checks import Check
 from autoglm_infra.gpu_checks import evaluate_gpu
 from autoglm_infra.pyinfra_ext.facts import GpuProbeFact
+from autoglm_infra.pyinfra_ext.report import report_checks
 from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
 from autoglm_infra.stack_request import plan_for_host, plan_packages
 
@@ -33,11 +30,4 @@ else:
         profile, probe, plan.driver_version, plan.cuda_version, plan_packages(plan)
     )
 
-table = format_table(host.name, checks)
-logger.info(table)
-if out_dir := os.environ.get("AUTOGLM_CHECKS_JSON"):
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    Path(out_dir, f"{host.name}.gpu_check.json").write_text(to_json(host.name, checks) + "\n")
-if failed(checks):
-    names = ", ".join(c.name for c in failed(checks))
-    raise PyinfraError(f"GPU acceptance failed on {host.name}: {names} (table above)")
+report_checks("gpu_check", checks)

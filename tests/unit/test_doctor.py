@@ -1,0 +1,56 @@
+"""The doctor's host checks and endpoint exposure, from real `ss` output shapes."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+
+from autoglm_infra.doctor import exposure_check, host_checks, listeners_script, parse_listeners
+from autoglm_infra.host_profile import HostProfile
+from autoglm_infra.preflight import Minimums
+
+SS_OUTPUT = ["127.0.0.1:8000", "0.0.0.0:22", "[::]:22", "*:9000", "[::1]:8001"]
+
+
+def test_parse_ss_addresses() -> None:
+    parsed = [(entry.address, entry.port) for entry in parse_listeners(SS_OUTPUT)]
+    assert parsed == [
+        ("127.0.0.1", 8000),
+        ("0.0.0.0", 22),
+        ("::", 22),
+        ("*", 9000),
+        ("::1", 8001),
+    ]
+
+
+def test_endpoint_on_loopback_is_ok_and_on_all_interfaces_fails() -> None:
+    assert exposure_check("127.0.0.1", 8000, parse_listeners(SS_OUTPUT)).status == "ok"
+    assert exposure_check("::1", 8001, parse_listeners(SS_OUTPUT)).status == "ok"
+    exposed = exposure_check("127.0.0.1", 9000, parse_listeners(SS_OUTPUT))
+    assert exposed.status == "fail" and "127.0.0.1:PORT:PORT" in exposed.fix
+    assert exposure_check("0.0.0.0", 22, parse_listeners(SS_OUTPUT)).status == "ok"
+
+
+def test_nothing_listening_warns() -> None:
+    assert exposure_check("127.0.0.1", 8123, []).status == "warn"
+
+
+def test_listeners_script_sees_a_real_socket() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        out = subprocess.run(
+            ["sh", "-c", listeners_script()], capture_output=True, text=True, check=True
+        )
+        assert (
+            exposure_check("127.0.0.1", port, parse_listeners(out.stdout.splitlines())).status
+            == "ok"
+        )
+
+
+def test_host_checks_report_resources_and_systemd() -> None:
+    checks = {c.name: c for c in host_checks(HostProfile(cpus=2), Minimums())}
+    assert checks["host resources"].status == "fail"
+    assert "preflight_min_cpus" in checks["host resources"].evidence
+    assert checks["systemd"].status == "fail"
