@@ -72,8 +72,8 @@ def resource_problems(profile: HostProfile, minimums: Minimums) -> list[str]:
     if profile.disk_free_gib < minimums.disk_gib:
         problems.append(
             f"{profile.disk_free_gib:.1f} GiB free at {profile.disk_path or '?'} (where model_dir "
-            f"will live), preflight_min_disk_gib is {_num(minimums.disk_gib)}: free space there, or "
-            "point model_dir at a larger filesystem"
+            f"will live), preflight_min_disk_gib is {_num(minimums.disk_gib)}: free space "
+            "there, or point model_dir at a larger filesystem"
         )
     return problems
 

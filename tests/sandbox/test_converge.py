@@ -113,7 +113,8 @@ def test_branch_change_upgrades_cleanly_and_reholds(world: tuple[SandboxHost, Pa
          ["A" * 40, "nothing was trusted or written"]),
         (["nvidia_driver_branch=550", "cuda_version=12.8"], ["cuda_version=12.8 needs"]),
         (["nvidia_require_gpu=true"], ["no NVIDIA GPU found"]),
-        (["preflight_min_disk_gib=1000000"], ["preflight_min_disk_gib is 1000000", "GiB free at /"]),
+        (["preflight_min_disk_gib=1000000"],
+         ["preflight_min_disk_gib is 1000000", "GiB free at /"]),
     ],
 )  # fmt: skip
 def test_refusals_name_the_problem_and_change_nothing(
