@@ -1,0 +1,523 @@
+#!/usr/bin/env python3
+"""Pull and verify model files on a host, exactly as a lock says. Python 3.10+ stdlib only.
+
+Shipped by the model stage to /usr/local/lib/autoglm/model_fetch.py and run as
+``python3 model_fetch.py --plan MODEL_DIR/.autoglm/plan.json [--verify full] [--prune]``.
+The plan (JSON, written by the controller) lists every file with size, digest and URL;
+the hub token, when one is needed, is read from the 0600 file the plan names, never argv.
+
+Per file: trusted when its stamp (size, mtime, inode, digest) matches; else an existing
+file of the right size is re-hashed; else it is downloaded into ``<name>.partial`` with
+HTTP Range resume, hashed while it streams, checked against size and digest, fsynced and
+renamed into place. Nothing partial ever sits at a final path, and a file that fails its
+check never replaces the one already there. Retries back off exponentially (1 s, doubling,
+up to the plan's max_delay) on 429, 5xx and dropped connections. The disk check happens
+before the first byte is fetched.
+
+Exit status: 0 done, 1 some file failed (named on stderr), 2 bad plan, 3 not enough disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+META_DIR = ".autoglm"
+PARTIAL = ".partial"
+CHUNK = 1 << 20
+SYNC_EVERY = 64 << 20
+READ_TIMEOUT = 60.0
+USER_AGENT = "autoglm-infra-model-fetch/1"
+
+
+class FetchError(Exception):
+    """One file cannot be fetched; the message names it and says why."""
+
+
+class Retryable(Exception):
+    """A transient failure (429, 5xx, dropped connection); `retry_after` from the server."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Restart(Exception):
+    """The server ignored our Range: start the file from byte 0."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str
+    size: int
+    digest: str  # 'sha256:<hex>' or 'gitsha1:<hex>'
+    url: str
+
+
+@dataclass(frozen=True)
+class Options:
+    model_dir: str
+    workers: int
+    attempts: int
+    max_delay: float
+    margin_bytes: int
+    token: str | None
+    retry_base: float = 1.0
+    progress_every: float = 10.0
+
+
+def log(message: str) -> None:
+    print(f"model_fetch: {message}", file=sys.stderr, flush=True)
+
+
+def new_hasher(entry: Entry) -> Any:
+    algo = entry.digest.split(":", 1)[0]
+    if algo == "sha256":
+        return hashlib.sha256()
+    if algo == "gitsha1":
+        hasher = hashlib.sha1()  # git's blob id, not a signature
+        hasher.update(b"blob %d\0" % entry.size)
+        return hasher
+    raise FetchError(f"{entry.path}: unknown digest kind {entry.digest!r}")
+
+
+def digest_of(entry: Entry, hasher: Any) -> str:
+    return f"{entry.digest.split(':', 1)[0]}:{hasher.hexdigest()}"
+
+
+def hash_file(entry: Entry, path: str, limit: int | None = None) -> tuple[Any, int]:
+    """(hasher over the first `limit` bytes of `path` (all when None), bytes read)."""
+    hasher = new_hasher(entry)
+    buf = bytearray(4 * CHUNK)
+    view = memoryview(buf)
+    done = 0
+    with open(path, "rb", buffering=0) as fh:
+        while limit is None or done < limit:
+            want = len(buf) if limit is None else min(len(buf), limit - done)
+            n = fh.readinto(view[:want])
+            if not n:
+                break
+            hasher.update(view[:n])
+            done += n
+    return hasher, done
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- stamps ----------------------------------------------------------------------------------
+
+
+class Stamps:
+    """`.autoglm/stamps.json`: what was verified, keyed to the file's size, mtime and inode."""
+
+    def __init__(self, model_dir: str, wanted: set[str]) -> None:
+        self.path = os.path.join(model_dir, META_DIR, "stamps.json")
+        self.lock = threading.Lock()
+        self.files: dict[str, dict[str, Any]] = {}
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                loaded = json.load(fh)["files"]
+            self.files = {p: s for p, s in loaded.items() if p in wanted}
+        except (OSError, ValueError, KeyError, TypeError):
+            self.files = {}
+
+    def ok(self, entry: Entry, st: os.stat_result) -> bool:
+        s = self.files.get(entry.path)
+        return bool(
+            s
+            and s.get("digest") == entry.digest
+            and s.get("size") == entry.size == st.st_size
+            and s.get("mtime_ns") == st.st_mtime_ns
+            and s.get("inode") == st.st_ino
+        )
+
+    def record(self, entry: Entry, final: str) -> None:
+        st = os.stat(final)
+        stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+        with self.lock:
+            self.files[entry.path] = {**stamp, "digest": entry.digest}
+            self._save()
+
+    def _save(self) -> None:
+        tmp = f"{self.path}.tmp"
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"version": 1, "files": self.files}, fh, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+
+# -- progress --------------------------------------------------------------------------------
+
+
+class Progress:
+    def __init__(self, entry: Entry, every: float) -> None:
+        self.entry = entry
+        self.every = every
+        self.started = time.monotonic()
+        self.last = self.started
+        self.transferred = 0
+
+    def update(self, offset: int, added: int) -> None:
+        self.transferred += added
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        rate = self.transferred / max(now - self.started, 1e-6) / 2**20
+        pct = 100 * offset / self.entry.size if self.entry.size else 100
+        log(
+            f"{self.entry.path}: {offset / 2**20:.0f}/{self.entry.size / 2**20:.0f} MiB "
+            f"({pct:.0f}%) {rate:.0f} MiB/s"
+        )
+
+
+class Flusher:
+    """Starts writeback while the download goes on (fdatasync in a thread every SYNC_EVERY
+    bytes), so the fsync before the rename only waits for the tail of the file."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.pending = 0
+        self.thread: threading.Thread | None = None
+
+    def wrote(self, n: int) -> None:
+        self.pending += n
+        if self.pending >= SYNC_EVERY and not (self.thread and self.thread.is_alive()):
+            self.pending = 0
+            self.thread = threading.Thread(target=os.fdatasync, args=(self.fd,), daemon=True)
+            self.thread.start()
+
+    def finish(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+        os.fsync(self.fd)  # errors of the background syncs surface here too
+
+
+# -- download --------------------------------------------------------------------------------
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    # Environment proxies (the proxy stage's http_proxy/no_proxy) apply, as for curl.
+    return urllib.request.build_opener()
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("Retry-After") if headers is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def stream_into(entry: Entry, partial: str, hasher: Any, offset: int, opts: Options,
+                progress: Progress) -> int:  # fmt: skip
+    """Fetch bytes [offset, size) appended to `partial`; returns the new offset.
+
+    Raises Retryable (transient), Restart (Range ignored) or FetchError (fatal).
+    """
+    request = urllib.request.Request(entry.url, headers={"User-Agent": USER_AGENT})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    if opts.token:
+        # unredirected: the token is not forwarded when the hub redirects to a CDN
+        request.add_unredirected_header("Authorization", f"Bearer {opts.token}")
+    try:
+        response = _opener().open(request, timeout=READ_TIMEOUT)
+    except urllib.error.HTTPError as err:
+        code = err.code
+        err.close()
+        if code == 429 or code >= 500:
+            raise Retryable(f"HTTP {code}", _retry_after(err.headers)) from None
+        if code == 416:
+            raise Restart from None
+        if code in (401, 403):
+            raise FetchError(
+                f"{entry.path}: HTTP {code} from the hub: the repository needs a token with "
+                "access (set the variable named by hub_token_env, or hub_token_file)"
+            ) from None
+        raise FetchError(f"{entry.path}: HTTP {code} for {entry.url}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+        raise Retryable(f"connection failed: {err}") from None
+    with response:
+        status = response.status
+        if offset and status == 200:
+            raise Restart
+        if status == 206:
+            content_range = response.headers.get("Content-Range", "")
+            if not content_range.startswith(f"bytes {offset}-"):
+                raise Restart
+        elif status != 200:
+            raise FetchError(f"{entry.path}: unexpected HTTP {status} for {entry.url}")
+        length = response.headers.get("Content-Length")
+        expected_end = offset + int(length) if length is not None else entry.size
+        if expected_end != entry.size:
+            raise FetchError(
+                f"wrong size from the hub for {entry.path}: it announced "
+                f"{expected_end} bytes, the lock says {entry.size}"
+            )
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        with open(partial, "ab", buffering=0) as out:
+            flusher = Flusher(out.fileno())
+            try:
+                while True:
+                    n = response.readinto(buf)
+                    if not n:
+                        break
+                    if offset + n > entry.size:
+                        raise FetchError(
+                            f"wrong size from the hub for {entry.path}: more than "
+                            f"{entry.size} bytes"
+                        )
+                    out.write(view[:n])
+                    hasher.update(view[:n])
+                    flusher.wrote(n)
+                    offset += n
+                    progress.update(offset, n)
+            except (OSError, http.client.HTTPException) as err:
+                raise _Interrupted(offset, f"connection dropped at byte {offset}: {err}") from None
+            finally:
+                flusher.finish()
+    if offset < entry.size:
+        raise _Interrupted(offset, f"connection closed at byte {offset} of {entry.size}")
+    return offset
+
+
+class _Interrupted(Retryable):
+    def __init__(self, offset: int, message: str) -> None:
+        super().__init__(message)
+        self.offset = offset
+
+
+def fetch(entry: Entry, opts: Options, stamps: Stamps) -> int:
+    """Download one file into place; returns the bytes transferred."""
+    final = os.path.join(opts.model_dir, entry.path)
+    partial = final + PARTIAL
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    progress = Progress(entry, opts.progress_every)
+    resumed = False
+    try:
+        have = os.path.getsize(partial)
+    except FileNotFoundError:
+        have = 0
+    if have > entry.size:
+        os.unlink(partial)
+        have = 0
+    if have:
+        hasher, offset = hash_file(entry, partial, have)
+        resumed = True
+        log(f"{entry.path}: resuming at byte {offset} of {entry.size}")
+    else:
+        hasher, offset = new_hasher(entry), 0
+        open(partial, "wb").close()
+    tries, delay = 0, opts.retry_base
+    while offset < entry.size:
+        try:
+            offset = stream_into(entry, partial, hasher, offset, opts, progress)
+        except Restart:
+            os.truncate(partial, 0)
+            hasher, offset, resumed = new_hasher(entry), 0, False
+        except Retryable as err:
+            if isinstance(err, _Interrupted):
+                offset = err.offset
+            tries += 1
+            if tries >= opts.attempts:
+                raise FetchError(
+                    f"{entry.path}: gave up after {tries} tries (model_download_attempts): "
+                    f"{err}; the next run resumes from byte {offset}"
+                ) from None
+            wait = min(err.retry_after if err.retry_after is not None else delay, opts.max_delay)
+            log(f"{entry.path}: {err}; retry {tries}/{opts.attempts - 1} in {wait:.1f} s")
+            time.sleep(wait)
+            delay = min(delay * 2, opts.max_delay)
+    got = digest_of(entry, hasher)
+    if got != entry.digest:
+        os.unlink(partial)
+        if resumed:  # the kept partial may have been bad: one clean try from byte 0
+            log(f"{entry.path}: resumed file failed its check; downloading it again whole")
+            return progress.transferred + fetch(entry, opts, stamps)
+        raise FetchError(
+            f"wrong bytes from the hub for {entry.path}: expected {entry.digest}, got {got}; "
+            "the download was discarded and any previous file left in place"
+        )
+    os.replace(partial, final)
+    fsync_dir(os.path.dirname(final))
+    stamps.record(entry, final)
+    return progress.transferred
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def load_plan(path: str) -> tuple[list[Entry], Options, dict[str, Any]]:
+    with open(path, encoding="utf-8") as fh:
+        doc = json.load(fh)
+    entries = [Entry(f["path"], int(f["size"]), f["digest"], f["url"]) for f in doc["files"]]
+    token = None
+    if doc.get("token_file"):
+        with open(doc["token_file"], encoding="utf-8") as fh:
+            token = fh.read().strip() or None
+    opts = Options(
+        model_dir=doc["model_dir"],
+        workers=int(doc["workers"]),
+        attempts=int(doc["attempts"]),
+        max_delay=float(doc["max_delay"]),
+        margin_bytes=int(doc["margin_bytes"]),
+        token=token,
+    )
+    return entries, opts, doc
+
+
+def check_existing(entry: Entry, opts: Options, stamps: Stamps, full: bool) -> str:
+    """'stamp' (trusted), 'rehashed' (read and right), or 'fetch'."""
+    final = os.path.join(opts.model_dir, entry.path)
+    try:
+        st = os.stat(final)
+    except FileNotFoundError:
+        return "fetch"
+    if not full and stamps.ok(entry, st):
+        return "stamp"
+    if st.st_size != entry.size:
+        log(f"{entry.path}: size {st.st_size}, lock says {entry.size}: fetching it again")
+        return "fetch"
+    hasher, _ = hash_file(entry, final)
+    if digest_of(entry, hasher) == entry.digest:
+        stamps.record(entry, final)
+        return "rehashed"
+    log(f"{entry.path}: content does not match the lock ({entry.digest}): fetching it again")
+    return "fetch"
+
+
+def missing_bytes(entries: list[Entry], model_dir: str) -> int:
+    total = 0
+    for entry in entries:
+        try:
+            have = os.path.getsize(os.path.join(model_dir, entry.path) + PARTIAL)
+        except FileNotFoundError:
+            have = 0
+        total += entry.size - (have if have <= entry.size else 0)
+    return total
+
+
+def extra_files(model_dir: str, entries: list[Entry], keep_partials: set[str]) -> list[str]:
+    wanted = {e.path for e in entries} | {p + PARTIAL for p in keep_partials}
+    found = []
+    for root, dirs, files in os.walk(model_dir):
+        rel_root = os.path.relpath(root, model_dir)
+        if rel_root == ".":
+            dirs[:] = [d for d in dirs if d != META_DIR]
+        for name in files:
+            rel = name if rel_root == "." else f"{rel_root}/{name}"
+            if rel not in wanted:
+                found.append(rel)
+    return sorted(found)
+
+
+def run(plan_file: str, verify: str, prune: bool, retry_base: float, progress_every: float) -> int:
+    try:
+        entries, opts, _ = load_plan(plan_file)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log(f"cannot read plan {plan_file}: {err}")
+        return 2
+    opts = Options(**{**opts.__dict__, "retry_base": retry_base, "progress_every": progress_every})
+    os.makedirs(opts.model_dir, exist_ok=True)
+    stamps = Stamps(opts.model_dir, {e.path for e in entries})
+    started = time.monotonic()
+
+    # 1. what is already right (stamps, or re-hashed in parallel: hashlib releases the GIL)
+    hash_workers = max(1, min(len(entries), os.cpu_count() or 1))
+    with ThreadPoolExecutor(hash_workers) as pool:
+        verdicts = list(
+            pool.map(lambda e: check_existing(e, opts, stamps, verify == "full"), entries)
+        )
+    to_fetch = [e for e, v in zip(entries, verdicts, strict=True) if v == "fetch"]
+
+    # 2. disk check before the first byte
+    needed = missing_bytes(to_fetch, opts.model_dir)
+    free = shutil.disk_usage(opts.model_dir).free
+    if to_fetch and needed + opts.margin_bytes > free:
+        gib = 1024**3
+        log(
+            f"not enough disk at {opts.model_dir}: {needed / gib:.2f} GiB to download + "
+            f"{opts.margin_bytes / gib:.2f} GiB margin > {free / gib:.2f} GiB free; nothing "
+            "was downloaded"
+        )
+        return 3
+
+    # 3. downloads, several at once
+    errors: list[str] = []
+    transferred = 0
+    if to_fetch:
+        log(f"fetching {len(to_fetch)} files, {needed / 2**20:.1f} MiB, {opts.workers} at once")
+
+        def one(entry: Entry) -> int:
+            try:
+                return fetch(entry, opts, stamps)
+            except FetchError as err:
+                errors.append(str(err))
+            except OSError as err:
+                errors.append(f"{entry.path}: {err}")
+            return 0
+
+        with ThreadPoolExecutor(opts.workers) as pool:
+            transferred = sum(pool.map(one, to_fetch))
+
+    # 4. files that are not in the lock
+    failed = {e.path for e in to_fetch if not os.path.exists(os.path.join(opts.model_dir, e.path))}
+    extras = extra_files(opts.model_dir, entries, failed)
+    for rel in extras:
+        if prune:
+            os.unlink(os.path.join(opts.model_dir, rel))
+            log(f"removed {rel} (not in the lock)")
+        else:
+            log(f"not in the lock: {rel} (model_prune: true removes it)")
+
+    counts = {v: verdicts.count(v) for v in ("stamp", "rehashed")}
+    print(
+        f"model_fetch: {len(entries) - len(errors)}/{len(entries)} files ok: "
+        f"{counts['stamp']} by stamp, {counts['rehashed']} re-hashed, "
+        f"{len(to_fetch) - len(errors)} downloaded ({transferred} bytes) in "
+        f"{time.monotonic() - started:.2f} s; {len(extras)} not in the lock"
+        + (" (removed)" if prune and extras else ""),
+        flush=True,
+    )
+    for error in errors:
+        log(f"ERROR {error}")
+    return 1 if errors else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--plan", required=True, help="plan JSON written by the model stage")
+    parser.add_argument("--verify", choices=("stamp", "full"), default="stamp")
+    parser.add_argument("--prune", action="store_true", help="remove files not in the plan")
+    parser.add_argument("--retry-base", type=float, default=1.0, help=argparse.SUPPRESS)
+    parser.add_argument("--progress-every", type=float, default=10.0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    socket.setdefaulttimeout(READ_TIMEOUT)
+    return run(args.plan, args.verify, args.prune, args.retry_base, args.progress_every)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
