@@ -1,0 +1,62 @@
+"""Which image the container runs and where it comes from: pull, tarball or derived build. Pure.
+
+A `docker save` tarball names its image config in manifest.json; the image ID is the
+sha256 of that config, which lists the sha256 of every layer, and `docker load` checks
+the layers against it. Pinning the image ID therefore pins every byte of the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from pathlib import Path
+
+
+class ImageError(ValueError):
+    """The configured image cannot be used; the message names the key and the fix."""
+
+
+def _config_member(manifest: object) -> str:
+    if not (isinstance(manifest, list) and len(manifest) == 1 and isinstance(manifest[0], dict)):
+        raise ImageError("manifest.json must describe exactly one image")
+    config = manifest[0].get("Config")
+    if not isinstance(config, str):
+        raise ImageError("manifest.json has no Config entry")
+    return config
+
+
+def tarball_image_id(path: str | Path) -> str:
+    """'sha256:<hex>' of the single image in a `docker save` tarball, verified by hashing
+    its config (so a tarball whose config does not match its name is refused)."""
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            manifest_file = tar.extractfile("manifest.json")
+            if manifest_file is None:
+                raise ImageError("manifest.json is not a file")
+            member = _config_member(json.load(manifest_file))
+            config_file = tar.extractfile(member)
+            if config_file is None:
+                raise ImageError(f"{member} is not a file")
+            digest = hashlib.sha256(config_file.read()).hexdigest()
+    except (OSError, KeyError, tarfile.TarError, json.JSONDecodeError) as exc:
+        raise ImageError(
+            f"docker_image_tarball = {str(path)!r}: not a readable `docker save` tarball ({exc})"
+        ) from None
+    named = member.rsplit("/", 1)[-1].removesuffix(".json")
+    if named != digest:
+        raise ImageError(
+            f"docker_image_tarball = {str(path)!r}: config {member} hashes to {digest}"
+        )
+    return f"sha256:{digest}"
+
+
+def check_tarball(path: str | Path, image_id: str) -> None:
+    """Refuse a tarball that does not hold exactly `image_id` (before anything is uploaded)."""
+    found = tarball_image_id(path)
+    if found != image_id:
+        raise ImageError(
+            f"docker_image_tarball = {str(path)!r} holds image {found}, but docker_image pins "
+            f"{image_id}: nothing was uploaded. Set docker_image to the ID of the image you "
+            "mean to run."
+        )

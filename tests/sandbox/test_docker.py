@@ -1,0 +1,242 @@
+"""Docker mode on a real sandbox host: engine, daemon.json, toolkit stand-ins, hardened container.
+
+The host is prepared for Docker (HostSpec(docker=True)); the engine is Debian's docker.io
+from the sandbox's mirror; the toolkit comes from a signed stand-in repository; the image
+is a busybox health server loaded from a `docker save` tarball (no registry here). No GPU:
+`docker_gpu_devices` is [] so `--gpus` is only unit-tested.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autoglm_infra.docker_args import CONTAINER_NAME, ENV_FILE, SPEC_LABEL
+from autoglm_infra.testbed.container_toolkit_repo import ContainerToolkitRepoStandin
+from autoglm_infra.testbed.converge import converge_twice, describe_failure, run_pyinfra
+from autoglm_infra.testbed.hosts import Sandbox, SandboxHost, write_inventory
+from autoglm_infra.testbed.standin_image import StandinImage, build_image
+from autoglm_infra.testbed.world import STANDIN_KEY_DIR, controller_address
+
+DEPLOY = "deploys/docker.py"
+UNIT = "autoglm-docker.service"
+IMAGE_CACHE = Path.home() / ".cache" / "autoglm-infra" / "standin-image"
+API_KEY = "sk-test-" + "7" * 40
+
+
+@pytest.fixture(scope="module", autouse=True)
+def api_key_on_controller() -> Iterator[None]:
+    """The API key comes from the controller's environment, as users provide it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AUTOGLM_API_KEY", API_KEY)
+        yield
+
+
+@pytest.fixture(scope="module")
+def toolkit_repo(sandbox: Sandbox) -> Iterator[ContainerToolkitRepoStandin]:
+    repo = ContainerToolkitRepoStandin(
+        sandbox.state_dir / "toolkit-repo", controller_address(sandbox), STANDIN_KEY_DIR
+    )
+    sandbox._ensure_network()  # the bridge address the repository binds to
+    repo.build()
+    repo.start()
+    yield repo
+    repo.stop()
+
+
+def docker_group_data(repo: ContainerToolkitRepoStandin, image: StandinImage) -> dict[str, Any]:
+    return {
+        "serve_mode": "docker",
+        "docker_engine_source": "distro",
+        "docker_toolkit_repo_base_url": repo.base_url,
+        "docker_toolkit_key_fingerprint": repo.key.fingerprint,
+        "docker_image": image.image_id,
+        "docker_image_tarball": str(image.tarball),
+        "docker_command": image.command,
+        "docker_health_cmd": image.health_cmd,
+        "docker_health_interval": 1,
+        "docker_health_start_period": 30,
+        "docker_gpu_devices": [],
+        "docker_memory": "256m",
+        "docker_cpus": 1,
+        "docker_pids_limit": 256,
+        "docker_shm_size": "64m",
+        "docker_tmp_size": "16m",
+    }
+
+
+@pytest.fixture(scope="module")
+def world(
+    sandbox_hosts: Callable[..., list[SandboxHost]],
+    toolkit_repo: ContainerToolkitRepoStandin,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[SandboxHost, Path]:
+    (host,) = sandbox_hosts(1, docker=True)
+    # what the model stage leaves behind
+    host.ssh("mkdir -p /srv/autoglm/models/AutoGLM-Phone-9B && echo {} > "
+             "/srv/autoglm/models/AutoGLM-Phone-9B/config.json")  # fmt: skip
+    image = build_image(IMAGE_CACHE)
+    inventory = tmp_path_factory.mktemp("docker") / "inventory.py"
+    write_inventory(inventory, [host], {}, docker_group_data(toolkit_repo, image))
+    return host, inventory
+
+
+def inspect(host: SandboxHost) -> dict[str, Any]:
+    doc = json.loads(host.ssh(f"docker inspect {CONTAINER_NAME}").stdout)
+    assert isinstance(doc, list)
+    return dict(doc[0])
+
+
+def wait_healthy(host: SandboxHost, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = host.ssh(f"docker inspect {CONTAINER_NAME}", check=False)
+        if result.returncode == 0:
+            doc = dict(json.loads(result.stdout)[0])
+            if doc["State"].get("Health", {}).get("Status") == "healthy":
+                return doc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{CONTAINER_NAME} not healthy within {timeout} s")
+        time.sleep(1)
+
+
+def test_converge_runs_hardened_container_and_second_run_changes_nothing(
+    world: tuple[SandboxHost, Path],
+) -> None:
+    host, inventory = world
+    first, _second = converge_twice(inventory, DEPLOY)
+    assert first.changed()
+    pkgs = host.ssh("dpkg-query -W -f='${db:Status-Abbrev} ${Package} ${Version}\\n' "
+                    "docker.io 'nvidia-container-*' 'libnvidia-container*'").stdout  # fmt: skip
+    pkgs = "\n".join(" ".join(line.split()) for line in pkgs.splitlines())
+    assert "ii docker.io" in pkgs
+    for name in ("nvidia-container-toolkit", "nvidia-container-toolkit-base",
+                 "libnvidia-container-tools", "libnvidia-container1"):  # fmt: skip
+        assert f"hi {name} 1.17.8-1" in pkgs, pkgs
+    daemon = json.loads(host.ssh("cat /etc/docker/daemon.json").stdout)
+    assert daemon["no-new-privileges"] is True and daemon["live-restore"] is True
+    assert daemon["userland-proxy"] is False and daemon["log-opts"]["max-file"] == "5"
+    assert daemon["runtimes"]["nvidia"]["path"] == "nvidia-container-runtime"
+    verify = host.ssh(f"systemd-analyze verify /etc/systemd/system/{UNIT} 2>&1", check=False)
+    assert verify.stdout.strip() == "", verify.stdout
+    info = host.ssh("docker info -f '{{.LiveRestoreEnabled}}'").stdout.strip()
+    assert info == "true", "dockerd must run with our daemon.json"
+
+    doc = inspect(host)
+    hc = doc["HostConfig"]
+    assert hc["ReadonlyRootfs"] is True
+    assert hc["CapDrop"] == ["ALL"] and not hc["CapAdd"]
+    assert "no-new-privileges:true" in hc["SecurityOpt"]
+    assert not any("unconfined" in opt for opt in hc["SecurityOpt"])
+    assert hc["Privileged"] is False
+    assert hc["IpcMode"] != "host" and hc["PidMode"] != "host" and hc["NetworkMode"] != "host"
+    assert hc["PidsLimit"] == 256
+    assert hc["Memory"] == 256 * 1024**2 and hc["MemorySwap"] == 256 * 1024**2
+    assert hc["NanoCpus"] == 1_000_000_000
+    assert hc["ShmSize"] == 64 * 1024**2
+    assert hc["Tmpfs"]["/tmp"].startswith("rw,nosuid,nodev,exec")
+    assert hc["PortBindings"] == {"8000/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8000"}]}
+    assert hc["AutoRemove"] is True and hc["RestartPolicy"]["Name"] in ("", "no")
+    assert not hc["Devices"]
+    assert doc["Config"]["User"] == "2000:0"
+    mounts = {m["Destination"]: m for m in doc["Mounts"]}
+    assert mounts["/models/autoglm"]["RW"] is False
+    assert mounts["/home/vllm/.cache"]["Type"] == "volume" and mounts["/home/vllm/.cache"]["RW"]
+    assert doc["Config"]["Healthcheck"]["StartPeriod"] == 30 * 10**9
+    assert doc["State"]["Health"]["Status"] == "healthy"
+    assert doc["Config"]["Labels"][SPEC_LABEL]
+
+    # really served, on loopback only, as the non-root user, read-only but for /tmp
+    probe = "import urllib.request as u;print(u.urlopen('http://127.0.0.1:8000/health').read())"
+    assert host.ssh(f'python3 -c "{probe}"').stdout.strip() == "b'ok\\n'"
+    assert host.ssh(f"docker exec {CONTAINER_NAME} id -u").stdout.strip() == "2000"
+    assert host.ssh(f"docker exec {CONTAINER_NAME} touch /x", check=False).returncode != 0
+    host.ssh(f"docker exec {CONTAINER_NAME} touch /tmp/x /home/vllm/.cache/x")
+    status = host.ssh(f"docker exec {CONTAINER_NAME} cat /proc/1/status").stdout
+    assert "CapEff:\t0000000000000000" in status and "NoNewPrivs:\t1" in status
+
+
+def test_api_key_stays_out_of_argv_inspect_and_readable_files(
+    world: tuple[SandboxHost, Path],
+) -> None:
+    host, inventory = world
+    run = run_pyinfra(inventory, DEPLOY, "-vvv", env={"AUTOGLM_API_KEY": API_KEY})
+    assert run.returncode == 0, describe_failure(run)
+    assert API_KEY not in run.stderr and API_KEY not in json.dumps(run.report)
+    assert host.ssh(f"stat -c '%a %U' {ENV_FILE}").stdout.strip() == "600 root"
+    doc = inspect(host)
+    assert API_KEY not in json.dumps(doc["Config"]["Cmd"]) + json.dumps(doc["Args"])
+    assert API_KEY not in host.ssh(f"systemctl show {UNIT} -p ExecStart --no-pager").stdout
+    assert API_KEY not in host.ssh(f"cat /etc/systemd/system/{UNIT}").stdout
+    argv = host.ssh("cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '", check=False).stdout
+    assert API_KEY not in argv
+    readable = host.ssh(
+        f"grep -rls {API_KEY} /etc /var/lib/autoglm /srv /root /tmp 2>/dev/null | "
+        "xargs -r stat -c '%a %n'", check=False,
+    ).stdout.split("\n")  # fmt: skip
+    for line in filter(None, readable):
+        mode, path = line.split(" ", 1)
+        assert int(mode[-1]) & 4 == 0 and int(mode[-2]) & 4 == 0, f"{path} readable ({mode})"
+    # it did reach the container, through the env file
+    env = host.ssh(f"docker exec {CONTAINER_NAME} sh -c 'cat /proc/1/environ'").stdout
+    assert f"VLLM_API_KEY={API_KEY}" in env
+
+
+def test_kill_9_of_the_container_process_brings_the_service_back(
+    world: tuple[SandboxHost, Path],
+) -> None:
+    host, _ = world
+    before = inspect(host)
+    host.ssh(f"kill -9 {before['State']['Pid']}")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        again = host.ssh(f"docker inspect -f '{{{{.Id}}}}' {CONTAINER_NAME}", check=False)
+        if again.returncode == 0 and again.stdout.strip() != before["Id"]:
+            break
+        time.sleep(1)
+    wait_healthy(host)
+    restarts = host.ssh(f"systemctl show {UNIT} -p NRestarts --value").stdout.strip()
+    assert int(restarts) >= 1
+    assert host.ssh(f"systemctl is-active {UNIT}").stdout.strip() == "active"
+
+
+def test_changed_flag_recreates_container_exactly_once(world: tuple[SandboxHost, Path]) -> None:
+    host, inventory = world
+    env = {"AUTOGLM_API_KEY": API_KEY}
+    before = inspect(host)
+    changed = run_pyinfra(inventory, DEPLOY, "--data", "docker_memory=300m", env=env)
+    assert changed.returncode == 0, describe_failure(changed)
+    restarted = [op for op in changed.changed() if "(re)start" in op]
+    assert len(restarted) == 1, changed.changed()
+    after = inspect(host)
+    assert after["Id"] != before["Id"] and after["HostConfig"]["Memory"] == 300 * 1024**2
+    same = run_pyinfra(inventory, DEPLOY, "--data", "docker_memory=300m", env=env)
+    assert same.returncode == 0 and same.changed() == [], describe_failure(same)
+    assert inspect(host)["Id"] == after["Id"]
+    back = run_pyinfra(inventory, DEPLOY, env=env)
+    assert back.returncode == 0, describe_failure(back)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (["docker_toolkit_key_fingerprint=" + "A" * 40], ["A" * 40, "nothing was trusted"]),
+        (["docker_image=sha256:" + "0" * 64], ["holds image", "nothing was uploaded"]),
+        (["docker_user=0:0", "docker_memory=lots"], ["docker_user = '0:0'", "docker_memory"]),
+    ],
+)
+def test_refusals_name_the_problem(
+    world: tuple[SandboxHost, Path], data: list[str], expected: list[str]
+) -> None:
+    _host, inventory = world
+    extra = [arg for item in data for arg in ("--data", item)]
+    result = run_pyinfra(inventory, DEPLOY, *extra, env={"AUTOGLM_API_KEY": API_KEY})
+    assert result.returncode != 0
+    for text in expected:
+        assert text in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
