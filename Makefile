@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 HOSTS ?= 2
 SANDBOX := $(PY) -m autoglm_infra.testbed.hosts
-APT_PACKAGES := debootstrap systemd-container iptables zstd openssh-client gnupg dpkg-dev apt-utils vagrant busybox-static
+APT_PACKAGES := debootstrap systemd-container iptables zstd openssh-client gnupg dpkg-dev apt-utils vagrant busybox-static apt-cacher-ng openssl curl
 export DEBIAN_FRONTEND := noninteractive
 
 .PHONY: help deps venv lint typecheck unit integration test demo sandbox sandbox-down bench docs clean
@@ -23,6 +23,8 @@ help:
 	@mkdir -p .make
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then echo "installing: $$missing"; apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; fi
+	@# npm (for the verdaccio registry stand-in): Debian's nodejs+npm unless a node with npm exists
+	@command -v npm >/dev/null || apt-get install -y -q --no-install-recommends nodejs npm
 	@touch $@
 deps: .make/deps-$(shell echo '$(APT_PACKAGES)' | sha1sum | cut -c1-12)
 
