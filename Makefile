@@ -9,7 +9,7 @@ SANDBOX := $(PY) -m autoglm_infra.testbed.hosts
 APT_PACKAGES := debootstrap systemd-container iptables zstd openssh-client gnupg dpkg-dev apt-utils vagrant busybox-static apt-cacher-ng openssl curl
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: help deps venv lint typecheck unit integration test demo sandbox sandbox-down bench docs clean
+.PHONY: help deps venv lint typecheck unit integration test slow demo sandbox sandbox-down bench docs clean
 
 help:
 	@echo "make demo          converge two throw-away sandbox hosts end to end, twice"
@@ -51,6 +51,10 @@ integration: venv deps
 # One pytest session, so the sandbox hosts and stand-ins boot once for the whole run.
 test: lint typecheck deps
 	$(VENV)/bin/pytest -q
+
+# Outside `make test`: installs the production GPU lock (~4 GB from PyPI, ~7 min).
+slow: venv
+	$(VENV)/bin/pytest -m slow tests/slow
 
 demo: venv deps
 	$(PY) -m autoglm_infra.testbed.demo

@@ -1,0 +1,63 @@
+"""The production GPU lock installs into a venv exactly as the stage installs it (no GPU needed).
+
+    .venv/bin/pytest -m slow tests/slow          # ~4 GB of wheels from PyPI, several minutes
+
+Same pip flags as the stage (`--require-hashes --only-binary=:all: --no-deps`), pip's
+normal configuration for the index; then the lock's import check and `pip check`, where
+only the lock's declared `expected-conflict` lines may appear.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from packaging.utils import canonicalize_name
+
+from autoglm_infra import python_env as pe
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("profile", ["vllm-cu128"])
+def test_gpu_lock_installs_and_only_the_declared_conflict_remains(
+    profile: str, tmp_path: Path
+) -> None:
+    lock = pe.load_lock(profile, pe.DEFAULT_LOCKS_DIR)
+    version = ".".join(map(str, sys.version_info[:3]))
+    pe.check_interpreter(sys.executable, version, lock)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text(lock.requirements_text())
+    python = str(venv / "bin" / "python")
+    install = subprocess.run(
+        [python, "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
+         "--require-hashes", "--only-binary=:all:", "--no-deps", "-r", str(requirements)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
+
+    freeze = subprocess.run(
+        [python, "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True
+    ).stdout
+    pairs = (line.split("==", 1) for line in freeze.splitlines() if "==" in line)
+    installed = {canonicalize_name(name): version for name, version in pairs}
+    assert pe.drift(lock, installed) == []
+
+    imports = "; ".join(f"import {m}" for m in lock.import_check)
+    imported = subprocess.run([python, "-c", imports], capture_output=True, text=True)
+    assert imported.returncode == 0, imported.stderr[-3000:]
+
+    check = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True)
+    problems = [
+        line
+        for line in check.stdout.splitlines()
+        if line and not line.startswith("No broken")
+        and not any(expected in line for expected in lock.expected_conflicts)
+    ]  # fmt: skip
+    assert problems == [], check.stdout
+    assert lock.expected_conflicts  # the transformers overlay is really there
+    assert any(e in check.stdout for e in lock.expected_conflicts), check.stdout
