@@ -1,12 +1,42 @@
-"""Keys of the OpenAI-compatible endpoint: how and where it is served."""
+"""Keys of the OpenAI-compatible endpoint: how and where it is served, and by which engine.
+
+The engine keys are shared by the venv (systemd) and Docker modes: both build the engine's
+command line with `autoglm_infra.engine_args`.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field
 
-from autoglm_infra.config.fields import Keys, ip_address, key
+from autoglm_infra.config.fields import AbsolutePath, Keys, ip_address, key
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def model_name(value: str) -> str:
+    if not _MODEL_NAME.match(value):
+        raise ValueError(
+            "must be letters, digits, '.', '_' or '-' (the name clients send as 'model')"
+        )
+    return value
+
+
+def media_dir(value: str) -> str:
+    if value == "/":
+        raise ValueError(
+            "must not be '/': it lets API requests read any file the service can read; "
+            "use a dedicated directory such as /srv/autoglm/media"
+        )
+    return value
+
+
+def extra_arg(value: str) -> str:
+    if not value or "\n" in value or "\x00" in value:
+        raise ValueError("each extra argument must be a non-empty single-line string")
+    return value
 
 
 class ServingKeys(Keys):
@@ -20,4 +50,49 @@ class ServingKeys(Keys):
     )
     serve_port: Annotated[int, Field(ge=1, le=65535)] = key(
         8000, "TCP port of the OpenAI-compatible endpoint.", "integer 1-65535"
+    )
+    serve_engine: Literal["vllm", "cpu"] = key(
+        "vllm",
+        "Serving engine: vLLM on GPU hosts; cpu (`transformers serve`) for GPU-less test hosts.",
+        "vllm | cpu",
+    )
+    serve_model_name: Annotated[str, AfterValidator(model_name)] | None = key(
+        None,
+        "Model name clients send; None derives it from model_repo (autoglm-phone-9b).",
+        "name of letters, digits, . _ - or None",
+    )
+    serve_dtype: Literal["auto", "bfloat16", "float16", "float32"] = key(
+        "auto", "Weight and activation dtype of the engine.", "auto | bfloat16 | float16 | float32"
+    )
+    serve_media_dir: Annotated[AbsolutePath, AfterValidator(media_dir)] = key(
+        "/srv/autoglm/media",
+        "The only host directory API requests may read local images from (never /).",
+        "absolute path other than /",
+    )
+    serve_extra_args: list[Annotated[str, AfterValidator(extra_arg)]] = key(
+        [],
+        "Extra engine arguments, one token per item, appended after the generated ones.",
+        "list of strings",
+    )
+    vllm_tensor_parallel_size: Annotated[int, Field(ge=1, le=64)] = key(
+        1, "GPUs one model replica is split over (--tensor-parallel-size).", "integer 1-64"
+    )
+    vllm_gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = key(
+        0.9, "Fraction of GPU memory vLLM may use (--gpu-memory-utilization).", "number in (0, 1]"
+    )
+    vllm_max_model_len: Annotated[int, Field(ge=256)] = key(
+        25480, "Context length (--max-model-len); Open-AutoGLM recommends 25480.", "integer >= 256"
+    )
+    vllm_max_num_seqs: Annotated[int, Field(ge=1)] | None = key(
+        None,
+        "Concurrent sequences (--max-num-seqs); None keeps vLLM's default.",
+        "integer >= 1 or None",
+    )
+    vllm_enable_chunked_prefill: bool | None = key(
+        None,
+        "Chunked prefill on/off (--[no-]enable-chunked-prefill); None keeps vLLM's default.",
+        "true | false | None",
+    )
+    vllm_max_images_per_prompt: Annotated[int, Field(ge=1, le=100)] = key(
+        10, "Images allowed per prompt (--limit-mm-per-prompt).", "integer 1-100"
     )
