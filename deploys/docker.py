@@ -27,7 +27,6 @@ from autoglm_infra.pyinfra_ext.docker_ops import (
 from autoglm_infra.pyinfra_ext.operations import apt_pinned, put_file
 from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
 
-API_KEY_ENV = "AUTOGLM_API_KEY"
 PACKAGE_PATTERNS = (
     "docker.io",
     "docker-ce*",
@@ -77,7 +76,8 @@ def converge_docker() -> None:
         files = plan_files()
         if settings.docker_image_tarball is not None:
             check_tarball(settings.docker_image_tarball, image)
-        api_key = read_secret(API_KEY_ENV)
+        # The same API key settings as venv mode (service_api_key_env / _file).
+        api_key = read_secret(settings.service_api_key_env, settings.service_api_key_file)
     except (df.DockerStageError, ImageError, SecretError) as exc:
         raise PyinfraError(f"Docker stage refused {host.name}: {exc}") from None
 
@@ -123,7 +123,7 @@ def converge_docker() -> None:
         daemon_doc = df.daemon_config(
             df.parse_daemon_json(current_daemon.text if current_daemon else None),
             # owned by the proxies & mirrors keys when they exist
-            getattr(settings, "docker_registry_mirrors", None),
+            settings.docker_registry_mirrors,
         )
     except df.DockerStageError as exc:
         raise PyinfraError(f"Docker stage refused {host.name}: {exc}") from None

@@ -17,11 +17,13 @@ from autoglm_infra.config.keys_preflight import PreflightKeys
 from autoglm_infra.config.keys_python import PythonEnvKeys
 from autoglm_infra.config.keys_service import ServiceKeys
 from autoglm_infra.config.keys_serving import ServingKeys
+from autoglm_infra.config.keys_verify import VerifyKeys
 
 
 # pydantic orders fields from the last base to the first, so this list is the reverse of
-# the README order (serving, preflight, network, nvidia, python, model, service, docker).
+# the README order (serving, preflight, network, nvidia, python, model, service, docker, verify).
 class Settings(
+    VerifyKeys,
     DockerKeys,
     ServiceKeys,
     ModelKeys,

@@ -52,7 +52,12 @@ def request(url: str, key: str | None, body: dict[str, Any] | None, timeout: flo
     req = urllib.request.Request(url, data=data, headers=headers)
     with urllib.request.urlopen(req, timeout=timeout) as response:
         raw = response.read()
-    return json.loads(raw) if raw.strip() else {}
+    if url.endswith("/health"):
+        return {}  # engines answer 200 with an empty or plain-text body
+    try:
+        return json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        raise SmokeError(f"{url} answered with something that is not JSON: {raw[:80]!r}") from None
 
 
 def reasoning_of(message: dict[str, Any]) -> str:
@@ -85,6 +90,17 @@ def check_completion(reply: dict[str, Any], expect_reasoning: bool) -> str:
     return content
 
 
+def read_key(path: str) -> str:
+    """A plain key file, or an env file (Docker's --env-file) holding VLLM_API_KEY=..."""
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read().strip()
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip() == "VLLM_API_KEY":
+            return value.strip()
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000")
@@ -95,11 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--expect-reasoning", action="store_true")
+    parser.add_argument("--no-chat", action="store_true", help="only /health and /v1/models")
     args = parser.parse_args(argv)
-    key = None
-    if args.key_file:
-        with open(args.key_file, encoding="utf-8") as handle:
-            key = handle.read().strip()
+    key = read_key(args.key_file) if args.key_file else None
     base = args.base_url.rstrip("/")
     try:
         started = time.monotonic()
@@ -110,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         served = [m.get("id") for m in models.get("data", []) if isinstance(m, dict)]
         if args.model not in served:
             raise SmokeError(f"/v1/models lists {served}, not the served name {args.model!r}")
+        if args.no_chat:
+            print(json.dumps({"ok": True, "models": served}))
+            return 0
         body = {
             "model": args.model,
             "messages": [{"role": "user", "content": PROMPT}],

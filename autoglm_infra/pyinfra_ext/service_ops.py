@@ -48,7 +48,8 @@ def upstream_changes(prefixes: Sequence[str] = UPSTREAM_OPERATION_PREFIXES) -> l
     changes = []
     for op_hash, op_data in state.ops.get(host, {}).items():
         names = state.op_meta[op_hash].names if op_hash in state.op_meta else set()
-        name = next(iter(sorted(names)), "")
+        # Inside local.include (deploys/full.py) pyinfra prefixes "<deploy file> | ".
+        name = next(iter(sorted(names)), "").rsplit(" | ", 1)[-1]
         if name.lower().startswith(tuple(prefixes)) and op_data.operation_meta.will_change:
             changes.append(name)
     return changes

@@ -79,8 +79,9 @@ class ContainerToolkitRepoStandin:
         shutil.copyfile(self.key.armored_path, self.www / REPO_PATH / "gpgkey")
         return repo
 
-    def start(self, detached: bool = False) -> ContainerToolkitRepoStandin:
-        self.port = free_port(self.bind)
+    def start(self, detached: bool = False, port: int = 0) -> ContainerToolkitRepoStandin:
+        """Serve; a fixed `port` keeps the hosts' apt source unchanged across demo runs."""
+        self.port = port or free_port(self.bind)
         argv = [sys.executable, "-m", "autoglm_infra.testbed.static_http", "--root",
                 str(self.www), "--bind", self.bind, "--port", str(self.port),
                 "--access-log", str(self.workdir / "access.log")]  # fmt: skip

@@ -1,4 +1,8 @@
-"""`make demo`: boot two sandbox hosts, converge them twice, show the second run is a no-op.
+"""`make demo`: boot two sandbox hosts, converge them end to end twice, show the 2nd is a no-op.
+
+One host serves the tiny model from a venv under systemd (CPU engine); the other runs the
+Docker stage with a stand-in image. Every stage of deploys/full.py runs against real
+stand-ins on the sandbox bridge (signed apt repos, model hub, PyPI-style index).
 
 Hosts stay up afterwards (`make sandbox-down` removes them); running the demo again
 reuses them, so its first converge is then itself a re-run.
@@ -10,8 +14,7 @@ import sys
 
 from autoglm_infra.testbed.converge import describe_failure, run_pyinfra
 from autoglm_infra.testbed.hosts import HostSpec, Sandbox
-from autoglm_infra.testbed.nvidia_repo import NvidiaRepoStandin
-from autoglm_infra.testbed.world import ROOT, STANDIN_KEY_DIR, boot_world
+from autoglm_infra.testbed.world import ROOT, boot_world, stop_detached_standins
 
 INVENTORY = ROOT / "inventories" / "sandbox.py"
 
@@ -23,7 +26,7 @@ def demo_sandbox() -> Sandbox:
 def down() -> int:
     """Stop the demo's stand-in servers and remove its hosts (`make sandbox-down`)."""
     sandbox = demo_sandbox()
-    NvidiaRepoStandin(sandbox.state_dir / "nvidia-repo", "", STANDIN_KEY_DIR).stop()
+    stop_detached_standins(sandbox)
     sandbox.down()
     INVENTORY.unlink(missing_ok=True)
     return 0
@@ -35,7 +38,11 @@ def main() -> int:
     sandbox = demo_sandbox()
     print("==> booting sandbox hosts (one serves from a venv, one from Docker)")
     world = boot_world(sandbox, [HostSpec(), HostSpec(docker=True)], detached=True)
-    print(f"    NVIDIA repository stand-in: {world.nvidia_repo.base_url}")
+    standins = world.standins
+    print(f"    NVIDIA repository stand-in: {standins.nvidia_repo.base_url}")
+    print(f"    model hub stand-in:         {standins.hub.url} (a tiny real model)")
+    print(f"    PyPI-style index:           {standins.pypi.index_url}")
+    print(f"    container toolkit repo:     {standins.toolkit_repo.base_url}")
     world.write_inventory(INVENTORY)
     for h in world.hosts:
         print(f"    {h.name}: root@{h.address} ({world.host_data[h.name]['serve_mode']} mode)")
@@ -61,6 +68,12 @@ def main() -> int:
     print("==> summary")
     print(f"    hosts: {', '.join(h.name for h in world.hosts)}")
     print(f"    first converge {first.seconds:.1f} s, no-op re-run {second.seconds:.1f} s")
+    venv_host = next(h for h in world.hosts if not h.docker)
+    print(
+        f"    endpoint: on {venv_host.name}: curl -s http://127.0.0.1:8000/v1/models "
+        '-H "Authorization: Bearer $(cat /etc/autoglm/credentials/api-key)"'
+    )
+    print(f"    doctor:   .venv/bin/pyinfra {INVENTORY.relative_to(ROOT)} deploys/doctor.py -y")
     print(f"    try:      .venv/bin/pyinfra {INVENTORY.relative_to(ROOT)} deploys/full.py -y")
     print(
         f"    ssh:      .venv/bin/python -m autoglm_infra.testbed.hosts ssh {world.hosts[0].name}"

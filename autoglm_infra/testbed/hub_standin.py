@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from autoglm_infra.testbed.servers import HttpReady, LoopbackServer, stop_pidfile
 from autoglm_infra.testbed.static_http import StaticFileHandler, StaticHTTPServer, serve_in_thread
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".onnx", ".h5", ".msgpack")
@@ -453,3 +454,46 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+class HubProcess:
+    """The hub stand-in as its own process, so the demo can leave it running (pidfile)."""
+
+    def __init__(self, workdir: Path, bind: str, port: int, publish: Mapping[str, Path]) -> None:
+        self.workdir = workdir
+        self.bind = bind
+        self.port = port
+        self.published = dict(publish)
+        self.pidfile = workdir / "hub.pid"
+        self._server: LoopbackServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.bind}:{self.port}"
+
+    def start(self, detached: bool = False) -> HubProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "autoglm_infra.testbed.hub_standin",
+                "--workdir", str(self.workdir / "hub"), "--bind", self.bind,
+                "--port", str(self.port),
+                "--access-log", str(self.workdir / "access.log")]  # fmt: skip
+        for repo, source in self.published.items():
+            argv += ["--publish", f"{repo}={source}"]
+        repo = next(iter(self.published), "")
+        self._server = LoopbackServer(
+            argv,
+            log_path=self.workdir / "hub.log",
+            ready=HttpReady(f"{self.url}/api/models/{repo}/revision/main"),
+            name="hub-standin",
+            detached=detached,
+            pidfile=self.pidfile,
+        )
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        elif self.pidfile.exists():
+            stop_pidfile(self.pidfile)

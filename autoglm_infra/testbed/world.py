@@ -7,9 +7,12 @@ the integration tests both build the world through here.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autoglm_infra.python_env import CPU_PROFILE, DEFAULT_LOCKS_DIR, load_lock
+from autoglm_infra.testbed.container_toolkit_repo import ContainerToolkitRepoStandin
 from autoglm_infra.testbed.hosts import (
     DEFAULT_CACHE_DIR,
     HostSpec,
@@ -17,29 +20,57 @@ from autoglm_infra.testbed.hosts import (
     SandboxHost,
     write_inventory,
 )
+from autoglm_infra.testbed.hub_standin import HubProcess
 from autoglm_infra.testbed.nvidia_repo import NvidiaRepoStandin
+from autoglm_infra.testbed.pypi_mirror import PypiMirror, WheelCache
+from autoglm_infra.testbed.standin_image import StandinImage, build_image
+from autoglm_infra.testbed.tiny_model import TINY_MODEL_VERSION, write_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 STANDIN_KEY_DIR = DEFAULT_CACHE_DIR.parent / "standin-archive-key"
+IMAGE_CACHE = DEFAULT_CACHE_DIR.parent / "standin-image"
+TINY_MODEL_CACHE = DEFAULT_CACHE_DIR.parent / "tiny-model"
+TINY_REPO = "local/tiny-model"
+TINY_MODEL_DIR = "/srv/autoglm/models/tiny-model"
+
+
+@dataclass
+class Standins:
+    """Every stand-in server a complete converge needs, on the sandbox bridge."""
+
+    nvidia_repo: NvidiaRepoStandin
+    hub: HubProcess
+    pypi: PypiMirror
+    toolkit_repo: ContainerToolkitRepoStandin
+    image: StandinImage
+    lock_dir: Path
+
+    def stop(self) -> None:
+        for server in (self.nvidia_repo, self.hub, self.pypi, self.toolkit_repo):
+            server.stop()
 
 
 @dataclass
 class World:
     sandbox: Sandbox
     hosts: list[SandboxHost]
-    nvidia_repo: NvidiaRepoStandin
+    standins: Standins
     host_data: dict[str, dict[str, object]] = field(default_factory=dict)
 
     @property
+    def nvidia_repo(self) -> NvidiaRepoStandin:
+        return self.standins.nvidia_repo
+
+    @property
     def group_data(self) -> dict[str, object]:
-        return sandbox_group_data(self.nvidia_repo)
+        return full_group_data(self.standins)
 
     def write_inventory(self, path: Path, **extra: object) -> Path:
         write_inventory(path, self.hosts, self.host_data, {**self.group_data, **extra})
         return path
 
     def stop(self) -> None:
-        self.nvidia_repo.stop()
+        self.standins.stop()
 
 
 def controller_address(sandbox: Sandbox) -> str:
@@ -47,9 +78,11 @@ def controller_address(sandbox: Sandbox) -> str:
     return f"10.231.{sandbox.net}.1"
 
 
-def serve_modes(hosts: list[SandboxHost]) -> dict[str, dict[str, object]]:
+def host_data_for(hosts: list[SandboxHost], standins: Standins) -> dict[str, dict[str, object]]:
     """Docker-capable hosts serve in docker mode, the others from a venv."""
-    return {h.name: {"serve_mode": "docker" if h.docker else "venv"} for h in hosts}
+    return {
+        h.name: docker_host_data(standins) if h.docker else {"serve_mode": "venv"} for h in hosts
+    }
 
 
 def sandbox_group_data(nvidia_repo: NvidiaRepoStandin) -> dict[str, object]:
@@ -68,6 +101,101 @@ def sandbox_group_data(nvidia_repo: NvidiaRepoStandin) -> dict[str, object]:
     }
 
 
+def full_group_data(standins: Standins) -> dict[str, object]:
+    """Settings for a complete converge against the stand-ins (venv hosts serve on CPU)."""
+    return {
+        **sandbox_group_data(standins.nvidia_repo),
+        "hub_endpoint": standins.hub.url,
+        "model_repo": TINY_REPO,
+        "model_dir": TINY_MODEL_DIR,
+        "model_lock_dir": str(standins.lock_dir),
+        "model_disk_margin_mib": 16,
+        "pip_index_url": standins.pypi.index_url,
+        # The CPU lock's torch is in the index itself, not on a PyTorch-style index.
+        "python_torch_index_url": None,
+        "serve_engine": "cpu",
+        # The tiny model answers, but has no chain of thought to check.
+        "verify_expect_reasoning": False,
+    }
+
+
+def docker_host_data(standins: Standins) -> dict[str, object]:
+    """Docker mode with the stand-in image: a busybox health server, not the engine.
+
+    The engine image (vLLM, or transformers on CPU) cannot be pulled or built here: no
+    registry. The stage, its flags and the container's lifecycle are real; the server
+    inside only answers /health and /v1/models.
+    """
+    image = standins.image
+    return {
+        "serve_mode": "docker",
+        "docker_engine_source": "distro",
+        "docker_toolkit_repo_base_url": standins.toolkit_repo.base_url,
+        "docker_toolkit_key_fingerprint": standins.toolkit_repo.key.fingerprint,
+        "docker_image": image.image_id,
+        "docker_image_tarball": str(image.tarball),
+        "docker_command": image.command,
+        "docker_health_cmd": image.health_cmd,
+        "docker_health_interval": 1,
+        "docker_health_start_period": 30,
+        "docker_gpu_devices": [],
+        "docker_memory": "256m",
+        "docker_cpus": 1,
+        "docker_pids_limit": 256,
+        "docker_shm_size": "64m",
+        "docker_tmp_size": "16m",
+        # The stand-in image lists this name and answers no chat completions.
+        "serve_model_name": "autoglm-phone-9b",
+        "verify_chat": False,
+    }
+
+
+def tiny_model_source() -> Path:
+    """The tiny real model, generated once per version into the cache (deterministic)."""
+    out = TINY_MODEL_CACHE / TINY_MODEL_VERSION
+    if not (out / "config.json").exists():
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_tiny_model(tmp)
+        tmp.rename(out)
+    return out
+
+
+def start_standins(sandbox: Sandbox, detached: bool = False) -> Standins:
+    """Build and start every stand-in; `detached` leaves them up for the demo.
+
+    Ports are fixed per sandbox so re-runs of the demo keep the hosts' sources unchanged.
+    """
+    sandbox._ensure_network()  # the bridge address the servers bind to
+    address = controller_address(sandbox)
+    state = sandbox.state_dir
+    nvidia_repo = NvidiaRepoStandin(state / "nvidia-repo", address, STANDIN_KEY_DIR)
+    hub = HubProcess(state / "hub", address, 18300 + sandbox.net, {TINY_REPO: tiny_model_source()})
+    wheels = WheelCache().ensure(load_lock(CPU_PROFILE, DEFAULT_LOCKS_DIR))
+    pypi = PypiMirror(state / "pypi", address, wheels, port=19000 + sandbox.net)
+    toolkit = ContainerToolkitRepoStandin(state / "toolkit-repo", address, STANDIN_KEY_DIR)
+    image = build_image(IMAGE_CACHE)
+    standins = Standins(nvidia_repo, hub, pypi, toolkit, image, state / "model-locks")
+    stop_detached_standins(sandbox)  # of an earlier demo run
+    nvidia_repo.build()
+    nvidia_repo.start(detached=detached)
+    hub.start(detached=detached)
+    pypi.start(detached=detached)
+    toolkit.build()
+    toolkit.start(detached=detached, port=18500 + sandbox.net)
+    return standins
+
+
+def stop_detached_standins(sandbox: Sandbox) -> None:
+    """Stop the stand-ins a demo left running (they recorded pidfiles in the state dir)."""
+    address = controller_address(sandbox)
+    state = sandbox.state_dir
+    NvidiaRepoStandin(state / "nvidia-repo", address, STANDIN_KEY_DIR).stop()
+    HubProcess(state / "hub", address, 0, {}).stop()
+    PypiMirror(state / "pypi", address, []).stop()
+    ContainerToolkitRepoStandin(state / "toolkit-repo", address, STANDIN_KEY_DIR).stop()
+
+
 def boot_world(
     sandbox: Sandbox, specs: list[HostSpec], reuse: bool = True, detached: bool = False
 ) -> World:
@@ -78,10 +206,5 @@ def boot_world(
     if len(running) < len(specs):
         sandbox.up(specs[len(running) :])
     hosts = sandbox.hosts()
-    repo = NvidiaRepoStandin(
-        sandbox.state_dir / "nvidia-repo", controller_address(sandbox), STANDIN_KEY_DIR
-    )
-    repo.stop()  # a detached server of an earlier demo run
-    repo.build()
-    repo.start(detached=detached)
-    return World(sandbox, hosts, repo, serve_modes(hosts))
+    standins = start_standins(sandbox, detached=detached)
+    return World(sandbox, hosts, standins, host_data_for(hosts, standins))

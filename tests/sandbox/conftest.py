@@ -22,7 +22,7 @@ from autoglm_infra.testbed.hosts import (
     write_inventory,
 )
 from autoglm_infra.testbed.nvidia_repo import NvidiaRepoStandin
-from autoglm_infra.testbed.world import STANDIN_KEY_DIR, controller_address
+from autoglm_infra.testbed.world import Standins, start_standins
 
 ROOT = Path(__file__).resolve().parents[2]
 # Overridable so that several developers' sessions on one machine use separate sandboxes.
@@ -103,13 +103,14 @@ def sandbox_inventory(tmp_path: Path) -> InventoryFactory:
 
 
 @pytest.fixture(scope="session")
-def nvidia_repo(sandbox: Sandbox) -> Iterator[NvidiaRepoStandin]:
+def standins(sandbox: Sandbox) -> Iterator[Standins]:
+    """Every stand-in a complete converge needs (NVIDIA repo, hub, index, toolkit repo)."""
+    started = start_standins(sandbox)
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="session")
+def nvidia_repo(standins: Standins) -> NvidiaRepoStandin:
     """The signed NVIDIA repository stand-in, served on the sandbox bridge for the session."""
-    repo = NvidiaRepoStandin(
-        sandbox.state_dir / "nvidia-repo", controller_address(sandbox), STANDIN_KEY_DIR
-    )
-    sandbox._ensure_network()  # the bridge address the repository binds to
-    repo.build()
-    repo.start()
-    yield repo
-    repo.stop()
+    return standins.nvidia_repo

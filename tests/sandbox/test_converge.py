@@ -21,6 +21,9 @@ MANAGED = (
     "/etc/apt/keyrings/autoglm-nvidia-cuda.gpg /etc/apt/sources.list.d/autoglm-nvidia-cuda.sources"
 )
 
+# preflight + nvidia only: the later stages are converged by test_full.py
+DEPLOY = "tests/sandbox/deploys/preflight_nvidia.py"
+
 
 def held_versions(host: SandboxHost) -> dict[str, tuple[str, bool]]:
     out = host.ssh(
@@ -60,7 +63,7 @@ def test_converge_installs_plan_and_second_run_changes_nothing(
     world: tuple[SandboxHost, Path],
 ) -> None:
     host, inventory = world
-    first, second = converge_twice(inventory)
+    first, second = converge_twice(inventory, DEPLOY)
     assert first.changed(), "a fresh host must change on its first converge"
     installed = held_versions(host)
     for name in ("nvidia-open-580", "cuda-toolkit-12-9", "cudnn9-cuda-12"):
@@ -76,7 +79,7 @@ def test_held_packages_survive_apt_upgrade(
     world: tuple[SandboxHost, Path], nvidia_repo: NvidiaRepoStandin
 ) -> None:
     host, inventory = world
-    run_pyinfra(inventory)  # converged, whatever ran before
+    run_pyinfra(inventory, DEPLOY)  # converged, whatever ran before
     before = held_versions(host)
     nvidia_repo.build(extra_newer=("nvidia-open-580", "cuda-toolkit-12-9"))
     try:
@@ -85,7 +88,7 @@ def test_held_packages_survive_apt_upgrade(
         newer = host.ssh("apt-cache policy nvidia-open-580").stdout
         assert "580.95.05-9" in newer, "the newer build must be visible to apt"
         assert held_versions(host) == before
-        again = run_pyinfra(inventory)
+        again = run_pyinfra(inventory, DEPLOY)
         assert again.returncode == 0 and again.changed() == [], describe_failure(again)
     finally:
         nvidia_repo.build()
@@ -93,12 +96,12 @@ def test_held_packages_survive_apt_upgrade(
 
 def test_branch_change_upgrades_cleanly_and_reholds(world: tuple[SandboxHost, Path]) -> None:
     host, inventory = world
-    to_570 = run_pyinfra(inventory, "deploys/full.py", "--data", "nvidia_driver_branch=570")
+    to_570 = run_pyinfra(inventory, DEPLOY, "--data", "nvidia_driver_branch=570")
     assert to_570.returncode == 0, describe_failure(to_570)
     installed = held_versions(host)
     assert installed["nvidia-open-570"] == (planned_packages(("570",))["nvidia-open-570"], True)
     assert "nvidia-open-580" not in installed
-    back = run_pyinfra(inventory)
+    back = run_pyinfra(inventory, DEPLOY)
     assert back.returncode == 0, describe_failure(back)
     installed = held_versions(host)
     assert installed["nvidia-open-580"][1] and "nvidia-open-570" not in installed
@@ -130,7 +133,7 @@ def test_refusals_name_the_problem_and_change_nothing(
     inventory = tmp_path / "inventory.py"
     write_inventory(inventory, [host], {}, sandbox_group_data(nvidia_repo))
     extra = [arg for item in data for arg in ("--data", item)]
-    result = run_pyinfra(inventory, "deploys/full.py", *extra)
+    result = run_pyinfra(inventory, DEPLOY, *extra)
     assert result.returncode != 0
     for text in expected:
         assert text in result.stderr, result.stderr[-2000:]
@@ -143,7 +146,7 @@ def test_gpu_check_is_read_only_and_honest_without_a_gpu(
     world: tuple[SandboxHost, Path], tmp_path: Path
 ) -> None:
     host, inventory = world
-    run_pyinfra(inventory)  # converged, whatever ran before
+    run_pyinfra(inventory, DEPLOY)  # converged, whatever ran before
     before = host.ssh("find /etc /var/lib/autoglm -newer /etc/hostname | sort; apt-mark showhold")
     result = run_pyinfra(
         inventory, "deploys/gpu_check.py", env={"AUTOGLM_CHECKS_JSON": str(tmp_path)}

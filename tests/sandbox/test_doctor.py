@@ -13,6 +13,9 @@ from autoglm_infra.testbed.hosts import SandboxHost, write_inventory
 from autoglm_infra.testbed.nvidia_repo import NvidiaRepoStandin
 from autoglm_infra.testbed.world import sandbox_group_data
 
+# preflight + nvidia only: the later stages are converged by test_full.py
+DEPLOY = "tests/sandbox/deploys/preflight_nvidia.py"
+
 
 @pytest.fixture(scope="module")
 def converged(
@@ -23,7 +26,7 @@ def converged(
     (host,) = sandbox_hosts(1)
     inventory = tmp_path_factory.mktemp("doctor") / "inventory.py"
     write_inventory(inventory, [host], {}, sandbox_group_data(nvidia_repo))
-    result = run_pyinfra(inventory)
+    result = run_pyinfra(inventory, DEPLOY)
     assert result.returncode == 0, describe_failure(result)
     return host, inventory
 

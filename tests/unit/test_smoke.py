@@ -51,7 +51,10 @@ class Handler(BaseHTTPRequestHandler):
         if not self._gate():
             return
         if self.path == "/health":
-            self._reply(200, {})
+            self.send_response(200)  # plain text, as busybox or some engines answer
+            self.send_header("Content-Length", "3")
+            self.end_headers()
+            self.wfile.write(b"ok\n")
         else:
             self._reply(200, {"data": [{"id": "autoglm-phone-9b"}]})
 
@@ -118,3 +121,22 @@ def test_wrong_key_and_wrong_served_name(endpoint, capsys, tmp_path) -> None:  #
     server.key = "k-123"
     rc, result = run([*args, "--model", "glm"], capsys)  # the last --model wins
     assert rc == 1 and "not the served name 'glm'" in result["error"]
+
+
+def test_key_from_a_docker_env_file(tmp_path: Path) -> None:
+    env_file = tmp_path / "engine.env"
+    env_file.write_text("HF_HUB_OFFLINE=1\nVLLM_API_KEY=k-9\n")
+    plain = tmp_path / "key"
+    plain.write_text("k-9\n")
+    assert smoke.read_key(str(env_file)) == smoke.read_key(str(plain)) == "k-9"
+
+
+def test_result_line_is_found_among_noise() -> None:
+    from autoglm_infra.pyinfra_ext.verify_ops import parse_smoke
+
+    assert parse_smoke('warning: x\n{"ok": true, "models": ["m"]}\n') == {
+        "ok": True,
+        "models": ["m"],
+    }
+    broken = parse_smoke("Traceback (most recent call last):\n  boom")
+    assert broken["ok"] is False and "printed no result" in broken["error"]
