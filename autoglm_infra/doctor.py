@@ -97,3 +97,13 @@ def exposure_check(serve_host: str, serve_port: int, listeners: Sequence[Listene
         )
     where = ", ".join(sorted({entry.address for entry in on_port}))
     return Check("endpoint exposure", "ok", f"port {serve_port} listens on {where}")
+
+
+def smoke_args(serve_host: str, serve_port: int, model: str, key_file: str) -> list[str]:
+    """The smoke tool's arguments for a quick look: /health and /v1/models, one try."""
+    address = ipaddress.ip_address(serve_host)
+    if address.is_unspecified:  # bound to every interface: loopback reaches it too
+        address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+    netloc = f"[{address}]" if address.version == 6 else str(address)
+    return ["--base-url", f"http://{netloc}:{serve_port}", "--model", model,
+            "--key-file", key_file, "--tries", "1", "--no-chat"]  # fmt: skip

@@ -4,16 +4,46 @@
 
 One table per host: check, status (ok / warn / fail / skip), evidence and the fix. Set
 AUTOGLM_CHECKS_JSON=<dir> for <dir>/<host>.doctor.json. Fails the host when a check fails.
+Three remote commands: the host profile, the GPU probe, and one for everything else
+(model files, service unit, /health, venv, caches, containers, proxies and mirrors).
 """
+
+from pathlib import Path
 
 from pyinfra import host
 from pyinfra.facts.server import Command
 
+from autoglm_infra import docker_files
 from autoglm_infra import nvidia_files as nf
+from autoglm_infra import python_env as pe
+from autoglm_infra import service_unit as su
 from autoglm_infra.checks import Check
-from autoglm_infra.doctor import exposure_check, host_checks, listeners_script, parse_listeners
+from autoglm_infra.docker_args import CONTAINER_NAME, ENV_FILE
+from autoglm_infra.doctor import (
+    exposure_check,
+    host_checks,
+    listeners_script,
+    parse_listeners,
+    smoke_args,
+)
+from autoglm_infra.doctor_env import (
+    cache_checks,
+    engine_versions_check,
+    pip_check_check,
+    venv_lock_check,
+)
+from autoglm_infra.doctor_model import (
+    context_length_check,
+    lock_from_plan,
+    model_files_check,
+    model_format_check,
+)
+from autoglm_infra.doctor_network import proxy_env, reach_checks, reach_targets
+from autoglm_infra.doctor_service import containers_check, health_check, unit_check
+from autoglm_infra.engine_args import served_model_name
 from autoglm_infra.gpu_checks import evaluate_gpu
 from autoglm_infra.preflight import Minimums
+from autoglm_infra.pyinfra_ext.doctor_facts import DoctorProbeFact
 from autoglm_infra.pyinfra_ext.facts import GpuProbeFact
 from autoglm_infra.pyinfra_ext.report import report_checks
 from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
@@ -27,6 +57,7 @@ minimums = Minimums(
 checks = host_checks(profile, minimums)
 
 probe = host.get_fact(GpuProbeFact, package_patterns=list(nf.PACKAGE_PATTERNS))
+plan = None
 try:
     plan = plan_for_host(settings, profile)
 except ValueError as exc:
@@ -44,6 +75,65 @@ else:
             for c in gpu_checks
         ]
     checks += gpu_checks
+
+venv_mode = settings.serve_mode == "venv"
+unit = su.UNIT_NAME if venv_mode else docker_files.UNIT_NAME
+cache_dirs = (
+    [settings.python_cache_dir, *pe.cache_environment(settings.python_cache_dir).values()]
+    if venv_mode
+    else []
+)
+targets = reach_targets(settings)
+state = host.get_fact(
+    DoctorProbeFact,
+    model_dir=settings.model_dir,
+    unit=unit,
+    venv_dir=settings.python_venv_dir if venv_mode else None,
+    user=settings.python_service_user,
+    cache_dirs=cache_dirs,
+    targets=targets,
+    env=sorted(proxy_env(settings).items()),
+    smoke_args=smoke_args(
+        settings.serve_host,
+        settings.serve_port,
+        served_model_name(settings),
+        su.CREDENTIAL_PATH if venv_mode else ENV_FILE,
+    ),
+)
+
+checks.append(
+    model_files_check(
+        state.model, lock_from_plan(state.model_texts.get("plan.json")), settings.model_dir
+    )
+)
+checks.append(model_format_check(state.model, state.model_texts))
+checks.append(
+    context_length_check(
+        state.model_texts.get("config.json"), settings.vllm_max_model_len, settings.serve_engine
+    )
+)
+checks.append(unit_check(unit, state.unit))
+checks.append(health_check(state.smoke, unit))
+
+if venv_mode:
+    try:
+        flavour = ""
+        if settings.python_profile == pe.AUTO and settings.serve_engine != pe.CPU_PROFILE:
+            flavour = plan.torch_flavour if plan else ""
+        name = pe.select_profile(settings.python_profile, settings.serve_engine, flavour)
+        lock = pe.load_lock(
+            name, Path(settings.python_locks_dir or pe.DEFAULT_LOCKS_DIR), settings.python_profile
+        )
+    except ValueError as exc:
+        checks.append(Check("venv lock", "fail", str(exc), "see evidence"))
+    else:
+        checks.append(venv_lock_check(lock, state.venv_dists, settings.python_venv_dir))
+        checks.append(engine_versions_check(lock, state.venv_dists))
+        checks.append(pip_check_check(state.pip_check, lock.expected_conflicts))
+    checks += cache_checks(state.caches, cache_dirs, settings.python_service_user)
+
+checks.append(containers_check(state.docker, state.containers, CONTAINER_NAME))
+checks += reach_checks(targets, state.reach)
 
 listening = str(host.get_fact(Command, listeners_script()) or "")
 checks.append(

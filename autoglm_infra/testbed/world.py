@@ -120,18 +120,23 @@ def full_group_data(standins: Standins) -> dict[str, object]:
 
 
 def docker_host_data(standins: Standins) -> dict[str, object]:
+    return docker_stage_data(standins.toolkit_repo, standins.image)
+
+
+def docker_stage_data(
+    toolkit_repo: ContainerToolkitRepoStandin, image: StandinImage
+) -> dict[str, object]:
     """Docker mode with the stand-in image: a busybox health server, not the engine.
 
     The engine image (vLLM, or transformers on CPU) cannot be pulled or built here: no
     registry. The stage, its flags and the container's lifecycle are real; the server
     inside only answers /health and /v1/models.
     """
-    image = standins.image
     return {
         "serve_mode": "docker",
         "docker_engine_source": "distro",
-        "docker_toolkit_repo_base_url": standins.toolkit_repo.base_url,
-        "docker_toolkit_key_fingerprint": standins.toolkit_repo.key.fingerprint,
+        "docker_toolkit_repo_base_url": toolkit_repo.base_url,
+        "docker_toolkit_key_fingerprint": toolkit_repo.key.fingerprint,
         "docker_image": image.image_id,
         "docker_image_tarball": str(image.tarball),
         "docker_command": image.command,

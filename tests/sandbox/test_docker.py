@@ -17,15 +17,12 @@ from typing import Any
 import pytest
 
 from autoglm_infra.docker_args import CONTAINER_NAME, ENV_FILE, SPEC_LABEL
-from autoglm_infra.testbed.container_toolkit_repo import ContainerToolkitRepoStandin
 from autoglm_infra.testbed.converge import converge_twice, describe_failure, run_pyinfra
-from autoglm_infra.testbed.hosts import Sandbox, SandboxHost, write_inventory
-from autoglm_infra.testbed.standin_image import StandinImage, build_image
-from autoglm_infra.testbed.world import STANDIN_KEY_DIR, controller_address
+from autoglm_infra.testbed.hosts import SandboxHost, write_inventory
+from autoglm_infra.testbed.world import Standins, docker_host_data
 
 DEPLOY = "deploys/docker.py"
 UNIT = "autoglm-docker.service"
-IMAGE_CACHE = Path.home() / ".cache" / "autoglm-infra" / "standin-image"
 API_KEY = "sk-test-" + "7" * 40
 
 
@@ -38,51 +35,17 @@ def api_key_on_controller() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def toolkit_repo(sandbox: Sandbox) -> Iterator[ContainerToolkitRepoStandin]:
-    repo = ContainerToolkitRepoStandin(
-        sandbox.state_dir / "toolkit-repo", controller_address(sandbox), STANDIN_KEY_DIR
-    )
-    sandbox._ensure_network()  # the bridge address the repository binds to
-    repo.build()
-    repo.start()
-    yield repo
-    repo.stop()
-
-
-def docker_group_data(repo: ContainerToolkitRepoStandin, image: StandinImage) -> dict[str, Any]:
-    return {
-        "serve_mode": "docker",
-        "docker_engine_source": "distro",
-        "docker_toolkit_repo_base_url": repo.base_url,
-        "docker_toolkit_key_fingerprint": repo.key.fingerprint,
-        "docker_image": image.image_id,
-        "docker_image_tarball": str(image.tarball),
-        "docker_command": image.command,
-        "docker_health_cmd": image.health_cmd,
-        "docker_health_interval": 1,
-        "docker_health_start_period": 30,
-        "docker_gpu_devices": [],
-        "docker_memory": "256m",
-        "docker_cpus": 1,
-        "docker_pids_limit": 256,
-        "docker_shm_size": "64m",
-        "docker_tmp_size": "16m",
-    }
-
-
-@pytest.fixture(scope="module")
 def world(
     sandbox_hosts: Callable[..., list[SandboxHost]],
-    toolkit_repo: ContainerToolkitRepoStandin,
+    standins: Standins,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[SandboxHost, Path]:
     (host,) = sandbox_hosts(1, docker=True)
     # what the model stage leaves behind
     host.ssh("mkdir -p /srv/autoglm/models/AutoGLM-Phone-9B && echo {} > "
              "/srv/autoglm/models/AutoGLM-Phone-9B/config.json")  # fmt: skip
-    image = build_image(IMAGE_CACHE)
     inventory = tmp_path_factory.mktemp("docker") / "inventory.py"
-    write_inventory(inventory, [host], {}, docker_group_data(toolkit_repo, image))
+    write_inventory(inventory, [host], {}, docker_host_data(standins))
     return host, inventory
 
 

@@ -1,4 +1,5 @@
-"""The doctor on a converged sandbox host: healthy is ok; each breakage is named with a fix."""
+"""The doctor on a host converged with deploys/full.py: healthy has no failure; each
+breakage that can be made without a GPU is named with its fix, then undone."""
 
 from __future__ import annotations
 
@@ -9,29 +10,36 @@ from pathlib import Path
 import pytest
 
 from autoglm_infra.testbed.converge import describe_failure, run_pyinfra
-from autoglm_infra.testbed.hosts import SandboxHost, write_inventory
-from autoglm_infra.testbed.nvidia_repo import NvidiaRepoStandin
-from autoglm_infra.testbed.world import sandbox_group_data
+from autoglm_infra.testbed.hosts import Sandbox, SandboxHost, write_inventory
+from autoglm_infra.testbed.world import (
+    TINY_MODEL_DIR,
+    Standins,
+    controller_address,
+    full_group_data,
+    host_data_for,
+)
 
-# preflight + nvidia only: the later stages are converged by test_full.py
-DEPLOY = "tests/sandbox/deploys/preflight_nvidia.py"
+UNIT = "autoglm-serve.service"
+HF_HOME = "/var/cache/autoglm/huggingface"
+VENV = "/opt/autoglm/venv"
+Checks = dict[str, dict[str, str]]
 
 
 @pytest.fixture(scope="module")
 def converged(
     sandbox_hosts: Callable[..., list[SandboxHost]],
-    nvidia_repo: NvidiaRepoStandin,
+    standins: Standins,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[SandboxHost, Path]:
-    (host,) = sandbox_hosts(1)
+    hosts = sandbox_hosts(1)
     inventory = tmp_path_factory.mktemp("doctor") / "inventory.py"
-    write_inventory(inventory, [host], {}, sandbox_group_data(nvidia_repo))
-    result = run_pyinfra(inventory, DEPLOY)
+    write_inventory(inventory, hosts, host_data_for(hosts, standins), full_group_data(standins))
+    result = run_pyinfra(inventory, "deploys/full.py")
     assert result.returncode == 0, describe_failure(result)
-    return host, inventory
+    return hosts[0], inventory
 
 
-def doctor(inventory: Path, out: Path, *extra: str) -> tuple[int, dict[str, dict[str, str]], str]:
+def doctor(inventory: Path, out: Path, *extra: str) -> tuple[int, Checks, str]:
     result = run_pyinfra(
         inventory, "deploys/doctor.py", *extra, env={"AUTOGLM_CHECKS_JSON": str(out)}
     )
@@ -41,23 +49,127 @@ def doctor(inventory: Path, out: Path, *extra: str) -> tuple[int, dict[str, dict
     return result.returncode, checks, result.stderr
 
 
+def failing(checks: Checks) -> set[str]:
+    return {name for name, c in checks.items() if c["status"] == "fail"}
+
+
 def test_healthy_host_has_no_failures(converged: tuple[SandboxHost, Path], tmp_path: Path) -> None:
     _, inventory = converged
     rc, checks, stderr = doctor(inventory, tmp_path)
-    assert rc == 0, stderr[-2000:]
-    assert checks["packages"]["status"] == "ok"
+    assert rc == 0 and failing(checks) == set(), stderr[-3000:]
+    for name in ("model files", "model format", "service unit", "health", "venv lock",
+                 "engine versions", "pip check", "cache permissions", "reach pip index",
+                 "reach model hub", "packages", "host resources", "endpoint exposure"):  # fmt: skip
+        assert checks[name]["status"] == "ok", checks[name]
     assert checks["gpu present"]["status"] == "skip"  # GPU-less by configuration
-    assert checks["host resources"]["status"] == "ok"
+    assert checks["containers"]["status"] == "skip"  # venv host: no docker
+    assert checks["context length"]["status"] == "skip"  # the CPU engine
+
+
+def test_missing_shard_is_named(converged: tuple[SandboxHost, Path], tmp_path: Path) -> None:
+    host, inventory = converged
+    name = host.ssh(f"cd {TINY_MODEL_DIR} && ls model-00001-of-*.safetensors").stdout.strip()
+    shard = f"{TINY_MODEL_DIR}/{name}"
+    host.ssh(f"mv {shard} /root/shard.aside")  # mv keeps mtime and inode: the stamp holds
+    try:
+        rc, checks, _ = doctor(inventory, tmp_path)
+    finally:
+        host.ssh(f"mv /root/shard.aside {shard}")
+    assert rc != 0
+    assert f"missing: {name}" in checks["model files"]["evidence"]
+    assert "deploys/model.py" in checks["model files"]["fix"]
+    assert "names files that are not present" in checks["model format"]["evidence"]
+
+
+def test_corrupted_index_is_named(converged: tuple[SandboxHost, Path], tmp_path: Path) -> None:
+    host, inventory = converged
+    index = f"{TINY_MODEL_DIR}/model.safetensors.index.json"
+    host.ssh(f"mv {index} /root/index.aside && echo '{{\"weight_map\": ' > {index}")
+    try:
+        rc, checks, _ = doctor(inventory, tmp_path)
+    finally:
+        host.ssh(f"mv /root/index.aside {index}")
+    assert rc != 0
+    assert "model.safetensors.index.json is not JSON" in checks["model format"]["evidence"]
+    assert "model.safetensors.index.json" in checks["model files"]["evidence"]
+
+
+def test_context_length_above_the_model_is_named(
+    converged: tuple[SandboxHost, Path], tmp_path: Path
+) -> None:
+    _, inventory = converged
+    extra = ("--data", "serve_engine=vllm", "--data", "vllm_max_model_len=25480")
+    rc, checks, _ = doctor(inventory, tmp_path, *extra)
+    assert rc != 0
+    context = checks["context length"]
+    assert context["status"] == "fail" and "max_position_embeddings 2048" in context["evidence"]
+    assert context["fix"] == "set vllm_max_model_len to 2048 or less"
+
+
+@pytest.fixture
+def crash_loop(converged: tuple[SandboxHost, Path]) -> Iterator[None]:
+    host, _ = converged
+    drop_in = f"/etc/systemd/system/{UNIT}.d/zz-doctor-test.conf"
+    host.ssh(
+        f"mkdir -p $(dirname {drop_in}) && "
+        f"printf '[Service]\\nExecStart=\\nExecStart=/bin/false\\n' > {drop_in} && "
+        f"systemctl daemon-reload && systemctl restart --no-block {UNIT} && "
+        f"for i in $(seq 100); do systemctl show -p SubState {UNIT} | grep -q auto-restart "
+        "&& break; sleep 0.2; done"
+    )
+    yield
+    host.ssh(
+        f"rm -f {drop_in} && systemctl daemon-reload && systemctl reset-failed {UNIT}; "
+        f"systemctl restart {UNIT}",
+        timeout=300,
+    )
+
+
+def test_crash_loop_is_named(
+    converged: tuple[SandboxHost, Path], crash_loop: None, tmp_path: Path
+) -> None:
+    _, inventory = converged
+    rc, checks, _ = doctor(inventory, tmp_path)
+    assert rc != 0
+    unit = checks["service unit"]
+    assert unit["status"] == "fail" and "crash loop" in unit["evidence"]
+    assert "journalctl -u autoglm-serve.service" in unit["fix"]
+    assert checks["health"]["status"] == "fail"
+
+
+def test_unwritable_cache_is_named(converged: tuple[SandboxHost, Path], tmp_path: Path) -> None:
+    host, inventory = converged
+    host.ssh(f"chown root:root {HF_HOME}")
+    try:
+        rc, checks, _ = doctor(inventory, tmp_path)
+    finally:
+        host.ssh(f"chown autoglm:autoglm {HF_HOME}")
+    assert rc != 0
+    cache = checks["cache permissions"]
+    assert f"not writable by autoglm: {HF_HOME} (root 750)" in cache["evidence"]
+    assert "deploys/python_env.py" in cache["fix"]
+
+
+def test_unreachable_index_is_named(
+    converged: tuple[SandboxHost, Path], sandbox: Sandbox, tmp_path: Path
+) -> None:
+    _, inventory = converged
+    closed = f"http://{controller_address(sandbox)}:9/simple/"
+    rc, checks, _ = doctor(inventory, tmp_path, "--data", f"pip_index_url={closed}")
+    assert rc != 0
+    reach = checks["reach pip index"]
+    assert reach["status"] == "fail" and closed in reach["evidence"]
+    assert "pip_index_url" in reach["fix"]
 
 
 @pytest.fixture
 def listener_on_all_interfaces(converged: tuple[SandboxHost, Path]) -> Iterator[int]:
     host, _ = converged
     pid = host.ssh(
-        "nohup python3 -m http.server --bind 0.0.0.0 8000 >/dev/null 2>&1 & echo $!"
+        "nohup python3 -m http.server --bind 0.0.0.0 8001 >/dev/null 2>&1 & echo $!"
     ).stdout.strip()
-    host.ssh("for i in $(seq 50); do ss -ltnH | grep -q ':8000 ' && break; sleep 0.1; done")
-    yield 8000
+    host.ssh("for i in $(seq 50); do ss -ltnH | grep -q ':8001 ' && break; sleep 0.1; done")
+    yield 8001
     host.ssh(f"kill {pid}")
 
 
@@ -65,7 +177,7 @@ def test_endpoint_on_all_interfaces_is_named_with_the_fix(
     converged: tuple[SandboxHost, Path], listener_on_all_interfaces: int, tmp_path: Path
 ) -> None:
     _, inventory = converged
-    rc, checks, stderr = doctor(inventory, tmp_path)
+    rc, checks, stderr = doctor(inventory, tmp_path, "--data", "serve_port=8001")
     assert rc != 0
     exposure = checks["endpoint exposure"]
     assert exposure["status"] == "fail" and "0.0.0.0" in exposure["evidence"]
@@ -78,3 +190,15 @@ def test_too_little_disk_is_named(converged: tuple[SandboxHost, Path], tmp_path:
     rc, checks, _ = doctor(inventory, tmp_path, "--data", "preflight_min_disk_gib=1000000")
     assert rc != 0
     assert "preflight_min_disk_gib is 1000000" in checks["host resources"]["evidence"]
+
+
+def test_venv_drift_is_named(converged: tuple[SandboxHost, Path], tmp_path: Path) -> None:
+    """Last: it leaves the venv drifted (the host is removed with the module)."""
+    host, inventory = converged
+    host.ssh(f"{VENV}/bin/python -m pip uninstall -q -y shellingham")
+    rc, checks, _ = doctor(inventory, tmp_path)
+    assert rc != 0
+    lock = checks["venv lock"]
+    assert "shellingham: locked 1.5.4, installed nothing" in lock["evidence"]
+    assert "deploys/python_env.py" in lock["fix"]
+    assert "shellingham" in checks["pip check"]["evidence"]

@@ -1,0 +1,81 @@
+"""The doctor's reachability checks: is every configured proxy and mirror answering? Pure.
+
+Probed from the host (where apt, pip and the model pull run), through the configured
+proxy. Any HTTP answer counts as reachable; only a refused or timed-out connection fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from autoglm_infra.checks import Check, Status
+from autoglm_infra.config.schema import Settings
+from autoglm_infra.doctor_probe import Reach
+
+# kind -> (key to fix, failure status): the model hub is only needed for a (re)pull.
+KEYS: dict[str, tuple[str, Status]] = {
+    "proxy": ("proxy_url", "fail"),
+    "pip index": ("pip_index_url", "fail"),
+    "apt mirror": ("apt_mirror_url", "fail"),
+    "npm registry": ("npm_registry", "fail"),
+    "docker mirror": ("docker_registry_mirrors", "fail"),
+    "model hub": ("hub_endpoint", "warn"),
+}
+
+
+def reach_targets(settings: Settings) -> list[tuple[str, str]]:
+    """(kind, url) of every configured endpoint; unset keys (public defaults) are not probed."""
+    targets = []
+    if settings.proxy_url:
+        targets.append(("proxy", settings.proxy_url))
+    if settings.pip_index_url and settings.serve_mode == "venv":
+        targets.append(("pip index", settings.pip_index_url))
+    if settings.apt_mirror_url:
+        targets.append(("apt mirror", settings.apt_mirror_url))
+    if settings.npm_registry:
+        targets.append(("npm registry", settings.npm_registry))
+    targets += [("docker mirror", url) for url in settings.docker_registry_mirrors]
+    targets.append(("model hub", settings.hub_endpoint))
+    return targets
+
+
+def proxy_env(settings: Settings) -> dict[str, str]:
+    """The proxy as the host's tools see it (no credentials: a 407 still proves it answers)."""
+    if not settings.proxy_url:
+        return {}
+    return {
+        "http_proxy": settings.proxy_url,
+        "https_proxy": settings.proxy_url,
+        "no_proxy": ",".join(settings.no_proxy),
+    }
+
+
+def reach_checks(targets: Sequence[tuple[str, str]], found: Sequence[Reach]) -> list[Check]:
+    by_target = {(r.kind, r.url): r for r in found}
+    checks = []
+    for kind, url in targets:
+        key, bad = KEYS[kind]
+        name = f"reach {kind}"
+        result = by_target.get((kind, url))
+        if result is None:
+            checks.append(
+                Check(
+                    name,
+                    "fail",
+                    f"{url}: not probed (python3 missing on the host?)",
+                    "apt-get install python3-minimal",
+                )
+            )
+        elif result.answered:
+            checks.append(Check(name, "ok", f"{url} answers ({result.result})"))
+        else:
+            checks.append(
+                Check(
+                    name,
+                    bad,
+                    f"{url} unreachable from the host: {result.result.removeprefix('error ')}",
+                    f"check that it runs and that the host can reach it "
+                    f"(firewall, proxy, no_proxy), or fix {key}",
+                )
+            )
+    return checks
