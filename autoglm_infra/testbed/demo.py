@@ -69,9 +69,11 @@ def main() -> int:
     print(f"    hosts: {', '.join(h.name for h in world.hosts)}")
     print(f"    first converge {first.seconds:.1f} s, no-op re-run {second.seconds:.1f} s")
     venv_host = next(h for h in world.hosts if not h.docker)
+    print(f"    endpoint: http://127.0.0.1:8000/v1 on {venv_host.name} (loopback only)")
+    print(f"    smoke:    .venv/bin/pyinfra {INVENTORY.relative_to(ROOT)} deploys/verify.py -y")
     print(
-        f"    endpoint: on {venv_host.name}: curl -s http://127.0.0.1:8000/v1/models "
-        '-H "Authorization: Bearer $(cat /etc/autoglm/credentials/api-key)"'
+        "    API key:  .venv/bin/python -m autoglm_infra.testbed.hosts ssh "
+        f"{venv_host.name} -- cat /etc/autoglm/credentials/api-key"
     )
     print(f"    doctor:   .venv/bin/pyinfra {INVENTORY.relative_to(ROOT)} deploys/doctor.py -y")
     print(f"    try:      .venv/bin/pyinfra {INVENTORY.relative_to(ROOT)} deploys/full.py -y")
