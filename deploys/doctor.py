@@ -43,7 +43,7 @@ from autoglm_infra.doctor_service import containers_check, health_check, unit_ch
 from autoglm_infra.engine_args import served_model_name
 from autoglm_infra.gpu_checks import evaluate_gpu
 from autoglm_infra.preflight import Minimums
-from autoglm_infra.pyinfra_ext.doctor_facts import DoctorProbeFact
+from autoglm_infra.pyinfra_ext.doctor_facts import DoctorProbeFact, doctor_script
 from autoglm_infra.pyinfra_ext.facts import GpuProbeFact
 from autoglm_infra.pyinfra_ext.report import report_checks
 from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
@@ -84,8 +84,7 @@ cache_dirs = (
     else []
 )
 targets = reach_targets(settings)
-state = host.get_fact(
-    DoctorProbeFact,
+script = doctor_script(
     model_dir=settings.model_dir,
     unit=unit,
     venv_dir=settings.python_venv_dir if venv_mode else None,
@@ -100,6 +99,7 @@ state = host.get_fact(
         su.CREDENTIAL_PATH if venv_mode else ENV_FILE,
     ),
 )
+state = host.get_fact(DoctorProbeFact, script=script)
 
 checks.append(
     model_files_check(

@@ -24,6 +24,7 @@ from autoglm_infra.model_state import (
 from autoglm_infra.pyinfra_ext.model_ops import ModelSnapshotFact, model_pull
 from autoglm_infra.pyinfra_ext.operations import put_file, remove_file
 from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
+from autoglm_infra.pyinfra_ext.stage_changes import MODEL, record
 
 ROOT = Path(__file__).resolve().parents[1]
 HELPER_SOURCE = (ROOT / "autoglm_infra" / "host_tools" / "model_fetch.py").read_bytes()
@@ -77,20 +78,24 @@ put_file(
     content=HELPER_SOURCE,
     current=snapshot.control.files.get(HELPER_PATH),
 )
-put_file(
-    name="Model: download plan (pinned commit, sizes, digests)",
-    path=plan_file,
-    content=host_plan(
-        lock,
-        settings.hub_endpoint,
-        model_dir,
-        settings.model_download_workers,
-        settings.model_download_attempts,
-        settings.model_retry_max_delay,
-        margin,
-        TOKEN_PATH if token else None,
+record(
+    MODEL,
+    "download plan",
+    put_file(
+        name="Model: download plan (pinned commit, sizes, digests)",
+        path=plan_file,
+        content=host_plan(
+            lock,
+            settings.hub_endpoint,
+            model_dir,
+            settings.model_download_workers,
+            settings.model_download_attempts,
+            settings.model_retry_max_delay,
+            margin,
+            TOKEN_PATH if token else None,
+        ),
+        current=snapshot.control.files.get(plan_file),
     ),
-    current=snapshot.control.files.get(plan_file),
 )
 if token is not None:
     put_file(
@@ -104,10 +109,14 @@ else:
     remove_file(name="Model: no hub token", path=TOKEN_PATH,
                 current=snapshot.control.files.get(TOKEN_PATH))  # fmt: skip
 
-model_pull(
-    name=f"Model: {lock.repo}@{lock.commit[:12]} in {model_dir}",
-    model_dir=model_dir,
-    plan=plan,
-    verify=settings.model_verify,
-    prune=settings.model_prune,
+record(
+    MODEL,
+    "pull",
+    model_pull(
+        name=f"Model: {lock.repo}@{lock.commit[:12]} in {model_dir}",
+        model_dir=model_dir,
+        plan=plan,
+        verify=settings.model_verify,
+        prune=settings.model_prune,
+    ),
 )

@@ -20,6 +20,7 @@ from autoglm_infra.pyinfra_ext.python_ops import (
     venv_module,
 )
 from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
+from autoglm_infra.pyinfra_ext.stage_changes import PYTHON_ENV, record
 from autoglm_infra.stack_request import plan_for_host
 
 settings = host_settings()
@@ -48,36 +49,52 @@ except pe.PythonEnvError as exc:
     raise PyinfraError(f"python env stage refused {host.name}: {exc}") from None
 logger.info(f"{host.print_prefix}python env: profile {name} ({lock.source})")
 
-service_user(
-    name=f"Python env: service user {settings.python_service_user}",
-    user=settings.python_service_user,
-    home=settings.python_cache_dir,
-    current=state.user,
+record(
+    PYTHON_ENV,
+    "service user",
+    service_user(
+        name=f"Python env: service user {settings.python_service_user}",
+        user=settings.python_service_user,
+        home=settings.python_cache_dir,
+        current=state.user,
+    ),
 )
-owned_dirs(
-    name="Python env: cache directories owned by the service user",
-    paths=cache_dirs,
-    owner=settings.python_service_user,
-    mode="750",
-    current=state.dirs or {},
+record(
+    PYTHON_ENV,
+    "cache directories",
+    owned_dirs(
+        name="Python env: cache directories owned by the service user",
+        paths=cache_dirs,
+        owner=settings.python_service_user,
+        mode="750",
+        current=state.dirs or {},
+    ),
 )
-venv_module(
-    name="Python env: python3-venv",
-    has_venv_module=state.has_venv_module,
-    interpreter=settings.python_interpreter,
+record(
+    PYTHON_ENV,
+    "python3-venv",
+    venv_module(
+        name="Python env: python3-venv",
+        has_venv_module=state.has_venv_module,
+        interpreter=settings.python_interpreter,
+    ),
 )
 digest = pe.build_digest(lock, settings.python_interpreter)
-locked_venv(
-    name=f"Python env: venv from lock {name}",
-    lock=lock,
-    interpreter=settings.python_interpreter,
-    venv_dir=settings.python_venv_dir,
-    digest=digest,
-    pip_args=pe.index_args(
-        lock,
-        settings.pip_index_url,
-        settings.python_torch_index_url,
-        settings.python_pip_extra_args,
+record(
+    PYTHON_ENV,
+    "venv",
+    locked_venv(
+        name=f"Python env: venv from lock {name}",
+        lock=lock,
+        interpreter=settings.python_interpreter,
+        venv_dir=settings.python_venv_dir,
+        digest=digest,
+        pip_args=pe.index_args(
+            lock,
+            settings.pip_index_url,
+            settings.python_torch_index_url,
+            settings.python_pip_extra_args,
+        ),
+        state=state,
     ),
-    state=state,
 )

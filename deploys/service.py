@@ -15,14 +15,13 @@ from autoglm_infra.controller_secrets import SecretError, read_secret
 from autoglm_infra.model_state import plan_path, stamps_path
 from autoglm_infra.pyinfra_ext.operations import put_file
 from autoglm_infra.pyinfra_ext.service_ops import (
-    PYTHON_ENV_PREFIXES,
     ServiceSnapshotFact,
     directory,
     generate_api_key,
     run_service,
-    upstream_changes,
 )
 from autoglm_infra.pyinfra_ext.settings import host_settings
+from autoglm_infra.pyinfra_ext.stage_changes import MODEL, PYTHON_ENV, queued_changes
 from autoglm_infra.python_env import STAMP_FILE
 from autoglm_infra.service_state import INPUTS_RECORD, expected_inputs, restart_reasons
 
@@ -115,9 +114,9 @@ else:
         snapshot.unit,
         record.text if record else None,
         expected_inputs(inputs, snapshot.files, written),
-        upstream_changes(),
+        queued_changes(PYTHON_ENV, MODEL),
     )
-    if reasons and not snapshot.user_exists and not upstream_changes(PYTHON_ENV_PREFIXES):
+    if reasons and not snapshot.user_exists and not queued_changes(PYTHON_ENV):
         raise PyinfraError(
             f"service stage refused {host.name}: service user {layout.user!r} does not "
             "exist; run the python env stage first (deploys/python_env.py)"

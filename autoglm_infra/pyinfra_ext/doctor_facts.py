@@ -53,18 +53,9 @@ def doctor_script(
 class DoctorProbeFact(FactBase[DoctorProbe]):
     """Everything the doctor's stage checks read, in one command."""
 
-    def command(  # type: ignore[override]
-        self,
-        model_dir: str,
-        unit: str,
-        venv_dir: str | None,
-        user: str,
-        cache_dirs: Sequence[str],
-        targets: Sequence[tuple[str, str]],
-        env: Sequence[tuple[str, str]],
-        smoke_args: Sequence[str],
-    ) -> str:
-        return doctor_script(model_dir, unit, venv_dir, user, cache_dirs, targets, env, smoke_args)
+    def command(self, script: str) -> str:  # type: ignore[override]
+        """`script` is `doctor_script(...)`: built once, in one place."""
+        return script
 
     def process(self, output: list[str]) -> DoctorProbe:
         return parse_probe(output)

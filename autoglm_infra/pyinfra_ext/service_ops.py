@@ -10,7 +10,7 @@ import shlex
 from collections.abc import Generator, Sequence
 from typing import Any
 
-from pyinfra import host, state
+from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, operation
 
 from autoglm_infra.service_state import (
@@ -19,10 +19,6 @@ from autoglm_infra.service_state import (
     record_inputs_command,
     service_snapshot_script,
 )
-
-# Earlier stages whose changes mean the engine must load something new.
-PYTHON_ENV_PREFIXES = ("python env", "python_env")
-UPSTREAM_OPERATION_PREFIXES = (*PYTHON_ENV_PREFIXES, "model:")
 
 
 class ServiceSnapshotFact(FactBase[ServiceSnapshot]):
@@ -40,19 +36,6 @@ class ServiceSnapshotFact(FactBase[ServiceSnapshot]):
 
     def process(self, output: list[str]) -> ServiceSnapshot:
         return parse_service_snapshot(output)
-
-
-def upstream_changes(prefixes: Sequence[str] = UPSTREAM_OPERATION_PREFIXES) -> list[str]:
-    """Names of operations queued earlier in this run, for this host, that will change it
-    and belong to the venv or model stages (stages run in order, so they are queued)."""
-    changes = []
-    for op_hash, op_data in state.ops.get(host, {}).items():
-        names = state.op_meta[op_hash].names if op_hash in state.op_meta else set()
-        # Inside local.include (deploys/full.py) pyinfra prefixes "<deploy file> | ".
-        name = next(iter(sorted(names)), "").rsplit(" | ", 1)[-1]
-        if name.lower().startswith(tuple(prefixes)) and op_data.operation_meta.will_change:
-            changes.append(name)
-    return changes
 
 
 @operation()

@@ -16,11 +16,10 @@ import random
 import shutil
 import socket
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from autoglm_infra.testbed.hosts import DEFAULT_CACHE_DIR, read_mirrors
-from autoglm_infra.testbed.servers import HttpReady, LoopbackServer
+from autoglm_infra.testbed.servers import HttpReady, LoopbackServer, StandinLifecycle
 
 CACHE_DIR = DEFAULT_CACHE_DIR.parent / "apt-cacher-ng"
 BINARY = "/usr/sbin/apt-cacher-ng"
@@ -40,7 +39,7 @@ def low_free_port(bind: str) -> int:
     raise RuntimeError(f"no free port in 20000-32000 on {bind}")
 
 
-class AptMirrorStandin:
+class AptMirrorStandin(StandinLifecycle):
     def __init__(self, state_dir: Path, bind: str, port: int | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.bind = bind
@@ -105,14 +104,3 @@ class AptMirrorStandin:
             return []
         # time|O|bytes|client|path  (I = fetched upstream, O = delivered)
         return [(f[3], f[4]) for line in lines if len(f := line.split("|")) >= 5 and f[1] == "O"]
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -11,12 +11,11 @@ contain no hook or runtime binary.
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 from autoglm_infra.config.schema import Settings
-from autoglm_infra.testbed.apt_repo import AptRepo, PackageSpec, SigningKey, build_repo
-from autoglm_infra.testbed.servers import HttpReady, LoopbackServer, free_port, stop_pidfile
+from autoglm_infra.testbed.apt_repo import AptRepo, PackageSpec, build_repo
+from autoglm_infra.testbed.repo_site import RepoSite
 
 REPO_PATH = "libnvidia-container"
 DEFAULT_VERSION = str(Settings.model_fields["docker_toolkit_version"].default)
@@ -47,26 +46,13 @@ def toolkit_specs(version: str, arch: str = "amd64") -> list[PackageSpec]:
     ]
 
 
-class ContainerToolkitRepoStandin:
+class ContainerToolkitRepoStandin(RepoSite):
     """Build the repository under `workdir/www` and serve it on `bind`."""
 
-    def __init__(self, workdir: Path, bind: str, key_dir: Path) -> None:
-        self.workdir = workdir
-        self.bind = bind
-        self.key = SigningKey.load_or_create(key_dir)
-        self.port = 0
-        self.server: LoopbackServer | None = None
-
-    @property
-    def www(self) -> Path:
-        return self.workdir / "www"
+    name = "toolkit-repo"
 
     def repo_dir(self, arch: str = "amd64") -> Path:
         return self.www / REPO_PATH / "stable" / "deb" / arch
-
-    @property
-    def pidfile(self) -> Path:
-        return self.workdir / "server.pid"
 
     @property
     def base_url(self) -> str:
@@ -81,20 +67,4 @@ class ContainerToolkitRepoStandin:
 
     def start(self, detached: bool = False, port: int = 0) -> ContainerToolkitRepoStandin:
         """Serve; a fixed `port` keeps the hosts' apt source unchanged across demo runs."""
-        self.port = port or free_port(self.bind)
-        argv = [sys.executable, "-m", "autoglm_infra.testbed.static_http", "--root",
-                str(self.www), "--bind", self.bind, "--port", str(self.port),
-                "--access-log", str(self.workdir / "access.log")]  # fmt: skip
-        self.server = LoopbackServer(
-            argv, log_path=self.workdir / "server.log", name="toolkit-repo",
-            detached=detached, pidfile=self.pidfile,
-            ready=HttpReady(f"{self.base_url}/gpgkey"),
-        )  # fmt: skip
-        self.server.start()
-        return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-        elif self.pidfile.exists():
-            stop_pidfile(self.pidfile)
+        return self.serve(f"{REPO_PATH}/gpgkey", detached, port)

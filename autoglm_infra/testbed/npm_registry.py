@@ -21,11 +21,10 @@ import shutil
 import subprocess
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from autoglm_infra.testbed.hosts import DEFAULT_CACHE_DIR
-from autoglm_infra.testbed.servers import HttpReady, LoopbackServer, free_port
+from autoglm_infra.testbed.servers import HttpReady, LoopbackServer, StandinLifecycle, free_port
 
 VERDACCIO_VERSION = "6.8.0"  # newest that runs on node 20 (6.9+ wants node 22)
 CACHE_DIR = DEFAULT_CACHE_DIR.parent / "verdaccio"
@@ -64,7 +63,7 @@ def ensure_verdaccio(version: str = VERDACCIO_VERSION, cache_dir: Path = CACHE_D
     return binary
 
 
-class NpmRegistryStandin:
+class NpmRegistryStandin(StandinLifecycle):
     def __init__(self, state_dir: Path, bind: str, port: int | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.bind = bind
@@ -136,14 +135,3 @@ class NpmRegistryStandin:
         except FileNotFoundError:
             return []
         return [line for line in text.splitlines() if "http <--" in line]
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -8,13 +8,11 @@ table), plus an older build of each so pinning is exercised. They contain no dri
 from __future__ import annotations
 
 import shutil
-import socket
-import sys
 from pathlib import Path
 
 from autoglm_infra.stack.resolver import OsInfo, StackError, StackRequest, resolve_stack
-from autoglm_infra.testbed.apt_repo import AptRepo, PackageSpec, SigningKey, build_repo
-from autoglm_infra.testbed.servers import HttpReady, LoopbackServer, free_port, stop_pidfile
+from autoglm_infra.testbed.apt_repo import AptRepo, PackageSpec, build_repo
+from autoglm_infra.testbed.repo_site import RepoSite
 
 REPO_PATH = "compute/cuda/repos"
 DEBIAN12 = OsInfo(distro="debian", version="12", arch="x86_64")
@@ -72,36 +70,14 @@ def catalogue_specs(extra_newer: tuple[str, ...] = ()) -> list[PackageSpec]:
     return specs
 
 
-def _port_free(bind: str, port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind((bind, port))
-        except OSError:
-            return False
-    return True
-
-
-class NvidiaRepoStandin:
+class NvidiaRepoStandin(RepoSite):
     """Build the repository under `workdir/www` and serve it on `bind`."""
 
-    def __init__(self, workdir: Path, bind: str, key_dir: Path) -> None:
-        self.workdir = workdir
-        self.bind = bind
-        self.key = SigningKey.load_or_create(key_dir)
-        self.port = 0
-        self.server: LoopbackServer | None = None
-
-    @property
-    def www(self) -> Path:
-        return self.workdir / "www"
+    name = "nvidia-repo"
 
     @property
     def repo_dir(self) -> Path:
         return self.www / REPO_PATH / "debian12" / "x86_64"
-
-    @property
-    def pidfile(self) -> Path:
-        return self.workdir / "server.pid"
 
     @property
     def base_url(self) -> str:
@@ -116,25 +92,6 @@ class NvidiaRepoStandin:
 
     def start(self, detached: bool = False) -> NvidiaRepoStandin:
         """Serve the repository; `detached` keeps it up after this process (the demo)."""
-        # A stable port per address keeps the hosts' apt source unchanged across demo runs.
         preferred = 18000 + int(self.bind.split(".")[2]) if self.bind.count(".") == 3 else 0
-        self.port = (
-            preferred if preferred and _port_free(self.bind, preferred) else (free_port(self.bind))
-        )
-        argv = [sys.executable, "-m", "autoglm_infra.testbed.static_http", "--root",
-                str(self.www), "--bind", self.bind, "--port", str(self.port),
-                "--access-log", str(self.workdir / "access.log")]  # fmt: skip
-        self.server = LoopbackServer(
-            argv, log_path=self.workdir / "server.log", name="nvidia-repo",
-            detached=detached, pidfile=self.pidfile,
-            ready=HttpReady(f"http://{self.bind}:{self.port}/{REPO_PATH}/debian12/x86_64/"
-                            f"{self.key.short_id}.pub"),
-        )  # fmt: skip
-        self.server.start()
-        return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-        elif self.pidfile.exists():
-            stop_pidfile(self.pidfile)
+        ready = f"{REPO_PATH}/debian12/x86_64/{self.key.short_id}.pub"
+        return self.serve(ready, detached, preferred)

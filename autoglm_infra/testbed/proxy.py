@@ -16,11 +16,10 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from autoglm_infra.testbed.hosts import DEFAULT_CACHE_DIR
-from autoglm_infra.testbed.servers import LoopbackServer, TcpReady, free_port
+from autoglm_infra.testbed.servers import LoopbackServer, StandinLifecycle, TcpReady, free_port
 
 PROXYPY_VERSION = "2.4.10"
 CACHE_DIR = DEFAULT_CACHE_DIR.parent / "proxypy"
@@ -46,7 +45,7 @@ def ensure_proxypy(cache_dir: Path = CACHE_DIR, version: str = PROXYPY_VERSION) 
     return python
 
 
-class ProxyStandin:
+class ProxyStandin(StandinLifecycle):
     """proxy.py with basic auth listening on `bind` (the sandbox bridge address)."""
 
     def __init__(
@@ -114,14 +113,3 @@ class ProxyStandin:
             return self.log_path.read_text(errors="replace").count("ProxyAuthenticationFailed")
         except FileNotFoundError:
             return 0
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -24,14 +24,19 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from packaging.tags import sys_tags
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from autoglm_infra.python_env import Lock, Requirement
-from autoglm_infra.testbed.servers import HttpReady, LoopbackServer, free_port, stop_pidfile
+from autoglm_infra.testbed.servers import (
+    HttpReady,
+    LoopbackServer,
+    StandinLifecycle,
+    free_port,
+    stop_pidfile,
+)
 
 DEFAULT_WHEEL_CACHE = Path.home() / ".cache" / "autoglm-infra" / "wheels"
 DEFAULT_TORCH_INDEX = "https://download.pytorch.org/whl"
@@ -148,7 +153,7 @@ class WheelCache:
             return stored
 
 
-class PypiMirror:
+class PypiMirror(StandinLifecycle):
     """pypiserver serving `wheels` (links into the cache) on address:<free port>.
 
     No fallback to PyPI (`--disable-fallback`): a file the mirror lacks is a 404, the
@@ -230,14 +235,3 @@ class PypiMirror:
             self._server = None
         elif self.pidfile.exists():
             stop_pidfile(self.pidfile)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

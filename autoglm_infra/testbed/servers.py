@@ -205,6 +205,22 @@ def _stop_leftovers() -> None:
 atexit.register(_stop_leftovers)
 
 
+class StandinLifecycle:
+    """`with Standin(...) as s:` for stand-ins that define start() and stop()."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 class LoopbackServer:
     """One real server process: spawn, wait until ready, stop (whole process group).
 
