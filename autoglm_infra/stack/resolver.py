@@ -13,7 +13,7 @@ Example::
         os=OsInfo("debian", "12", "x86_64"),
         gpus=(GpuDevice("0x10de", "0x2330"),),
     ))
-    plan.driver_branch, plan.driver_flavour, plan.torch_flavour   # 580, 'open', 'cu129'
+    plan.driver_branch, plan.driver_flavour, plan.torch_flavour   # 580, 'open', 'cu128'
 
 Never imports pyinfra: deploy code turns the plan into operations.
 """

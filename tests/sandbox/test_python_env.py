@@ -148,8 +148,11 @@ def test_index_without_a_locked_file_fails_clearly(
     ("data", "expected"),
     [
         (["python_profile=gpu9"], ["python_profile='gpu9': unknown profile", "cpu"]),
-        # serve_engine=vllm resolves the stack plan: flavour cu129, for which no lock exists
-        (["serve_engine=vllm"], ["no lock for profile 'vllm-cu129'", "lock_requirements.py"]),
+        # serve_engine=vllm resolves the stack plan; CUDA 12.9 means flavour cu129, not locked here
+        (
+            ["serve_engine=vllm", "cuda_version=12.9"],
+            ["no lock for profile 'vllm-cu129'", "lock_requirements.py"],
+        ),
         (["python_interpreter=/usr/bin/python9"], ["python_interpreter='/usr/bin/python9'"]),
     ],
 )  # fmt: skip

@@ -60,7 +60,7 @@ def table_with(mutate: Any) -> StackTable:
 # -- representative hosts ------------------------------------------------------------------
 
 
-def test_debian12_h100_auto_gets_lts_580_open_and_engine_default_cu129(table: StackTable) -> None:
+def test_debian12_h100_auto_gets_lts_580_open_and_engine_default_cu128(table: StackTable) -> None:
     plan = resolve(table, DEBIAN_12, gpus=(H100_SXM,))
 
     assert plan.repo_url == (
@@ -72,8 +72,8 @@ def test_debian12_h100_auto_gets_lts_580_open_and_engine_default_cu129(table: St
         "open",
     )
     assert [p.spec for p in plan.driver_packages] == ["nvidia-open-580=580.95.05-1"]
-    assert [p.spec for p in plan.cuda_packages] == ["cuda-toolkit-12-9=12.9.1-1"]
-    assert (plan.cuda_version, plan.torch_flavour) == ("12.9", "cu129")
+    assert [p.spec for p in plan.cuda_packages] == ["cuda-toolkit-12-8=12.8.1-1"]
+    assert (plan.cuda_version, plan.torch_flavour) == ("12.8", "cu128")
     assert (plan.engine, plan.engine_version, plan.torch_version) == ("vllm", "0.12.0", "2.9.0")
     assert [p.spec for p in plan.cudnn_packages] == [
         "cudnn9-cuda-12=9.17.1.4-1",
@@ -81,7 +81,7 @@ def test_debian12_h100_auto_gets_lts_580_open_and_engine_default_cu129(table: St
     ]
     assert any("nvidia_driver_branch auto -> 580" in n and "LTS" in n for n in plan.notes)
     assert any("nvidia_driver_flavour auto -> open" in n for n in plan.notes)
-    assert any("cuda_version auto -> 12.9" in n for n in plan.notes)
+    assert any("cuda_version auto -> 12.8" in n for n in plan.notes)
 
 
 def test_ubuntu2404_rtx4090_with_cuda_128_pins_toolkit_and_cu128_wheel(table: StackTable) -> None:
@@ -95,8 +95,8 @@ def test_ubuntu2404_rtx4090_with_cuda_128_pins_toolkit_and_cu128_wheel(table: St
     ]
     assert [p.spec for p in plan.cuda_packages] == ["cuda-toolkit-12-8=12.8.1-1"]
     assert (plan.cuda_version, plan.torch_flavour) == ("12.8", "cu128")
-    # vLLM publishes no cu128 build: the plan must say it relies on an unverified row.
-    assert any("verified: false" in n and "vllm cu128 build" in n for n in plan.notes)
+    # PyPI's vllm 0.12.0 + torch 2.9.0 pairing is a verified row: no caveat in the plan.
+    assert not any("verified: false" in n and "vllm" in n for n in plan.notes)
 
 
 def test_v100_auto_gets_proprietary_modules_and_cudnn_that_still_supports_volta(
@@ -116,7 +116,7 @@ def test_arm64_ubuntu2404_uses_the_sbsa_repo_path(table: StackTable) -> None:
     assert (
         plan.repo_url == "https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2404/sbsa/"
     )
-    assert plan.torch_flavour == "cu129"
+    assert plan.torch_flavour == "cu128"
 
 
 def test_arm64_alias_is_accepted(table: StackTable) -> None:
@@ -193,11 +193,21 @@ def test_mirror_base_url_replaces_nvidia_and_trailing_slash_is_tolerated(
     assert plan.repo_url == "http://127.0.0.1:8080/cuda/repos/debian12/x86_64/"
 
 
-def test_explicit_branch_570_with_auto_cuda_falls_back_to_cu128(table: StackTable) -> None:
-    plan = resolve(table, gpus=(H100_SXM,), driver_branch="570")
+def test_explicit_branch_570_with_auto_cuda_falls_back_from_a_cu129_default_to_cu128() -> None:
+    def cu129_default(raw: dict[str, Any]) -> None:
+        next(e for e in raw["engines"] if e["name"] == "vllm")["default_flavour"] = "cu129"
+
+    plan = resolve(table_with(cu129_default), gpus=(H100_SXM,), driver_branch="570")
 
     assert (plan.driver_branch, plan.cuda_version, plan.torch_flavour) == (570, "12.8", "cu128")
     assert any("default flavour cu129 does not fit" in n and "575.57.08" in n for n in plan.notes)
+
+
+def test_explicit_cuda_129_selects_the_cu129_wheel(table: StackTable) -> None:
+    plan = resolve(table, gpus=(H100_SXM,), cuda_version="12.9")
+
+    assert (plan.cuda_version, plan.torch_flavour) == ("12.9", "cu129")
+    assert [p.spec for p in plan.cuda_packages] == ["cuda-toolkit-12-9=12.9.1-1"]
 
 
 def test_cudnn_none_plans_no_cudnn_packages(table: StackTable) -> None:

@@ -171,11 +171,13 @@ def test_every_torch_flavour_referenced_by_an_engine_exists(table: StackTable) -
             assert table.cuda(torch_flavour.cuda) is not None
 
 
-def test_vllm_0_12_runs_on_torch_2_9_0_with_cu129_by_default(table: StackTable) -> None:
+def test_vllm_0_12_runs_on_pypis_torch_2_9_0_cu128_build_by_default(table: StackTable) -> None:
     vllm = table.engine("vllm")
 
     assert vllm is not None
-    assert (vllm.version, vllm.torch_version, vllm.default_flavour) == ("0.12.0", "2.9.0", "cu129")
+    assert (vllm.version, vllm.torch_version, vllm.default_flavour) == ("0.12.0", "2.9.0", "cu128")
+    # The default must be a flavour this repository has a lock for.
+    assert (DEFAULT_TABLE_PATH.parent / "locks" / f"vllm-{vllm.default_flavour}.txt").is_file()
 
 
 def test_supported_os_targets_and_repo_paths(table: StackTable) -> None:
