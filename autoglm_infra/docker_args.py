@@ -24,6 +24,7 @@ shared/reference/hardening.md section 1):
 | image `name:tag@sha256:...` or image ID | 5.28 image pinned (manual) |
 | `--rm` under systemd, no `--restart` | 5.15 restart policy (systemd owns restarts) |
 | `--env-file` (0600 root), never `-e KEY=secret` | secrets off the command line (4.10-style) |
+| or a read-only key file mount (`secret-mount`) | the key is not in `docker inspect` either |
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ ENV_FILE = "/etc/autoglm/docker-engine.env"
 MODEL_MOUNT = "/models/autoglm"
 CACHE_MOUNT = "/home/vllm/.cache"
 SERVED_MODEL_NAME = "autoglm-phone-9b"
+# secret-mount: the key file on the host (root:root 0440; the container runs with GID 0)
+# and where the container sees it; a shell loads it and execs the entrypoint.
+API_KEY_FILE = "/etc/autoglm/docker-api-key"
+SECRET_MOUNT = "/run/secrets/autoglm-api-key"
+KEY_LOADER = f'VLLM_API_KEY=$(cat {SECRET_MOUNT}) || exit 1; export VLLM_API_KEY; exec "$@"'
 # Open-AutoGLM's recommended vLLM flags (README), minus `--allowed-local-media-path /`.
 OPEN_AUTOGLM_FLAGS = (
     "--load-format", "safetensors",
@@ -79,6 +85,8 @@ class ContainerSpec:
     command: tuple[str, ...]
     name: str = CONTAINER_NAME
     env_file: str = ENV_FILE
+    api_key_delivery: str = "env-file"  # or "secret-mount"
+    entrypoint: tuple[str, ...] = ("vllm", "serve")  # only secret-mount names it
 
 
 def default_health_cmd(port: int) -> str:
@@ -129,6 +137,8 @@ def spec_from_settings(settings: Settings, image: str | None = None) -> Containe
         command=tuple(settings.docker_command)
         if settings.docker_command is not None
         else default_command(port),
+        api_key_delivery=settings.docker_api_key_delivery,
+        entrypoint=tuple(settings.docker_entrypoint),
     )
 
 
@@ -152,6 +162,43 @@ def gpus_arg(devices: Sequence[str]) -> list[str]:
     return [f'--gpus="device={",".join(devices)}"']
 
 
+def api_key_path(delivery: str) -> str:
+    """The host file that holds the API key (what verify and the doctor read)."""
+    return API_KEY_FILE if delivery == "secret-mount" else ENV_FILE
+
+
+def key_file_content(api_key: str) -> bytes:
+    if "\n" in api_key or not api_key:
+        raise ValueError("the API key must be one non-empty line")
+    return f"{api_key}\n".encode()
+
+
+def generate_key_file_command(path: str) -> str:
+    """A random key, made on the host once, as root:root 0440 (group 0 = the container's GID).
+
+    The key is never in any argv (printf is a shell builtin).
+    """
+    return (
+        f"umask 077; mkdir -p $(dirname {path}); [ -s {path} ] || "
+        f"{{ k=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \\n'); "
+        f"printf '%s\\n' \"$k\" > {path}.new && chmod 440 {path}.new && mv -f {path}.new {path}; }}"
+    )
+
+
+def _api_key_flags(spec: ContainerSpec) -> list[str]:
+    if spec.api_key_delivery == "secret-mount":
+        return [f"--mount=type=bind,src={API_KEY_FILE},dst={SECRET_MOUNT},readonly"]
+    return [f"--env-file={spec.env_file}"]
+
+
+def _run_target(spec: ContainerSpec) -> list[str]:
+    """Image and arguments; secret-mount wraps the entrypoint in the key loader."""
+    if spec.api_key_delivery == "secret-mount":
+        return ["--entrypoint=/bin/sh", spec.image, "-c", KEY_LOADER, "autoglm-serve",
+                *spec.entrypoint, *spec.command]  # fmt: skip
+    return [spec.image, *spec.command]
+
+
 def _flags(spec: ContainerSpec) -> list[str]:
     tmp_opts = f"rw,nosuid,nodev,{'exec' if spec.tmp_exec else 'noexec'},size={spec.tmp_size}"
     cache = spec.cache_volume
@@ -171,7 +218,7 @@ def _flags(spec: ContainerSpec) -> list[str]:
         f"--mount=type=bind,src={spec.model_dir},dst={MODEL_MOUNT},readonly",
         publish_arg(spec.publish_host, spec.port),
         *gpus_arg(spec.gpu_devices),
-        f"--env-file={spec.env_file}",
+        *_api_key_flags(spec),
         # caches into the writable volume; the model comes only from the mount
         "--env=HF_HUB_OFFLINE=1",
         "--env=VLLM_NO_USAGE_STATS=1",
@@ -186,8 +233,7 @@ def _flags(spec: ContainerSpec) -> list[str]:
         "--health-timeout=5s",
         "--health-retries=3",
         f"--health-start-period={spec.health_start_period}s",
-        spec.image,
-        *spec.command,
+        *_run_target(spec),
     ]
 
 

@@ -91,7 +91,7 @@ def containers_check(docker: bool, containers: Sequence[Container], ours: str) -
     privileged = [c.name for c in containers if c.privileged]
     if privileged:
         problems.append(f"privileged: {', '.join(privileged)}")
-        fixes.append("run containers without --privileged (CIS Docker 5.4)")
+        fixes.append("run containers without --privileged (CIS Docker 5.5)")
     exposed = [c.name for c in containers if any(_exposed(ip) for ip in c.bindings)]
     if exposed:
         problems.append(f"published on all interfaces: {', '.join(exposed)}")

@@ -5,13 +5,23 @@ serve_mode is venv. The container's flags come from the pure `docker_args`; this
 turns them and one snapshot of the host into operations.
 """
 
+from typing import Any
+
 from pyinfra import host, logger
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.operations import server
 
 from autoglm_infra import docker_files as df
-from autoglm_infra.controller_secrets import SecretError, read_secret
-from autoglm_infra.docker_args import CONTAINER_NAME, ENV_FILE, spec_from_settings, spec_hash
+from autoglm_infra.controller_secrets import Secret, SecretError, read_secret
+from autoglm_infra.docker_args import (
+    API_KEY_FILE,
+    CONTAINER_NAME,
+    ENV_FILE,
+    generate_key_file_command,
+    key_file_content,
+    spec_from_settings,
+    spec_hash,
+)
 from autoglm_infra.docker_image import ImageError, check_tarball
 from autoglm_infra.pyinfra_ext.docker_ops import (
     DockerStateFact,
@@ -21,11 +31,13 @@ from autoglm_infra.pyinfra_ext.docker_ops import (
     ensure_volume,
     fetch_trusted_key,
     generate_env_file,
+    generate_file,
     require_dir,
     restart_unit,
 )
-from autoglm_infra.pyinfra_ext.operations import apt_pinned, put_file
+from autoglm_infra.pyinfra_ext.operations import apt_pinned, put_file, remove_file
 from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
+from autoglm_infra.remote_state import Snapshot
 
 PACKAGE_PATTERNS = (
     "docker.io",
@@ -69,6 +81,41 @@ def plan_files() -> list[df.ManagedFile]:
     return files
 
 
+def deliver_api_key(api_key: Secret | None, snap: Snapshot) -> Any:
+    """The key file the container gets (env file or mounted file); the other one removed."""
+    mount = settings.docker_api_key_delivery == "secret-mount"
+    path, other = (API_KEY_FILE, ENV_FILE) if mount else (ENV_FILE, API_KEY_FILE)
+    remove_file(
+        name=f"Docker: {other} removed (API key delivered by {settings.docker_api_key_delivery})",
+        path=other,
+        current=snap.files.get(other),
+    )
+    if api_key is not None:
+        try:
+            content = (key_file_content if mount else df.env_file_content)(api_key.reveal())
+        except ValueError as exc:  # DockerStageError is one
+            raise PyinfraError(f"Docker stage refused {host.name}: {exc}") from None
+        return put_file(
+            name=f"Docker: {path} (API key from {api_key.source})",
+            path=path,
+            content=content,
+            current=snap.files.get(path),
+            mode="440" if mount else "600",  # 440: the container's group 0 reads the mount
+        )
+    if mount:
+        return generate_file(
+            name=f"Docker: {path} (API key generated on the host once)",
+            path=path,
+            exists=snap.files.get(path) is not None,
+            command=generate_key_file_command(path),
+        )
+    return generate_env_file(
+        name=f"Docker: {path} (API key generated on the host once)",
+        path=path,
+        exists=snap.files.get(path) is not None,
+    )
+
+
 def converge_docker() -> None:
     image = settings.docker_image
     assert image is not None  # the schema requires it in docker mode
@@ -98,7 +145,8 @@ def converge_docker() -> None:
     state = host.get_fact(
         DockerStateFact,
         files=[f.path for f in files]
-        + [df.DAEMON_JSON, df.TOOLKIT_HELD_STATE, df.UNIT_PATH, ENV_FILE, df.DOCKERFILE],
+        + [df.DAEMON_JSON, df.TOOLKIT_HELD_STATE, df.UNIT_PATH, ENV_FILE, API_KEY_FILE]
+        + [df.DOCKERFILE],
         package_patterns=list(PACKAGE_PATTERNS),
         read_text=[df.DAEMON_JSON],
         image_refs=sorted({image, run_image}),
@@ -158,21 +206,7 @@ def converge_docker() -> None:
         exists=state.model_dir_exists,
         hint="converge the model stage first (deploys/model.py)",
     )
-    if api_key is not None:
-        env = put_file(
-            name=f"Docker: {ENV_FILE} (API key from {api_key.source})",
-            path=ENV_FILE,
-            content=df.env_file_content(api_key.reveal()),
-            current=snap.files.get(ENV_FILE),
-            mode="600",
-        )
-    else:
-        env = generate_env_file(
-            name=f"Docker: {ENV_FILE} (API key generated on the host once)",
-            path=ENV_FILE,
-            exists=snap.files.get(ENV_FILE) is not None,
-        )
-
+    env = deliver_api_key(api_key, snap)
     triggers = [env]
     triggers.append(
         ensure_image(

@@ -8,7 +8,7 @@ means a broken deployment (Open-AutoGLM's own checker says so).
 
 import ipaddress
 
-from autoglm_infra.docker_args import ENV_FILE
+from autoglm_infra.docker_args import api_key_path
 from autoglm_infra.engine_args import served_model_name
 from autoglm_infra.pyinfra_ext.settings import host_settings
 from autoglm_infra.pyinfra_ext.verify_ops import smoke_test
@@ -19,10 +19,12 @@ address = ipaddress.ip_address(settings.serve_host)
 if address.is_unspecified:  # bound to every interface: loopback reaches it too
     address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
 netloc = f"[{address}]" if address.version == 6 else str(address)
+docker_mode = settings.serve_mode == "docker"
+key_file = api_key_path(settings.docker_api_key_delivery) if docker_mode else CREDENTIAL_PATH
 args = [
     "--base-url", f"http://{netloc}:{settings.serve_port}",
     "--model", served_model_name(settings),
-    "--key-file", ENV_FILE if settings.serve_mode == "docker" else CREDENTIAL_PATH,
+    "--key-file", key_file,
     "--tries", str(settings.verify_tries),
 ]  # fmt: skip
 if not settings.verify_chat:

@@ -343,6 +343,15 @@ docker_health_start_period = 900
 # Seconds between health checks (the first one runs after this too). Allowed: integer 1-3600.
 docker_health_interval = 30
 
+# How the API key reaches the engine: a 0600 --env-file (the key shows in `docker inspect`
+# Config.Env), or a read-only file mount read at start (it does not). Allowed: env-file | secret-
+# mount.
+docker_api_key_delivery = "env-file"
+
+# The image's entrypoint; secret-mount runs it after loading the key ([] for none). Allowed: list
+# of strings.
+docker_entrypoint = ["vllm", "serve"]
+
 # Send one real chat completion after /health and /v1/models (false: endpoints only). Allowed:
 # true | false.
 verify_chat = True

@@ -180,6 +180,17 @@ class DockerKeys(Keys):
     docker_health_interval: Annotated[int, Field(ge=1, le=3600)] = key(
         30, "Seconds between health checks (the first one runs after this too).", "integer 1-3600"
     )
+    docker_api_key_delivery: Literal["env-file", "secret-mount"] = key(
+        "env-file",
+        "How the API key reaches the engine: a 0600 --env-file (the key shows in `docker "
+        "inspect` Config.Env), or a read-only file mount read at start (it does not).",
+        "env-file | secret-mount",
+    )
+    docker_entrypoint: list[str] = key(
+        ["vllm", "serve"],
+        "The image's entrypoint; secret-mount runs it after loading the key ([] for none).",
+        "list of strings",
+    )
 
     @model_validator(mode="after")
     def _docker_cross_checks(self) -> Self:
@@ -192,6 +203,12 @@ class DockerKeys(Keys):
             )
         if "all" in self.docker_gpu_devices and len(self.docker_gpu_devices) > 1:
             raise ValueError("docker_gpu_devices: 'all' cannot be combined with other devices")
+        if self.docker_api_key_delivery == "secret-mount" and not self.docker_user.endswith(":0"):
+            raise ValueError(
+                f"docker_api_key_delivery: secret-mount needs docker_user with GID 0 (the key "
+                f"file is root:root 0440, readable through group 0), not {self.docker_user}; "
+                "use e.g. 2000:0 or docker_api_key_delivery: env-file"
+            )
         if getattr(self, "serve_mode", "docker") != "docker":
             return self
         image = self.docker_image

@@ -131,6 +131,15 @@ def generate_env_file(path: str, exists: bool) -> Generator[Any, None, None]:
 
 
 @operation()
+def generate_file(path: str, exists: bool, command: str) -> Generator[Any, None, None]:
+    """Run `command` (which writes `path` and prints nothing secret) unless `path` exists."""
+    if exists:
+        host.noop(f"{path} exists (kept)")
+        return
+    yield StringCommand(command)
+
+
+@operation()
 def require_dir(path: str, exists: bool, hint: str) -> Generator[Any, None, None]:
     """Fail with `hint` at run time when `path` is still missing (an earlier stage makes it)."""
     if exists:

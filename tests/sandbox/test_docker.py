@@ -16,7 +16,14 @@ from typing import Any
 
 import pytest
 
-from autoglm_infra.docker_args import CONTAINER_NAME, ENV_FILE, SPEC_LABEL
+from autoglm_infra.cis_docker import Finding, evaluate, format_findings, warnings
+from autoglm_infra.docker_args import (
+    API_KEY_FILE,
+    CONTAINER_NAME,
+    ENV_FILE,
+    SECRET_MOUNT,
+    SPEC_LABEL,
+)
 from autoglm_infra.testbed.converge import converge_twice, describe_failure, run_pyinfra
 from autoglm_infra.testbed.hosts import SandboxHost, write_inventory
 from autoglm_infra.testbed.world import Standins, docker_host_data
@@ -150,6 +157,75 @@ def test_api_key_stays_out_of_argv_inspect_and_readable_files(
     assert f"VLLM_API_KEY={API_KEY}" in env
 
 
+def cis_findings(host: SandboxHost, container: str = CONTAINER_NAME) -> list[Finding]:
+    """CIS section 5 over the live container: inspect, docker info, docker top, daemon.json."""
+    doc = json.loads(host.ssh(f"docker inspect {container}").stdout)[0]
+    info = json.loads(host.ssh("docker info --format '{{json .}}'").stdout)
+    top = host.ssh(f"docker top {container} -o pid,args").stdout.splitlines()[1:]
+    processes = [line.split(None, 1)[-1] for line in top]
+    daemon = json.loads(host.ssh("cat /etc/docker/daemon.json").stdout)
+    return evaluate(doc, info, processes, daemon.get("no-new-privileges") is True)
+
+
+def cis_exclusions(host: SandboxHost) -> list[str]:
+    """5.2 (AppArmor) only where the daemon has no AppArmor to apply."""
+    options = json.loads(host.ssh("docker info --format '{{json .SecurityOptions}}'").stdout)
+    return [] if any("apparmor" in opt for opt in options) else ["5.2"]
+
+
+def test_cis_container_runtime_checks_report_no_warning(world: tuple[SandboxHost, Path]) -> None:
+    """docker-bench section 5 logic (cis_docker) on the real container: no WARN.
+
+    Excluded only when the host cannot provide it: 5.2 AppArmor, when the daemon reports
+    no AppArmor (a systemd-nspawn host has no AppArmor of its own; on Ubuntu hosts Docker
+    applies docker-default and 5.2 passes). Every other check counts, including the
+    daemon-level 5.1 (swarm) and 5.7 (sshd, from `docker top`).
+    """
+    host, _ = world
+    findings = cis_findings(host)
+    print(format_findings(findings))  # the docker-bench-style report, shown with -rP
+    assert warnings(findings, exclude=cis_exclusions(host)) == [], format_findings(findings)
+    results = {f.id: f.result for f in findings}
+    for check_id in ("5.1", "5.4", "5.5", "5.7", "5.11", "5.12", "5.13", "5.14", "5.17",
+                     "5.22", "5.26", "5.27", "5.29", "5.32"):  # fmt: skip
+        assert results[check_id] == "PASS", format_findings(findings)
+
+
+def test_doctor_names_privileged_and_wildcard_published_container_then_recovers(
+    world: tuple[SandboxHost, Path], tmp_path: Path
+) -> None:
+    """Break the converged host by hand (`docker run --privileged -p 0.0.0.0:...`): the doctor
+    fails `containers` naming both with the fix; CIS 5.5 and 5.14 warn; removing it restores."""
+    host, inventory = world
+    image = json.loads(host.ssh(f"docker inspect {CONTAINER_NAME}").stdout)[0]["Image"]
+    rogue = "doctor-rogue"
+    host.ssh(f"docker rm -f {rogue} >/dev/null 2>&1; docker run -d --name {rogue} --privileged "
+             f"-p 0.0.0.0:8081:8000 {image} /bin/httpd -f -p 8000 -h /www")  # fmt: skip
+    try:
+        rc, checks = doctor(inventory, tmp_path / "broken")
+        row = checks["containers"]
+        assert rc != 0 and row["status"] == "fail", row
+        assert f"privileged: {rogue}" in row["evidence"], row
+        assert f"published on all interfaces: {rogue}" in row["evidence"], row
+        assert "without --privileged" in row["fix"] and "127.0.0.1:PORT:PORT" in row["fix"], row
+        assert CONTAINER_NAME not in row["evidence"], row
+        rogue_warns = {f.id for f in warnings(cis_findings(host, rogue))}
+        assert {"5.5", "5.14"} <= rogue_warns, rogue_warns
+    finally:
+        host.ssh(f"docker rm -f {rogue}")
+    _rc, checks = doctor(inventory, tmp_path / "restored")
+    assert checks["containers"]["status"] == "ok", checks["containers"]
+    assert f"{CONTAINER_NAME} healthy" in checks["containers"]["evidence"]
+
+
+def doctor(inventory: Path, out: Path) -> tuple[int, dict[str, dict[str, str]]]:
+    result = run_pyinfra(inventory, "deploys/doctor.py", env={"AUTOGLM_CHECKS_JSON": str(out)})
+    assert result.changed() == [] and result.operations == [], "the doctor must change nothing"
+    (report,) = out.glob("*.doctor.json")
+    checks = {c["name"]: c for c in json.loads(report.read_text())["checks"]}
+    return result.returncode, checks
+
+
 def test_kill_9_of_the_container_process_brings_the_service_back(
     world: tuple[SandboxHost, Path],
 ) -> None:
@@ -183,6 +259,39 @@ def test_changed_flag_recreates_container_exactly_once(world: tuple[SandboxHost,
     assert inspect(host)["Id"] == after["Id"]
     back = run_pyinfra(inventory, DEPLOY, env=env)
     assert back.returncode == 0, describe_failure(back)
+
+
+def test_secret_mount_keeps_key_out_of_inspect_and_container_reads_it(
+    world: tuple[SandboxHost, Path], standins: Standins, tmp_path: Path
+) -> None:
+    """docker_api_key_delivery: secret-mount: a 0440 root file mounted read-only, loaded by a
+    shell before the entrypoint; nothing in `docker inspect`; back to env-file afterwards."""
+    host, inventory = world
+    env = {"AUTOGLM_API_KEY": API_KEY}
+    mounted = tmp_path / "inventory.py"
+    data = {**docker_host_data(standins), "docker_api_key_delivery": "secret-mount",
+            "docker_entrypoint": []}  # fmt: skip
+    write_inventory(mounted, [host], {}, data)
+    first, _second = converge_twice(mounted, DEPLOY)
+    assert any("(re)start" in op for op in first.changed()), first.changed()
+    doc = wait_healthy(host)
+    assert API_KEY not in json.dumps(doc), "the key must not be in docker inspect"
+    assert not any(e.startswith("VLLM_API_KEY") for e in doc["Config"]["Env"])
+    mounts = {m["Destination"]: m for m in doc["Mounts"]}
+    secret = mounts[SECRET_MOUNT]
+    assert secret["Source"] == API_KEY_FILE and secret["RW"] is False
+    assert host.ssh(f"stat -c '%a %U %G' {API_KEY_FILE}").stdout.split() == ["440", "root", "root"]
+    assert host.ssh(f"test -e {ENV_FILE}", check=False).returncode != 0, "env file left behind"
+    # the container's main process (httpd, exec'd by the loader) has the key; argv does not
+    environ = host.ssh(f"docker exec {CONTAINER_NAME} cat /proc/1/environ").stdout
+    assert f"VLLM_API_KEY={API_KEY}" in environ
+    argv = host.ssh("cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '", check=False).stdout
+    assert API_KEY not in argv
+    assert warnings(cis_findings(host), exclude=cis_exclusions(host)) == []
+    back = run_pyinfra(inventory, DEPLOY, env=env)
+    assert back.returncode == 0, describe_failure(back)
+    assert host.ssh(f"test -e {API_KEY_FILE}", check=False).returncode != 0
+    assert f"VLLM_API_KEY={API_KEY}" in json.dumps(wait_healthy(host)["Config"]["Env"])
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,10 @@ import pytest
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.docker_args import (
     SPEC_LABEL,
+    api_key_path,
+    generate_key_file_command,
     gpus_arg,
+    key_file_content,
     publish_arg,
     run_argv,
     spec_from_settings,
@@ -113,3 +116,50 @@ def test_default_command_binds_inside_the_container_on_serve_port() -> None:
     assert tail[tail.index("--port") + 1] == "8123"
     assert tail[tail.index("--host") + 1] == "0.0.0.0"
     assert "--mm_processor_cache_type" in tail
+
+
+def test_secret_mount_keeps_the_key_out_of_env_and_loads_it_before_the_entrypoint() -> None:
+    argv = argv_for(docker_api_key_delivery="secret-mount")
+    mount = "--mount=type=bind,src=/etc/autoglm/docker-api-key,dst=/run/secrets/autoglm-api-key"
+    assert f"{mount},readonly" in argv
+    assert not any(a.startswith("--env-file") for a in argv)
+    image_at = argv.index(IMAGE)
+    assert argv[image_at - 1] == "--entrypoint=/bin/sh"
+    loader = argv[image_at + 2]
+    assert argv[image_at + 1] == "-c" and "cat /run/secrets/autoglm-api-key" in loader
+    assert loader.endswith('exec "$@"') and "|| exit 1" in loader
+    # $0, then the image's entrypoint and the usual arguments
+    assert argv[image_at + 3 : image_at + 7] == [
+        "autoglm-serve",
+        "vllm",
+        "serve",
+        "/models/autoglm",
+    ]
+
+
+def test_secret_mount_with_custom_entrypoint_and_command() -> None:
+    argv = argv_for(
+        docker_api_key_delivery="secret-mount", docker_entrypoint=[], docker_command=["/bin/x"]
+    )
+    assert argv[-2:] == ["autoglm-serve", "/bin/x"]
+
+
+def test_env_file_spec_hash_is_unchanged_by_the_delivery_keys() -> None:
+    """Existing env-file containers keep their spec hash (no restart on upgrade)."""
+    settings = Settings.model_validate({"serve_mode": "docker", "docker_image": IMAGE})
+    assert spec_hash(spec_from_settings(settings)) == spec_hash(
+        spec_from_settings(settings.model_copy(update={"docker_entrypoint": ["other"]}))
+    )
+    mount = settings.model_copy(update={"docker_api_key_delivery": "secret-mount"})
+    assert spec_hash(spec_from_settings(mount)) != spec_hash(spec_from_settings(settings))
+
+
+def test_key_file_helpers() -> None:
+    assert api_key_path("secret-mount") == "/etc/autoglm/docker-api-key"
+    assert api_key_path("env-file") == "/etc/autoglm/docker-engine.env"
+    assert key_file_content("sk-1") == b"sk-1\n"
+    for bad in ("", "a\nb"):
+        with pytest.raises(ValueError, match="one non-empty line"):
+            key_file_content(bad)
+    command = generate_key_file_command("/etc/autoglm/docker-api-key")
+    assert "chmod 440" in command and "/dev/urandom" in command and "umask 077" in command

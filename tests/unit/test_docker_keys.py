@@ -69,3 +69,12 @@ def test_swap_below_memory_is_refused() -> None:
 def test_all_gpus_cannot_be_mixed_with_devices() -> None:
     found = problems(docker_image=IMAGE, docker_gpu_devices=["all", "1"])
     assert "'all' cannot be combined" in found["docker_gpu_devices"]
+
+
+def test_secret_mount_needs_group_zero() -> None:
+    assert problems(docker_image=IMAGE, docker_api_key_delivery="secret-mount") == {}
+    found = problems(
+        docker_image=IMAGE, docker_api_key_delivery="secret-mount", docker_user="2000:2000"
+    )
+    assert "GID 0" in found["docker_api_key_delivery"]
+    assert "docker_api_key_delivery" in problems(docker_image=IMAGE, docker_api_key_delivery="x")
