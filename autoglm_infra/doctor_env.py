@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from autoglm_infra.checks import Check
-from autoglm_infra.doctor_probe import CacheDir
+from autoglm_infra.doctor_probe import CacheDir, CacheEntry, PathAccess
 from autoglm_infra.python_env import Lock, drift
 
 ENGINE_DISTS = ("vllm", "torch", "transformers")
@@ -93,3 +93,83 @@ def cache_checks(caches: Mapping[str, CacheDir], wanted: Sequence[str], user: st
         mounts = sorted({caches[p].mount for p in wanted if p in caches}) or ["?"]
         where = Check("cache filesystem", "ok", f"on {', '.join(mounts)}")
     return [permissions, where]
+
+
+# Compile caches whose kernels are dlopen()ed or executed: a noexec mount breaks them.
+EXEC_ROLES = ("home", "TRITON_CACHE_DIR", "VLLM_CACHE_ROOT")
+
+
+def cache_mount_check(paths: Mapping[str, PathAccess], wanted: Sequence[str]) -> Check:
+    """Cache filesystems must be read-write, and exec where JIT kernels are loaded from."""
+    name = "cache mounts"
+    problems = []
+    mounts = set()
+    for path in wanted:
+        found = paths.get(path)
+        if found is None or not found.exists:
+            continue
+        if found.read_only:
+            problems.append(f"{path} is on a read-only mount ({found.mount})")
+            mounts.add(found.mount)
+        if found.noexec and found.role in EXEC_ROLES:
+            problems.append(
+                f"{path} is on a noexec mount ({found.mount}): Triton/Inductor "
+                "kernels built there cannot be loaded"
+            )
+            mounts.add(found.mount)
+    if problems:
+        return Check(
+            name,
+            "fail",
+            "; ".join(problems),
+            f"remount read-write and exec (mount -o remount,rw,exec {' '.join(sorted(mounts))}, "
+            "and drop ro/noexec in /etc/fstab), or point python_cache_dir at such a filesystem",
+        )
+    used = sorted({paths[p].mount for p in wanted if p in paths and paths[p].exists})
+    return Check(name, "ok", f"read-write, exec where kernels load ({', '.join(used) or '?'})")
+
+
+def stale_cache_check(venv_built: int | None, entries: Sequence[CacheEntry]) -> Check:
+    """Compile-cache entries not touched since the current venv was built (heuristic).
+
+    vLLM, Triton and Inductor key their entries by hashes that include the engine, torch
+    and Triton versions, so an entry untouched since the venv swap belongs to another
+    engine/torch build: never read again (dead weight), or left half-written by an
+    interrupted compile. A venv rebuilt at the same versions makes old entries look stale
+    too; removing them only costs one recompile.
+    """
+    name = "stale caches"
+    if venv_built is None:
+        return Check(name, "skip", "no venv stamp to date the caches against")
+    stale = [e.path for e in entries if not e.newer_than_venv]
+    if not stale:
+        return Check(name, "ok", f"{len(entries)} compile-cache entries, none older than the venv")
+    return Check(
+        name,
+        "warn",
+        f"{len(stale)} compile-cache entries untouched since the venv was built "
+        f"(another engine/torch version): {', '.join(stale[:4])}"
+        + (f" (+{len(stale) - 4} more)" if len(stale) > 4 else ""),
+        "stop the service, rm -rf the listed paths, start it (they are rebuilt on the "
+        "first start, which then takes longer)",
+    )
+
+
+def cache_ownership_check(
+    foreign: Sequence[tuple[str, str]], wanted: Sequence[str], user: str
+) -> Check:
+    """Files inside the caches owned by someone else (e.g. root ran the engine once)."""
+    name = "cache ownership"
+    found = [(owner, path) for owner, path in foreign if path not in wanted]
+    if not found:
+        return Check(name, "ok", f"everything below the cache directories is owned by {user}")
+    shown = ", ".join(f"{path} ({owner})" for owner, path in found[:4])
+    paths = {path for _, path in found}
+    tops = sorted(p for p in paths if not any(p.startswith(q + "/") for q in paths))
+    return Check(
+        name,
+        "warn",
+        f"not owned by {user}: {shown}" + (" and more" if len(found) > 4 else ""),
+        f"chown -R {user}:{user} {' '.join(tops)} (or remove: rm -rf {' '.join(tops)}); "
+        "run the engine by hand only as the service user (runuser -u USER)",
+    )

@@ -7,7 +7,7 @@ still match the stamp written when it was verified is trusted; nothing is re-has
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from autoglm_infra.checks import Check
@@ -162,4 +162,18 @@ def context_length_check(config_text: str | None, max_model_len: int, engine: st
         )
     return Check(
         name, "ok", f"vllm_max_model_len {max_model_len} <= max_position_embeddings {limit}"
+    )
+
+
+def model_access_check(unreadable: Sequence[str], model_dir: str, user: str) -> Check:
+    """The service user can open every model file and traverse every directory."""
+    name = "model access"
+    if not unreadable:
+        return Check(name, "ok", f"{user} can read every file in {model_dir}")
+    return Check(
+        name,
+        "fail",
+        f"{user} cannot read: {_few(list(unreadable))}",
+        f"chmod -R a+rX {model_dir} (and a+x on its parent directories); "
+        "or give the service user's group read access (chgrp -R GROUP, chmod -R g+rX)",
     )

@@ -6,6 +6,7 @@ proxy. Any HTTP answer counts as reachable; only a refused or timed-out connecti
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Sequence
 
 from autoglm_infra.checks import Check, Status
@@ -50,8 +51,28 @@ def proxy_env(settings: Settings) -> dict[str, str]:
     }
 
 
-def reach_checks(targets: Sequence[tuple[str, str]], found: Sequence[Reach]) -> list[Check]:
+def through_proxy(url: str, no_proxy: Sequence[str]) -> bool:
+    """Whether the probe (urllib, like pip) sends `url` through the proxy under no_proxy.
+
+    urllib matches exact hosts and domain suffixes (".corp" or "corp"); CIDRs never match.
+    """
+    host = (urllib.parse.urlsplit(url).hostname or "").lower()
+    for entry in no_proxy:
+        name = entry.strip().lower().lstrip(".")
+        if name == "*" or (name and (host == name or host.endswith("." + name))):
+            return False
+    return True
+
+
+def reach_checks(
+    targets: Sequence[tuple[str, str]], found: Sequence[Reach], no_proxy: Sequence[str] = ()
+) -> list[Check]:
     by_target = {(r.kind, r.url): r for r in found}
+    proxy = next((url for kind, url in targets if kind == "proxy"), None)
+    proxy_down = (
+        proxy is not None
+        and not by_target.get(("proxy", proxy), Reach("proxy", proxy, "error")).answered
+    )
     checks = []
     for kind, url in targets:
         key, bad = KEYS[kind]
@@ -68,6 +89,27 @@ def reach_checks(targets: Sequence[tuple[str, str]], found: Sequence[Reach]) -> 
             )
         elif result.answered:
             checks.append(Check(name, "ok", f"{url} answers ({result.result})"))
+        elif kind == "proxy":
+            checks.append(
+                Check(
+                    name,
+                    bad,
+                    f"proxy_url {url} does not answer: {result.result.removeprefix('error ')}; "
+                    "apt, pip, npm and Docker on this host go through it",
+                    f"start the proxy at {url} (or check the firewall between the host and "
+                    "it), or fix proxy_url / unset it",
+                )
+            )
+        elif proxy_down and proxy is not None and through_proxy(url, no_proxy):
+            checks.append(
+                Check(
+                    name,
+                    bad,
+                    f"{url} unreachable through proxy_url {proxy}, which does not answer",
+                    f"start the proxy at {proxy} first (see reach proxy); or add the host to "
+                    f"no_proxy if it must be reached directly",
+                )
+            )
         else:
             checks.append(
                 Check(

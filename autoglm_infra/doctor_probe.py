@@ -68,6 +68,37 @@ class CacheDir:
 
 
 @dataclass(frozen=True)
+class PathAccess:
+    """A model or cache directory as the service user meets it (access(2) as that user)."""
+
+    path: str
+    role: str  # "model", "home" or a cache variable such as TRITON_CACHE_DIR
+    exists: bool
+    mount: str = ""  # mount point holding it
+    fstype: str = ""
+    options: tuple[str, ...] = ()  # mount options: rw/ro, noexec, ...
+    context: str = ""  # SELinux context ("" where the kernel has no SELinux)
+    access: str = ""  # any of "r", "w", "x" the service user has
+
+    @property
+    def read_only(self) -> bool:
+        return "ro" in self.options
+
+    @property
+    def noexec(self) -> bool:
+        return "noexec" in self.options
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """A top-level entry of a version-keyed compile cache."""
+
+    path: str
+    owner: str
+    newer_than_venv: bool  # anything inside written after the venv was built
+
+
+@dataclass(frozen=True)
 class Container:
     name: str
     status: str
@@ -100,6 +131,12 @@ class DoctorProbe:
     containers: list[Container] = field(default_factory=list)
     reach: list[Reach] = field(default_factory=list)
     smoke: list[str] = field(default_factory=list)  # the smoke tool's output lines
+    lsm: dict[str, str] = field(default_factory=dict)  # selinux, apparmor, confinement
+    paths: dict[str, PathAccess] = field(default_factory=dict)
+    model_unreadable: list[str] = field(default_factory=list)  # as the service user
+    venv_built: int | None = None  # mtime of the venv's lock stamp (when it was built)
+    cache_entries: list[CacheEntry] = field(default_factory=list)
+    foreign_owned: list[tuple[str, str]] = field(default_factory=list)  # (owner, path)
 
 
 def model_section(model_dir: str) -> str:
@@ -165,6 +202,102 @@ def reach_section(targets: Sequence[tuple[str, str]], env: Mapping[str, str]) ->
     return f"{assign} python3 -c {shlex.quote(REACH_SCRIPT)} {args} 2>&1 || true"
 
 
+def lsm_section(unit: str, root: str = "") -> str:
+    """SELinux mode, AppArmor on/off and the label confining the unit's main process.
+
+    `root` prefixes /sys and /proc (tests point it at recorded copies).
+    """
+    u = shlex.quote(unit)
+    return (
+        f"r={shlex.quote(root)}; "
+        'f=$r/sys/fs/selinux/enforce; [ -r $f ] && echo "LS selinux $(cat $f)"; '
+        'f=$r/sys/module/apparmor/parameters/enabled; [ -r $f ] && echo "LS apparmor $(cat $f)"; '
+        f"pid=$(systemctl show -p MainPID --value {u} 2>/dev/null); "
+        'if [ -n "$pid" ] && [ "$pid" != 0 ]; then '
+        "echo \"LS confinement $(tr -d '\\000' < $r/proc/$pid/attr/current 2>/dev/null)\"; "
+        "f=$r/proc/$pid/attr/apparmor/current; "  # AppArmor's own label when LSMs are stacked
+        "[ -r $f ] && echo \"LS apparmor_label $(tr -d '\\000' < $f 2>/dev/null)\"; fi"
+    )
+
+
+def as_user_prefix(user: str) -> str:
+    """Run a command as the service user: a name (runuser) or UID:GID (setpriv, Docker's)."""
+    uid, sep, gid = user.partition(":")
+    if sep and uid.isdigit() and gid.isdigit():
+        return f"setpriv --reuid={uid} --regid={gid} --clear-groups --"
+    return f"runuser -u {shlex.quote(user)} --"
+
+
+def paths_section(as_user: str, roles: Sequence[tuple[str, str]]) -> str:
+    """Per (role, path): mount, fs type, options, SELinux context, r/w/x as the user."""
+    parts = []
+    for role, path in roles:
+        q = shlex.quote(path)
+        parts.append(
+            f"if [ -d {q} ]; then a=; for m in r w x; do "
+            f"{as_user} test -$m {q} 2>/dev/null && a=$a$m; done; "
+            f"m=$(findmnt -n -o TARGET,FSTYPE,OPTIONS -T {q} 2>/dev/null | tr -s ' ' '\\t'); "
+            f"c=$(stat -c %C {q} 2>/dev/null); "
+            f'printf \'PA\\t%s\\t%s\\t%s\\t%s\\t%s\\n\' {shlex.quote(role)} "$a" "$c" '
+            f"\"$m\" {q}; else printf 'PA\\t%s\\t-\\t\\t\\t\\t\\t%s\\n' "
+            f"{shlex.quote(role)} {q}; fi"
+        )
+    return "; ".join(parts) or "true"
+
+
+def model_access_section(as_user: str, model_dir: str, limit: int = 20) -> str:
+    """Model files and directories the service user cannot read (find's own errors too)."""
+    q = shlex.quote(model_dir)
+    control = shlex.quote(f"{model_dir}/.autoglm")
+    return (
+        # from /: find as another user must be able to return to its working directory
+        f"[ -d {q} ] && (cd / && {as_user} find {q} -maxdepth 3 -path {control} -prune -o "
+        "'(' '!' -readable -o -type d '!' -executable ')' -print 2>&1) "
+        f"| head -n {limit} | sed 's/^/PU\\t/'"
+    )
+
+
+def cache_entries_section(
+    user: str, stamp: str, roots: Sequence[str], home: str, limit: int = 50
+) -> str:
+    """Compile-cache entries (new or older than the venv) and files not owned by the user."""
+    s = shlex.quote(stamp)
+    parts = [f's={s}; [ -f "$s" ] && echo "CS $(stat -c %Y "$s")"']
+    for root in roots:
+        r = shlex.quote(root)
+        parts.append(
+            f'for e in {r}/*; do [ -e "$e" ] || continue; n=old; '
+            '[ -f "$s" ] && [ -n "$(find "$e" -newer "$s" -print -quit 2>/dev/null)" ] && n=new; '
+            'printf \'CE\\t%s\\t%s\\t%s\\n\' "$n" "$(stat -c %U "$e")" "$e"; '
+            f"done | head -n {limit}"
+        )
+    h = shlex.quote(home)
+    parts.append(
+        f"[ -d {h} ] && find {h} -mindepth 1 '!' -user {shlex.quote(user)} "
+        "-printf 'CO\\t%u\\t%p\\n' 2>/dev/null | head -n 20"
+    )
+    return "; ".join(parts)
+
+
+def _path(line: str) -> PathAccess | None:
+    parts = line.split("\t")
+    if len(parts) != 8:
+        return None
+    _, role, access, context, mount, fstype, options, path = parts
+    if access == "-":
+        return PathAccess(path, role, False)
+    return PathAccess(
+        path,
+        role,
+        True,
+        mount,
+        fstype,
+        tuple(o for o in options.split(",") if o),
+        "" if context in ("", "?") else context,
+        access,
+    )
+
+
 def _cache(line: str) -> CacheDir | None:
     parts = line.split("\t", 4)
     if len(parts) != 5:
@@ -203,6 +336,12 @@ def parse_probe(lines: Sequence[str]) -> DoctorProbe:
     containers: list[Container] = []
     reach: list[Reach] = []
     smoke: list[str] = []
+    lsm: dict[str, str] = {}
+    paths: dict[str, PathAccess] = {}
+    unreadable: list[str] = []
+    venv_built = None
+    entries: list[CacheEntry] = []
+    foreign: list[tuple[str, str]] = []
     for line in rest:
         tag, _, value = line.partition(" ")
         if line.startswith("MT\t"):
@@ -233,6 +372,24 @@ def parse_probe(lines: Sequence[str]) -> DoctorProbe:
                 reach.append(Reach(parts[1], parts[2], parts[3]))
         elif tag == "SM":
             smoke.append(value)
+        elif tag == "LS":
+            key, _, label = value.partition(" ")
+            lsm[key] = label.strip()
+        elif line.startswith("PA\t"):
+            if (access := _path(line)) is not None:
+                paths[access.path] = access
+        elif line.startswith("PU\t"):
+            unreadable.append(line[3:])
+        elif tag == "CS" and value.strip().isdigit():
+            venv_built = int(value)
+        elif line.startswith("CE\t"):
+            parts = line.split("\t", 3)
+            if len(parts) == 4:
+                entries.append(CacheEntry(parts[3], parts[2], parts[1] == "new"))
+        elif line.startswith("CO\t"):
+            parts = line.split("\t", 2)
+            if len(parts) == 3:
+                foreign.append((parts[1], parts[2]))
     return DoctorProbe(
         model=parse_listing(model_lines),
         model_texts=texts,
@@ -245,4 +402,10 @@ def parse_probe(lines: Sequence[str]) -> DoctorProbe:
         containers=containers,
         reach=reach,
         smoke=smoke,
+        lsm=lsm,
+        paths=paths,
+        model_unreadable=unreadable,
+        venv_built=venv_built,
+        cache_entries=entries,
+        foreign_owned=foreign,
     )

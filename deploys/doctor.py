@@ -4,8 +4,9 @@
 
 One table per host: check, status (ok / warn / fail / skip), evidence and the fix. Set
 AUTOGLM_CHECKS_JSON=<dir> for <dir>/<host>.doctor.json. Fails the host when a check fails.
-Three remote commands: the host profile, the GPU probe, and one for everything else
-(model files, service unit, /health, venv, caches, containers, proxies and mirrors).
+Four remote commands: the host profile, the GPU probe, the TCP listeners and one for
+everything else (model files, service unit, /health, venv, caches, containers, proxies and
+mirrors, SELinux/AppArmor, mounts and access as the service user).
 """
 
 from pathlib import Path
@@ -18,7 +19,7 @@ from autoglm_infra import nvidia_files as nf
 from autoglm_infra import python_env as pe
 from autoglm_infra import service_unit as su
 from autoglm_infra.checks import Check
-from autoglm_infra.docker_args import CONTAINER_NAME, ENV_FILE
+from autoglm_infra.docker_args import CONTAINER_NAME, api_key_path
 from autoglm_infra.doctor import (
     exposure_check,
     host_checks,
@@ -28,13 +29,18 @@ from autoglm_infra.doctor import (
 )
 from autoglm_infra.doctor_env import (
     cache_checks,
+    cache_mount_check,
+    cache_ownership_check,
     engine_versions_check,
     pip_check_check,
+    stale_cache_check,
     venv_lock_check,
 )
+from autoglm_infra.doctor_lsm import apparmor_check, selinux_check
 from autoglm_infra.doctor_model import (
     context_length_check,
     lock_from_plan,
+    model_access_check,
     model_files_check,
     model_format_check,
 )
@@ -83,6 +89,18 @@ cache_dirs = (
     if venv_mode
     else []
 )
+cache_env = pe.cache_environment(settings.python_cache_dir)
+# Who the engine runs as: the service user, or the container's UID:GID in docker mode.
+engine_user = settings.python_service_user if venv_mode else settings.docker_user
+path_roles = [("model", settings.model_dir)]
+if venv_mode:
+    path_roles += [("home", settings.python_cache_dir), *cache_env.items()]
+# Version-keyed compile caches (vLLM's torch.compile, Triton, FlashInfer's JIT under HOME).
+compile_caches = [
+    f"{cache_env['VLLM_CACHE_ROOT']}/torch_compile_cache",
+    cache_env["TRITON_CACHE_DIR"],
+    f"{settings.python_cache_dir}/.cache/flashinfer",
+]
 targets = reach_targets(settings)
 script = doctor_script(
     model_dir=settings.model_dir,
@@ -96,8 +114,12 @@ script = doctor_script(
         settings.serve_host,
         settings.serve_port,
         served_model_name(settings),
-        su.CREDENTIAL_PATH if venv_mode else ENV_FILE,
+        su.CREDENTIAL_PATH if venv_mode else api_key_path(settings.docker_api_key_delivery),
     ),
+    access_user=engine_user,
+    path_roles=path_roles,
+    compile_caches=compile_caches if venv_mode else (),
+    cache_home=settings.python_cache_dir if venv_mode else None,
 )
 state = host.get_fact(DoctorProbeFact, script=script)
 
@@ -107,6 +129,7 @@ checks.append(
     )
 )
 checks.append(model_format_check(state.model, state.model_texts))
+checks.append(model_access_check(state.model_unreadable, settings.model_dir, engine_user))
 checks.append(
     context_length_check(
         state.model_texts.get("config.json"), settings.vllm_max_model_len, settings.serve_engine
@@ -131,9 +154,16 @@ if venv_mode:
         checks.append(engine_versions_check(lock, state.venv_dists))
         checks.append(pip_check_check(state.pip_check, lock.expected_conflicts))
     checks += cache_checks(state.caches, cache_dirs, settings.python_service_user)
+    checks.append(cache_mount_check(state.paths, cache_dirs))
+    checks.append(stale_cache_check(state.venv_built, state.cache_entries))
+    checks.append(
+        cache_ownership_check(state.foreign_owned, cache_dirs, settings.python_service_user)
+    )
+checks.append(selinux_check(state.lsm, state.paths, docker=not venv_mode))
+checks.append(apparmor_check(state.lsm, settings.model_dir, settings.python_cache_dir))
 
 checks.append(containers_check(state.docker, state.containers, CONTAINER_NAME))
-checks += reach_checks(targets, state.reach)
+checks += reach_checks(targets, state.reach, settings.no_proxy)
 
 listening = str(host.get_fact(Command, listeners_script()) or "")
 checks.append(

@@ -1,7 +1,8 @@
-"""The doctor's one remote command: model listing, unit, venv, caches, containers, reachability
-and the smoke tool, each section printing tagged lines (see autoglm_infra/doctor_probe.py).
+"""The doctor's one remote command: model listing, unit, venv, caches, containers, reachability,
+LSMs, mounts and the smoke tool, each section printing tagged lines (autoglm_infra/doctor_probe.py).
 
-Read-only: `pip check`, `test -w` as the service user, `docker inspect` and HTTP GETs.
+Read-only: `pip check`, `test`/`find` as the service user, `stat`, `findmnt`, `docker inspect`
+and HTTP GETs.
 """
 
 from __future__ import annotations
@@ -12,16 +13,22 @@ from pyinfra.api import FactBase
 
 from autoglm_infra.doctor_probe import (
     DoctorProbe,
+    as_user_prefix,
+    cache_entries_section,
     cache_section,
     docker_section,
+    lsm_section,
+    model_access_section,
     model_section,
     parse_probe,
+    paths_section,
     reach_section,
     unit_section,
     venv_section,
 )
 from autoglm_infra.model_state import listing_script
 from autoglm_infra.pyinfra_ext.verify_ops import smoke_command
+from autoglm_infra.python_env import STAMP_FILE
 
 
 def doctor_script(
@@ -33,7 +40,18 @@ def doctor_script(
     targets: Sequence[tuple[str, str]],
     env: Sequence[tuple[str, str]],
     smoke_args: Sequence[str],
+    *,
+    access_user: str | None = None,
+    path_roles: Sequence[tuple[str, str]] = (),
+    compile_caches: Sequence[str] = (),
+    cache_home: str | None = None,
 ) -> str:
+    """`access_user` (default `user`): who the engine runs as, a name or Docker's UID:GID;
+    `path_roles`: (role, dir) whose mount, label and access are read; `compile_caches`:
+    version-keyed cache roots dated against the venv; `cache_home`: tree whose files must
+    all belong to `user`."""
+    as_user = as_user_prefix(access_user or user)
+    stamp = f"{venv_dir}/{STAMP_FILE}" if venv_dir else "/nonexistent"
     sections = [
         "export LC_ALL=C",
         listing_script(model_dir),
@@ -43,6 +61,10 @@ def doctor_script(
         cache_section(user, cache_dirs),
         docker_section(),
         reach_section(targets, dict(env)),
+        lsm_section(unit),
+        paths_section(as_user, path_roles),
+        model_access_section(as_user, model_dir),
+        cache_entries_section(user, stamp, compile_caches, cache_home) if cache_home else "true",
         # the heredoc must end on its own line, so the group closes on the next one
         f"{{ {smoke_command(smoke_args)}\n}} | sed 's/^/SM /'",
         "true",

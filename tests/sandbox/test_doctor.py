@@ -4,6 +4,7 @@ breakage that can be made without a GPU is named with its fix, then undone."""
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from autoglm_infra.testbed.converge import describe_failure, run_pyinfra
 from autoglm_infra.testbed.hosts import Sandbox, SandboxHost, write_inventory
+from autoglm_infra.testbed.proxy import ProxyStandin
 from autoglm_infra.testbed.world import (
     TINY_MODEL_DIR,
     Standins,
@@ -21,6 +23,8 @@ from autoglm_infra.testbed.world import (
 
 UNIT = "autoglm-serve.service"
 HF_HOME = "/var/cache/autoglm/huggingface"
+TRITON = "/var/cache/autoglm/triton"
+COMPILE_CACHE = "/var/cache/autoglm/vllm/torch_compile_cache"
 VENV = "/opt/autoglm/venv"
 Checks = dict[str, dict[str, str]]
 
@@ -59,7 +63,9 @@ def test_healthy_host_has_no_failures(converged: tuple[SandboxHost, Path], tmp_p
     assert rc == 0 and failing(checks) == set(), stderr[-3000:]
     for name in ("model files", "model format", "service unit", "health", "venv lock",
                  "engine versions", "pip check", "cache permissions", "reach pip index",
-                 "reach model hub", "packages", "host resources", "endpoint exposure"):  # fmt: skip
+                 "reach model hub", "packages", "host resources", "endpoint exposure",
+                 "model access", "cache mounts", "stale caches", "cache ownership", "selinux",
+                 "apparmor"):  # fmt: skip
         assert checks[name]["status"] == "ok", checks[name]
     assert checks["gpu present"]["status"] == "skip"  # GPU-less by configuration
     assert checks["containers"]["status"] == "skip"  # venv host: no docker
@@ -190,6 +196,120 @@ def test_too_little_disk_is_named(converged: tuple[SandboxHost, Path], tmp_path:
     rc, checks, _ = doctor(inventory, tmp_path, "--data", "preflight_min_disk_gib=1000000")
     assert rc != 0
     assert "preflight_min_disk_gib is 1000000" in checks["host resources"]["evidence"]
+
+
+def test_model_dir_unreadable_by_the_service_user_is_named(
+    converged: tuple[SandboxHost, Path], tmp_path: Path
+) -> None:
+    host, inventory = converged
+    mode = host.ssh(f"stat -c %a {TINY_MODEL_DIR}").stdout.strip()
+    host.ssh(f"chmod 0700 {TINY_MODEL_DIR}")
+    try:
+        rc, checks, _ = doctor(inventory, tmp_path)
+    finally:
+        host.ssh(f"chmod {mode} {TINY_MODEL_DIR}")
+    assert rc != 0
+    access = checks["model access"]
+    assert access["status"] == "fail" and "autoglm cannot read" in access["evidence"]
+    assert TINY_MODEL_DIR in access["evidence"] and "Permission denied" in access["evidence"]
+    assert f"chmod -R a+rX {TINY_MODEL_DIR}" in access["fix"]
+
+
+@pytest.fixture
+def triton_cache_on_ro_noexec_mount(converged: tuple[SandboxHost, Path]) -> Iterator[str]:
+    """A bind mount of the Triton cache onto itself, remounted read-only and noexec."""
+    host, _ = converged
+    host.ssh(f"mount --bind {TRITON} {TRITON} && mount -o remount,bind,ro,noexec {TRITON}")
+    yield TRITON
+    host.ssh(f"umount {TRITON}")
+
+
+def test_cache_on_ro_noexec_mount_is_named(
+    converged: tuple[SandboxHost, Path], triton_cache_on_ro_noexec_mount: str, tmp_path: Path
+) -> None:
+    _, inventory = converged
+    rc, checks, _ = doctor(inventory, tmp_path)
+    assert rc != 0
+    mounts = checks["cache mounts"]
+    assert mounts["status"] == "fail"
+    assert f"{TRITON} is on a read-only mount ({TRITON})" in mounts["evidence"]
+    assert f"{TRITON} is on a noexec mount" in mounts["evidence"]
+    assert f"mount -o remount,rw,exec {TRITON}" in mounts["fix"]
+    assert checks["cache permissions"]["status"] == "fail"  # access(2) sees the ro mount
+
+
+@pytest.fixture
+def stale_root_owned_compile_cache(converged: tuple[SandboxHost, Path]) -> Iterator[str]:
+    """What a torch.compile cache left by an older vLLM, run once as root, looks like."""
+    host, _ = converged
+    entry = f"{COMPILE_CACHE}/1517964802"
+    host.ssh(
+        f"mkdir -p {entry}/rank_0_0 && echo '# old' > {entry}/rank_0_0/computation_graph.py && "
+        f"touch -d 2024-01-01 {entry}/rank_0_0/computation_graph.py {entry}/rank_0_0 {entry}"
+    )
+    yield entry
+    host.ssh(f"rm -rf {COMPILE_CACHE}")
+
+
+def test_stale_and_foreign_owned_caches_warn(
+    converged: tuple[SandboxHost, Path], stale_root_owned_compile_cache: str, tmp_path: Path
+) -> None:
+    _, inventory = converged
+    entry = stale_root_owned_compile_cache
+    rc, checks, _ = doctor(inventory, tmp_path)
+    assert rc == 0, "warnings do not fail the host"
+    stale = checks["stale caches"]
+    assert stale["status"] == "warn" and entry in stale["evidence"]
+    assert "rm -rf" in stale["fix"]
+    owned = checks["cache ownership"]
+    assert owned["status"] == "warn" and f"{COMPILE_CACHE} (root)" in owned["evidence"]
+    assert f"chown -R autoglm:autoglm {COMPILE_CACHE} " in owned["fix"]
+
+
+@pytest.fixture
+def proxied(
+    converged: tuple[SandboxHost, Path], sandbox: Sandbox, standins: Standins, tmp_path: Path
+) -> Iterator[tuple[ProxyStandin, Path]]:
+    """The network stage converged with a real proxy (proxy.py, basic auth); undone after."""
+    host, inventory = converged
+    password = tmp_path / "proxy-password"
+    password.write_text("pw-" + secrets.token_hex(8) + "\n")
+    password.chmod(0o600)
+    proxy = ProxyStandin(
+        tmp_path / "proxy", controller_address(sandbox), "svc", password.read_text().strip()
+    )
+    with_proxy = tmp_path / "inventory-proxy.py"
+    proxy_keys = {"proxy_url": proxy.url, "proxy_username": "svc",
+                  "proxy_password_file": str(password)}  # fmt: skip
+    group_data = {**full_group_data(standins), **proxy_keys}
+    write_inventory(with_proxy, [host], host_data_for([host], standins), group_data)
+    with proxy:
+        result = run_pyinfra(with_proxy, "deploys/network.py")
+        assert result.returncode == 0, describe_failure(result)
+        try:
+            yield proxy, with_proxy
+        finally:
+            result = run_pyinfra(inventory, "deploys/network.py")  # unset: files removed
+            assert result.returncode == 0, describe_failure(result)
+
+
+def test_stopped_proxy_is_named_and_recovers(
+    proxied: tuple[ProxyStandin, Path], tmp_path: Path
+) -> None:
+    proxy, inventory = proxied
+    proxy.stop()
+    rc, checks, _ = doctor(inventory, tmp_path / "down")
+    assert rc != 0
+    row = checks["reach proxy"]
+    assert row["status"] == "fail" and f"proxy_url {proxy.url} does not answer" in row["evidence"]
+    assert f"start the proxy at {proxy.url}" in row["fix"]
+    index = checks["reach pip index"]
+    assert index["status"] == "fail" and f"through proxy_url {proxy.url}" in index["evidence"]
+    proxy.start()
+    rc, checks, stderr = doctor(inventory, tmp_path / "up")
+    assert checks["reach proxy"]["status"] == "ok", checks["reach proxy"]
+    assert checks["reach pip index"]["status"] == "ok"  # through the proxy (407 still answers)
+    assert rc == 0, stderr[-3000:]
 
 
 def test_venv_drift_is_named(converged: tuple[SandboxHost, Path], tmp_path: Path) -> None:

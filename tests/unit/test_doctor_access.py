@@ -1,0 +1,260 @@
+"""The doctor's SELinux/AppArmor, mount, model-access, stale-cache and proxy-aware checks.
+
+SELinux and AppArmor cannot be switched on in the nspawn sandbox, so their checks run here
+against /sys and /proc contents recorded on RHEL 9 (SELinux) and Ubuntu 24.04 (AppArmor).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from autoglm_infra.doctor_env import (
+    cache_mount_check,
+    cache_ownership_check,
+    stale_cache_check,
+)
+from autoglm_infra.doctor_lsm import apparmor_check, selinux_check, selinux_type
+from autoglm_infra.doctor_model import model_access_check
+from autoglm_infra.doctor_network import reach_checks, through_proxy
+from autoglm_infra.doctor_probe import (
+    CacheEntry,
+    PathAccess,
+    Reach,
+    as_user_prefix,
+    cache_entries_section,
+    lsm_section,
+    model_access_section,
+    parse_probe,
+    paths_section,
+)
+
+MODEL = "/srv/autoglm/models/AutoGLM-Phone-9B"
+CACHE = "/var/cache/autoglm"
+RW = ("rw", "relatime")
+
+
+def access(path: str, role: str, context: str = "", options: tuple[str, ...] = RW) -> PathAccess:
+    return PathAccess(path, role, True, "/data", "xfs", options, context, "rwx")
+
+
+# -- recorded LSM states ------------------------------------------------------------------
+
+
+def probe_lines(sys_files: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """Run the real LSM section against a recorded /sys tree under tmp_path."""
+    for rel, content in sys_files.items():
+        target = tmp_path / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+    script = lsm_section("autoglm-doctor-test-absent.service", root=str(tmp_path))
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+    return parse_probe(out.stdout.splitlines()).lsm
+
+
+def test_lsm_section_reads_recorded_sysfs(tmp_path: Path) -> None:
+    lsm = probe_lines(
+        {"sys/fs/selinux/enforce": "1", "sys/module/apparmor/parameters/enabled": "Y\n"},
+        tmp_path,
+    )
+    assert lsm == {"selinux": "1", "apparmor": "Y"}
+    assert probe_lines({}, tmp_path / "none") == {}
+
+
+def test_selinux_off_permissive_and_enforcing_with_good_labels() -> None:
+    paths = {MODEL: access(MODEL, "model", "system_u:object_r:var_t:s0")}
+    assert selinux_check({}, paths, docker=False).status == "ok"
+    assert "permissive" in selinux_check({"selinux": "0"}, paths, docker=False).evidence
+    recorded = {"selinux": "1", "confinement": "system_u:system_r:unconfined_service_t:s0"}
+    ok = selinux_check(recorded, paths, docker=False)
+    assert ok.status == "ok" and "unconfined_service_t" in ok.evidence and "var_t" in ok.evidence
+
+
+def test_selinux_moved_from_home_fails_with_restorecon() -> None:
+    paths = {
+        MODEL: access(MODEL, "model", "unconfined_u:object_r:admin_home_t:s0"),
+        CACHE: access(CACHE, "home", "system_u:object_r:var_t:s0"),
+    }
+    check = selinux_check({"selinux": "1"}, paths, docker=False)
+    assert check.status == "fail" and f"{MODEL} admin_home_t" in check.evidence
+    assert f"restorecon -RFv {MODEL}" in check.fix and "ausearch -m AVC" in check.fix
+
+
+def test_selinux_docker_model_needs_a_container_label() -> None:
+    paths = {MODEL: access(MODEL, "model", "system_u:object_r:var_t:s0")}
+    check = selinux_check({"selinux": "1"}, paths, docker=True)
+    assert check.status == "fail" and "container_t" in check.evidence
+    assert f"semanage fcontext -a -t container_ro_file_t '{MODEL}(/.*)?'" in check.fix
+    labelled = {MODEL: access(MODEL, "model", "system_u:object_r:container_ro_file_t:s0")}
+    assert selinux_check({"selinux": "1"}, labelled, docker=True).status == "ok"
+
+
+def test_selinux_confined_service_domain_warns() -> None:
+    lsm = {"selinux": "1", "confinement": "system_u:system_r:httpd_t:s0"}
+    paths = {MODEL: access(MODEL, "model", "system_u:object_r:var_t:s0")}
+    check = selinux_check(lsm, paths, docker=False)
+    assert check.status == "warn" and "httpd_t" in check.evidence and "semanage" in check.fix
+    assert selinux_type("system_u:object_r:var_t:s0") == "var_t" and selinux_type("?") == ""
+
+
+def test_apparmor_states() -> None:
+    assert apparmor_check({}, MODEL, CACHE).status == "ok"
+    assert apparmor_check({"apparmor": "N"}, MODEL, CACHE).evidence == "AppArmor not enabled"
+    assert apparmor_check({"apparmor": "Y"}, MODEL, CACHE).status == "skip"  # not running
+    unconfined = apparmor_check({"apparmor": "Y", "confinement": "unconfined"}, MODEL, CACHE)
+    assert unconfined.status == "ok" and "unconfined" in unconfined.evidence
+    complain = {"apparmor": "Y", "confinement": "autoglm-serve (complain)"}
+    assert apparmor_check(complain, MODEL, CACHE).status == "ok"
+    enforce = {"apparmor": "Y", "confinement": "autoglm-serve (enforce)"}
+    check = apparmor_check(enforce, MODEL, CACHE)
+    assert check.status == "warn" and "autoglm-serve (enforce)" in check.evidence
+    assert "aa-complain autoglm-serve" in check.fix and f"{MODEL}/** r" in check.fix
+    # LSMs stacked under SELinux: AppArmor's own label is read from attr/apparmor/current
+    stacked = {"apparmor": "Y", "selinux": "0", "confinement": "system_u:system_r:x_t:s0",
+               "apparmor_label": "autoglm-serve (enforce)"}  # fmt: skip
+    assert apparmor_check(stacked, MODEL, CACHE).status == "warn"
+
+
+def test_parse_records_of_lsm_paths_and_caches() -> None:
+    probe = parse_probe(
+        [
+            "LS selinux 1",
+            "LS confinement system_u:system_r:unconfined_service_t:s0",
+            f"PA\tmodel\trx\tsystem_u:object_r:var_t:s0\t/srv\txfs\tro,noexec\t{MODEL}",
+            f"PA\tTRITON_CACHE_DIR\t-\t\t\t\t\t{CACHE}/triton",
+            f"PU\tfind: '{MODEL}': Permission denied",
+            "CS 1700000000",
+            f"CE\told\troot\t{CACHE}/vllm/torch_compile_cache/1517964802",
+            f"CO\troot\t{CACHE}/vllm/torch_compile_cache",
+        ]
+    )
+    assert probe.lsm["confinement"].endswith("unconfined_service_t:s0")
+    model = probe.paths[MODEL]
+    assert model.read_only and model.noexec and model.access == "rx" and model.mount == "/srv"
+    assert not probe.paths[f"{CACHE}/triton"].exists
+    assert probe.model_unreadable == [f"find: '{MODEL}': Permission denied"]
+    assert probe.venv_built == 1700000000
+    assert probe.cache_entries == [
+        CacheEntry(f"{CACHE}/vllm/torch_compile_cache/1517964802", "root", False)
+    ]
+    assert probe.foreign_owned == [("root", f"{CACHE}/vllm/torch_compile_cache")]
+
+
+# -- mounts, access, staleness, ownership -------------------------------------------------
+
+
+def test_cache_mounts_ro_and_noexec() -> None:
+    wanted = [CACHE, f"{CACHE}/triton", f"{CACHE}/huggingface"]
+    good = {
+        p: access(p, r)
+        for p, r in zip(wanted, ["home", "TRITON_CACHE_DIR", "HF_HOME"], strict=True)
+    }
+    assert cache_mount_check(good, wanted).status == "ok"
+    hf_noexec = {**good, wanted[2]: access(wanted[2], "HF_HOME", options=("rw", "noexec"))}
+    assert cache_mount_check(hf_noexec, wanted).status == "ok"  # only data there
+    bad = {**good, wanted[1]: access(wanted[1], "TRITON_CACHE_DIR", options=("ro", "noexec"))}
+    check = cache_mount_check(bad, wanted)
+    assert check.status == "fail" and "read-only mount" in check.evidence
+    assert "noexec mount" in check.evidence and "mount -o remount,rw,exec /data" in check.fix
+
+
+def test_model_access() -> None:
+    assert model_access_check([], MODEL, "autoglm").status == "ok"
+    check = model_access_check([f"{MODEL}/model-00001-of-00004.safetensors"], MODEL, "autoglm")
+    assert check.status == "fail" and "autoglm cannot read" in check.evidence
+    assert f"chmod -R a+rX {MODEL}" in check.fix
+
+
+def test_stale_caches_against_the_venv_build() -> None:
+    assert stale_cache_check(None, []).status == "skip"
+    assert stale_cache_check(1, [CacheEntry("/c/new", "autoglm", True)]).status == "ok"
+    entries = [CacheEntry("/c/new", "autoglm", True), CacheEntry("/c/old", "autoglm", False)]
+    check = stale_cache_check(1, entries)
+    assert check.status == "warn" and "/c/old" in check.evidence and "/c/new" not in check.evidence
+
+
+def test_foreign_owned_cache_files_name_the_topmost_path() -> None:
+    wanted = [CACHE, f"{CACHE}/vllm"]
+    assert cache_ownership_check([("root", f"{CACHE}/vllm")], wanted, "autoglm").status == "ok"
+    found = [("root", f"{CACHE}/vllm/torch_compile_cache"),
+             ("root", f"{CACHE}/vllm/torch_compile_cache/1")]  # fmt: skip
+    check = cache_ownership_check(found, wanted, "autoglm")
+    assert check.status == "warn"
+    assert check.fix.startswith(f"chown -R autoglm:autoglm {CACHE}/vllm/torch_compile_cache (")
+
+
+def test_sections_run_in_a_real_shell(tmp_path: Path) -> None:
+    """Access, mount and cache sections as the current user: nothing is written."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    secret = model / "shard.safetensors"
+    secret.write_text("x")
+    secret.chmod(0)
+    cache = tmp_path / "cache"
+    (cache / "triton" / "old").mkdir(parents=True)
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    os.utime(cache / "triton" / "old", (1, 1))
+    (venv / "stamp").write_text("d")
+    os.utime(venv / "stamp", (100, 100))  # the venv was built before "new" was written
+    (cache / "triton" / "new").mkdir()
+    user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    as_me = "env --"  # the current user: runuser needs root
+    script = "\n".join(
+        [
+            paths_section(as_me, [("model", str(model)), ("home", str(cache))]),
+            model_access_section(as_me, str(model)),
+            cache_entries_section(user, str(venv / "stamp"), [str(cache / "triton")], str(cache)),
+        ]
+    )
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+    probe = parse_probe(out.stdout.splitlines())
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    assert probe.paths[str(cache)].access == "rwx" and probe.paths[str(cache)].mount
+    if os.geteuid() != 0:  # root reads mode-0 files
+        assert probe.model_unreadable == [str(secret)], out.stdout
+    stale = {Path(e.path).name: e.newer_than_venv for e in probe.cache_entries}
+    assert stale == {"old": False, "new": True}
+    assert probe.foreign_owned == []
+
+
+@pytest.mark.parametrize(
+    ("user", "prefix"),
+    [("autoglm", "runuser -u autoglm --"),
+     ("2000:0", "setpriv --reuid=2000 --regid=0 --clear-groups --")],
+)  # fmt: skip
+def test_as_user_prefix(user: str, prefix: str) -> None:
+    assert as_user_prefix(user) == prefix
+
+
+# -- reachability through a proxy -------------------------------------------------------
+
+
+def test_rows_behind_a_stopped_proxy_name_the_proxy() -> None:
+    proxy = "http://10.0.0.1:3128"
+    targets = [("proxy", proxy), ("pip index", "http://mirror/simple"),
+               ("model hub", "http://hub.corp/")]  # fmt: skip
+    refused = "error [Errno 111] Connection refused"
+    found = [Reach(k, u, refused) for k, u in targets]
+    checks = {c.name: c for c in reach_checks(targets, found, [".corp"])}
+    row = checks["reach proxy"]
+    assert row.status == "fail" and f"proxy_url {proxy} does not answer" in row.evidence
+    assert f"start the proxy at {proxy}" in row.fix
+    index = checks["reach pip index"]
+    assert index.status == "fail" and f"through proxy_url {proxy}" in index.evidence
+    hub = checks["reach model hub"]  # bypasses the proxy (no_proxy): its own failure
+    assert hub.status == "warn" and "through proxy_url" not in hub.evidence
+    assert "hub_endpoint" in hub.fix
+
+
+def test_through_proxy_follows_urllib_no_proxy_rules() -> None:
+    assert through_proxy("http://mirror/simple", ["localhost"])
+    assert not through_proxy("http://pypi.corp.example/simple", [".corp.example"])
+    assert not through_proxy("http://corp.example/", ["corp.example"])
+    assert not through_proxy("http://anything/", ["*"])
+    assert through_proxy("http://10.1.2.3/", ["10.0.0.0/8"])  # urllib ignores CIDRs
