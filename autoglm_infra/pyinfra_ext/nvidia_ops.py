@@ -7,10 +7,11 @@ from collections.abc import Generator
 from typing import Any
 
 from pyinfra import host, logger
-from pyinfra.api import OperationError, StringCommand, operation
+from pyinfra.api import StringCommand, operation
 from pyinfra.facts.server import Command
 from pyinfra.operations import server
 
+from autoglm_infra.pyinfra_ext.operations import fail_host
 from autoglm_infra.remote_state import FileState
 
 NO_GPU = "no NVIDIA GPU: driver not loaded"
@@ -74,12 +75,12 @@ def verify_driver(
     )
     versions = {line.strip() for line in str(smi or "").splitlines() if line.strip()}
     if versions != {driver_version}:
-        raise OperationError(f"nvidia-smi reports {sorted(versions)}, plan is {driver_version}")
+        yield fail_host(f"nvidia-smi reports {sorted(versions)}, plan is {driver_version}")
+        return
     loaded = _loaded_module_version()
     if loaded != driver_version:
-        raise OperationError(
-            f"kernel module {loaded} != user space {driver_version}: reboot the host"
-        )
+        yield fail_host(f"kernel module {loaded} != user space {driver_version}: reboot the host")
+        return
     host.noop(f"nvidia-smi: driver {driver_version}, module matches, CUDA {cuda_version}")
 
 

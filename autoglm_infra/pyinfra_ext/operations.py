@@ -46,6 +46,15 @@ class SnapshotFact(FactBase[Snapshot]):
         return parse_snapshot(output)
 
 
+def fail_host(message: str) -> StringCommand:
+    """A command that fails the operation with `message` on stderr.
+
+    Raising OperationError inside an operation generator makes pyinfra print a gevent
+    traceback; a failing command is reported like any other failed operation.
+    """
+    return StringCommand(f"printf '%s\\n' {shlex.quote(message)} >&2; exit 1")
+
+
 def file_matches(
     current: FileState | None, content: bytes, mode: str, owner: str, group: str
 ) -> tuple[bool, bool]:

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from pyinfra import host
-from pyinfra.api import OperationError, operation
+from pyinfra.api import operation
 from pyinfra.facts.server import Command
+
+from autoglm_infra.pyinfra_ext.operations import fail_host
 
 SMOKE_SOURCE = Path(__file__).resolve().parents[1] / "host_tools" / "smoke.py"
 
@@ -45,7 +47,8 @@ def smoke_test(args: Sequence[str]) -> Generator[Any, None, None]:
     yield from ()  # a check: never a change
     result = parse_smoke(str(host.get_fact(Command, smoke_command(args)) or ""))
     if not result.get("ok"):
-        raise OperationError(f"smoke test failed: {result.get('error')}")
+        yield fail_host(f"smoke test failed: {result.get('error')}")
+        return
     if "chat_latency_s" in result:
         host.noop(
             f"endpoint healthy; chat completion in {result['chat_latency_s']} s: "

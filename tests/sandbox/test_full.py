@@ -77,3 +77,20 @@ def test_verify_stage_alone_completes_a_chat_on_the_venv_host(
     assert result.returncode == 0, describe_failure(result)
     assert "chat completion in" in result.stderr
     assert result.changed() == []
+
+
+def test_verify_stage_fails_cleanly_when_the_endpoint_is_down(
+    converged: tuple[list[SandboxHost], ConvergeResult, ConvergeResult], tmp_path: Path
+) -> None:
+    venv_host = converged[0][0]
+    inventory = tmp_path / "inventory.py"
+    write_inventory(inventory, [venv_host], {}, {"serve_engine": "cpu",
+        "model_repo": "local/tiny-model", "verify_expect_reasoning": False})  # fmt: skip
+    venv_host.ssh("systemctl stop autoglm-serve.service")
+    try:
+        result = run_pyinfra(inventory, "deploys/verify.py")
+    finally:
+        venv_host.ssh("systemctl start autoglm-serve.service")
+    assert result.returncode != 0
+    assert "smoke test failed" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
