@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import random
 import shutil
-import socket
 from pathlib import Path
 from typing import Self
 
 from autoglm_infra.testbed.hosts import DEFAULT_CACHE_DIR, read_mirrors
-from autoglm_infra.testbed.servers import HttpReady, LoopbackServer, StandinLifecycle
+from autoglm_infra.testbed.servers import (
+    HttpReady,
+    LoopbackServer,
+    StandinLifecycle,
+    port_is_free,
+    stop_pidfile,
+)
 
 CACHE_DIR = DEFAULT_CACHE_DIR.parent / "apt-cacher-ng"
 BINARY = "/usr/sbin/apt-cacher-ng"
@@ -30,20 +35,19 @@ def low_free_port(bind: str) -> int:
     address for binding"), and the kernel hands out ephemeral ports from 32768 up."""
     for _ in range(200):
         port = random.randint(20000, 32000)
-        with socket.socket() as sock:
-            try:
-                sock.bind((bind, port))
-            except OSError:
-                continue
+        if port_is_free(bind, port):
             return port
     raise RuntimeError(f"no free port in 20000-32000 on {bind}")
 
 
 class AptMirrorStandin(StandinLifecycle):
     def __init__(self, state_dir: Path, bind: str, port: int | None = None) -> None:
+        """`port` is taken at start when free (a stable one keeps the hosts' sources
+        unchanged across demo runs), else a free low port."""
         self.state_dir = Path(state_dir)
         self.bind = bind
-        self.port = port or low_free_port(bind)
+        self.requested_port = port
+        self.port = port or 0
         self._server: LoopbackServer | None = None
 
     @property
@@ -62,9 +66,19 @@ class AptMirrorStandin(StandinLifecycle):
     def log_file(self) -> Path:
         return self.state_dir / "log" / "apt-cacher.log"
 
-    def start(self) -> Self:
+    @property
+    def pidfile(self) -> Path:
+        return self.state_dir / "server.pid"
+
+    def start(self, detached: bool = False) -> Self:
+        """Serve; `detached` keeps it up after this process (the demo), see stop()."""
         if not Path(BINARY).exists() and not shutil.which("apt-cacher-ng"):
             raise RuntimeError("apt-cacher-ng is not installed: apt-get install apt-cacher-ng")
+        wanted = self.requested_port
+        if wanted and port_is_free(self.bind, wanted):
+            self.port = wanted
+        else:
+            self.port = low_free_port(self.bind)
         main, security = read_mirrors()
         for sub in ("log", "run"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -85,13 +99,19 @@ class AptMirrorStandin(StandinLifecycle):
             log_path=self.state_dir / "apt-cacher-ng.out",
             ready=HttpReady(f"{self.base}/acng-report.html"),
             name="apt-cacher-ng",
+            detached=detached,
+            pidfile=self.pidfile,
         )
         self._server.start()
         return self
 
     def stop(self) -> None:
+        """Stop our server, or a detached one an earlier process recorded in the pidfile."""
         if self._server is not None:
             self._server.stop()
+            self._server = None
+        elif self.pidfile.exists():
+            stop_pidfile(self.pidfile)
 
     def served(self) -> list[tuple[str, str]]:
         """(client address, path) of every file it delivered since start ('O' log lines).

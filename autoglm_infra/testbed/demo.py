@@ -1,8 +1,13 @@
 """`make demo`: boot two sandbox hosts, converge them end to end twice, show the 2nd is a no-op.
 
 One host serves the tiny model from a venv under systemd (CPU engine); the other runs the
-Docker stage with a stand-in image. Every stage of deploys/full.py runs against real
-stand-ins on the sandbox bridge (signed apt repos, model hub, PyPI-style index).
+Docker stage with a stand-in image and is air-gapped: it reaches nothing but the sandbox,
+so its Debian packages (docker.io) come from an apt-cacher-ng mirror. Every stage of
+deploys/full.py runs against real stand-ins on the sandbox bridge (signed apt repos,
+model hub, PyPI-style index, apt mirror).
+
+`--name NAME --net N` runs the same demo in another sandbox (inventory under its state
+dir), so it can be tried beside the default one.
 
 Hosts stay up afterwards (`make sandbox-down` removes them); running the demo again
 reuses them, so its first converge is then itself a re-run.
@@ -10,7 +15,9 @@ reuses them, so its first converge is then itself a re-run.
 
 from __future__ import annotations
 
+import argparse
 import sys
+from pathlib import Path
 
 from autoglm_infra.testbed.converge import describe_failure, run_pyinfra
 from autoglm_infra.testbed.hosts import HostSpec, Sandbox
@@ -19,43 +26,58 @@ from autoglm_infra.testbed.world import ROOT, boot_world, stop_detached_standins
 INVENTORY = ROOT / "inventories" / "sandbox.py"
 
 
-def demo_sandbox() -> Sandbox:
-    return Sandbox("demo", net=1, state_dir=ROOT / ".sandbox" / "demo")
+def demo_sandbox(name: str = "demo", net: int = 1) -> Sandbox:
+    return Sandbox(name, net=net, state_dir=ROOT / ".sandbox" / name)
 
 
-def down() -> int:
+def inventory_for(sandbox: Sandbox) -> Path:
+    return INVENTORY if sandbox.name == "demo" else sandbox.state_dir / "inventory.py"
+
+
+def down(sandbox: Sandbox) -> int:
     """Stop the demo's stand-in servers and remove its hosts (`make sandbox-down`)."""
-    sandbox = demo_sandbox()
     stop_detached_standins(sandbox)
     sandbox.down()
-    INVENTORY.unlink(missing_ok=True)
+    inventory_for(sandbox).unlink(missing_ok=True)
     return 0
 
 
-def main() -> int:
-    if sys.argv[1:] == ["--down"]:
-        return down()
-    sandbox = demo_sandbox()
-    print("==> booting sandbox hosts (one serves from a venv, one from Docker)")
-    world = boot_world(sandbox, [HostSpec(), HostSpec(docker=True)], detached=True)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m autoglm_infra.testbed.demo")
+    parser.add_argument("--down", action="store_true", help="remove the demo's hosts and servers")
+    parser.add_argument("--name", default="demo", help="sandbox name (default demo)")
+    parser.add_argument("--net", type=int, default=1, help="10.231.<net>.0/24 (default 1)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    sandbox = demo_sandbox(args.name, args.net)
+    if args.down:
+        return down(sandbox)
+    inventory = inventory_for(sandbox)
+    print("==> booting sandbox hosts (one serves from a venv, one from Docker, air-gapped)")
+    specs = [HostSpec(), HostSpec(docker=True, air_gapped=True)]
+    world = boot_world(sandbox, specs, detached=True)
     standins = world.standins
     print(f"    NVIDIA repository stand-in: {standins.nvidia_repo.base_url}")
     print(f"    model hub stand-in:         {standins.hub.url} (a tiny real model)")
     print(f"    PyPI-style index:           {standins.pypi.index_url}")
     print(f"    container toolkit repo:     {standins.toolkit_repo.base_url}")
-    world.write_inventory(INVENTORY)
+    if standins.apt_mirror is not None:
+        print(f"    Debian archive mirror:      {standins.apt_mirror.url} (apt-cacher-ng)")
+    world.write_inventory(inventory)
     for h in world.hosts:
-        print(f"    {h.name}: root@{h.address} ({world.host_data[h.name]['serve_mode']} mode)")
+        mode = f"{world.host_data[h.name]['serve_mode']} mode"
+        gap = ", air-gapped: only the sandbox is reachable" if h.air_gapped else ""
+        print(f"    {h.name}: root@{h.address} ({mode}{gap})")
 
-    print(f"==> converge 1: pyinfra {INVENTORY.relative_to(ROOT)} deploys/full.py")
-    first = run_pyinfra(INVENTORY)
+    shown = inventory.relative_to(ROOT)
+    print(f"==> converge 1: pyinfra {shown} deploys/full.py")
+    first = run_pyinfra(inventory)
     if first.returncode != 0:
         print(describe_failure(first), file=sys.stderr)
         return 1
     print(f"    {len(first.changed())} operations changed in {first.seconds:.1f} s")
 
     print("==> converge 2 (must change nothing)")
-    second = run_pyinfra(INVENTORY)
+    second = run_pyinfra(inventory)
     if second.returncode != 0:
         print(describe_failure(second), file=sys.stderr)
         return 1
@@ -70,19 +92,22 @@ def main() -> int:
     print(f"    first converge {first.seconds:.1f} s, no-op re-run {second.seconds:.1f} s")
     venv_host = next(h for h in world.hosts if not h.docker)
     print(f"    endpoint: http://127.0.0.1:8000/v1 on {venv_host.name} (loopback only)")
-    print(f"    smoke:    .venv/bin/pyinfra {INVENTORY.relative_to(ROOT)} deploys/verify.py -y")
+    print(f"    smoke:    .venv/bin/pyinfra {shown} deploys/verify.py -y")
     print(
         "    API key:  .venv/bin/python -m autoglm_infra.testbed.hosts ssh "
         f"{venv_host.name} -- cat /etc/autoglm/credentials/api-key"
     )
-    print(f"    doctor:   .venv/bin/pyinfra {INVENTORY.relative_to(ROOT)} deploys/doctor.py -y")
-    print(f"    try:      .venv/bin/pyinfra {INVENTORY.relative_to(ROOT)} deploys/full.py -y")
+    print(f"    doctor:   .venv/bin/pyinfra {shown} deploys/doctor.py -y")
+    print(f"    try:      .venv/bin/pyinfra {shown} deploys/full.py -y")
     print(
         f"    ssh:      .venv/bin/python -m autoglm_infra.testbed.hosts ssh {world.hosts[0].name}"
     )
-    print(
-        "    teardown: make sandbox-down   (hosts and the repository stand-in stay up until then)"
+    teardown = (
+        "make sandbox-down"
+        if sandbox.name == "demo"
+        else (f".venv/bin/python -m autoglm_infra.testbed.demo --down --name {sandbox.name}")
     )
+    print(f"    teardown: {teardown}   (hosts and the stand-ins stay up until then)")
     return 0
 
 

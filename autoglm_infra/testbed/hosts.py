@@ -119,6 +119,9 @@ class HostSpec:
 
     name: str | None = None
     docker: bool = False
+    # Forwarded traffic leaving the sandbox subnet is rejected: only the controller's
+    # bridge address (the stand-ins) and other sandbox hosts are reachable.
+    air_gapped: bool = False
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,7 @@ class SandboxHost:
     ssh_key: Path
     known_hosts: Path
     docker: bool = False
+    air_gapped: bool = False
 
     def ssh_argv(
         self, command: str | None = None, user: str = "root", probe: bool = False
@@ -187,6 +191,7 @@ class _HostRecord:
     cgroups: list[str] = field(default_factory=list)
     pid: int = 0
     starttime: int = 0  # /proc/<pid>/stat field 22, guards against PID reuse
+    air_gapped: bool = False
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -262,6 +267,25 @@ WantedBy=sysinit.target
         ),
         "/etc/systemd/system/harness-cgroup-rw.service": (cgroup_rw_unit, 0o644),
     }
+
+
+def air_gap_rules(address: str, subnet: str, gateway: str) -> list[tuple[str, list[str]]]:
+    """(chain, rule) that cut a host off from everything but the sandbox, in match order.
+
+    Forwarded traffic to outside the subnet is rejected (TCP with a reset, the rest with
+    net-unreachable, so clients fail at once instead of timing out); traffic to the
+    controller itself is allowed on the bridge address only, where the stand-ins listen.
+    """
+    outside = ["-s", address, "!", "-d", subnet]
+    not_gateway = ["-s", address, "!", "-d", gateway]
+    tcp_reset = ["-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"]
+    unreachable = ["-j", "REJECT", "--reject-with", "icmp-net-unreachable"]
+    return [
+        ("FORWARD", [*outside, *tcp_reset]),
+        ("FORWARD", [*outside, *unreachable]),
+        ("INPUT", [*not_gateway, *tcp_reset]),
+        ("INPUT", [*not_gateway, *unreachable]),
+    ]
 
 
 def cache_key(
@@ -695,7 +719,15 @@ class Sandbox:
         _atomic_write(self._state_file, json.dumps(doc, indent=2) + "\n")
 
     def _host(self, rec: _HostRecord) -> SandboxHost:
-        return SandboxHost(rec.name, rec.address, 22, self.ssh_key, self.known_hosts, rec.docker)
+        return SandboxHost(
+            rec.name,
+            rec.address,
+            22,
+            self.ssh_key,
+            self.known_hosts,
+            rec.docker,
+            rec.air_gapped,
+        )
 
     def hosts(self) -> list[SandboxHost]:
         """Hosts of this sandbox whose nspawn process is still running."""
@@ -744,8 +776,12 @@ class Sandbox:
             ("filter", "INPUT", ["-i", self.bridge, "-j", "ACCEPT"]),
         ]
 
-    def _tagged_iptables_rules(self) -> list[tuple[str, list[str]]]:
-        """(table, rule words without -A) of every rule whose comment is exactly ours."""
+    def _host_comment(self, host_name: str) -> str:
+        return f"{self.comment}:{host_name}"  # names hold no ":", so no prefix clashes
+
+    def _tagged_iptables_rules(self, host_name: str | None = None) -> list[tuple[str, list[str]]]:
+        """(table, rule words without -A) of our rules: the sandbox's and its hosts' (tagged
+        "<comment>:<host>"), or only one host's."""
         if not _which("iptables"):
             return []
         found = []
@@ -755,14 +791,26 @@ class Sandbox:
                 words = shlex.split(line)
                 if words[:1] != ["-A"] or "--comment" not in words:
                     continue
-                if words[words.index("--comment") + 1] == self.comment:
+                tag = words[words.index("--comment") + 1]
+                if host_name is not None:
+                    ours = tag == self._host_comment(host_name)
+                else:
+                    ours = tag == self.comment or tag.startswith(f"{self.comment}:")
+                if ours:
                     found.append((table, words[1:]))
         return found
 
-    def _remove_iptables_rules(self) -> None:
-        """Delete our tagged rules, also those a crashed run left behind."""
-        for table, words in self._tagged_iptables_rules():
+    def _remove_iptables_rules(self, host_name: str | None = None) -> None:
+        """Delete our tagged rules (or one host's), also those a crashed run left behind."""
+        for table, words in self._tagged_iptables_rules(host_name):
             _run(["iptables", "-w", "-t", table, "-D", *words], check=False)
+
+    def _air_gap(self, rec: _HostRecord) -> None:
+        """Insert the host's REJECT rules ahead of the bridge's ACCEPT rules."""
+        tag = ["-m", "comment", "--comment", self._host_comment(rec.name)]
+        # inserting each at position 1 in reverse keeps them in match order
+        for chain, rule in reversed(air_gap_rules(rec.address, self.subnet, self.gateway)):
+            _run(["iptables", "-w", "-t", "filter", "-I", chain, "1", *rule, *tag])
 
     def _net_up_host(self, rec: _HostRecord) -> None:
         ns = rec.netns
@@ -808,6 +856,7 @@ class Sandbox:
                     name=name,
                     address=f"{SUBNET_PREFIX}.{self.net}.{HOST_OFFSET + index}",
                     docker=spec.docker,
+                    air_gapped=spec.air_gapped,
                     netns=ident,
                     veth=ident,
                     dir=str(self.state_dir / "hosts" / name),
@@ -871,6 +920,8 @@ class Sandbox:
             (root / "etc/harness").mkdir(exist_ok=True)
             (root / "etc/harness/cgroup-rw").write_text("")
         self._net_up_host(rec)
+        if rec.air_gapped:
+            self._air_gap(rec)  # before boot: the host never has a route out
         rec.cgroups = [str(p) for p in self._make_cgroups(f"ag-{self.name}-{rec.index}")]
 
     @staticmethod
@@ -1030,6 +1081,7 @@ class Sandbox:
             _run(["ip", "netns", "del", rec.netns], check=False)
         if Path(f"/sys/class/net/{rec.veth}").exists():
             _run(["ip", "link", "del", rec.veth], check=False)
+        self._remove_iptables_rules(rec.name)
         for cg in rec.cgroups:
             _remove_cgroup(Path(cg))
         # nspawn refuses to rm -rf this because /run is not a tmpfs here
@@ -1265,7 +1317,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"sandbox {sb.name}: net {sb.subnet}, bridge {sb.bridge}, state {sb.state_dir}")
         for r in records:
             state = "running" if _alive(r.pid, r.starttime) else "stopped"
-            kind = "docker" if r.docker else "plain"
+            kind = ("docker" if r.docker else "plain") + (",air-gapped" if r.air_gapped else "")
             print(f"  {r.name}\t{r.address}\t{kind}\t{state}\tpid {r.pid}")
     return 0
 

@@ -6,22 +6,18 @@ pidfile, so a detached one (the demo's) can be stopped by a later process.
 
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
 from typing import Self
 
 from autoglm_infra.testbed.apt_repo import SigningKey
-from autoglm_infra.testbed.servers import HttpReady, LoopbackServer, free_port, stop_pidfile
-
-
-def port_is_free(bind: str, port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind((bind, port))
-        except OSError:
-            return False
-    return True
+from autoglm_infra.testbed.servers import (
+    HttpReady,
+    LoopbackServer,
+    free_port,
+    port_is_free,
+    stop_pidfile,
+)
 
 
 class RepoSite:

@@ -110,6 +110,18 @@ class HttpReady:
         return f"HTTP GET {self.url} -> {self._expected()}"
 
 
+def port_is_free(bind: str, port: int) -> bool:
+    """No one listens there. SO_REUSEADDR as the servers bind: connections an earlier run
+    closed linger in TIME_WAIT and must not cost a stand-in its stable port."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((bind, port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port(bind_addr: str = "127.0.0.1") -> int:
     """Return a TCP port that is free on bind_addr right now (the kernel picks it).
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoglm_infra.python_env import CPU_PROFILE, DEFAULT_LOCKS_DIR, load_lock
+from autoglm_infra.testbed.apt_mirror import AptMirrorStandin
 from autoglm_infra.testbed.container_toolkit_repo import ContainerToolkitRepoStandin
 from autoglm_infra.testbed.hosts import (
     DEFAULT_CACHE_DIR,
@@ -44,10 +45,14 @@ class Standins:
     toolkit_repo: ContainerToolkitRepoStandin
     image: StandinImage
     lock_dir: Path
+    # The Debian archive mirror air-gapped hosts install from (started only for them).
+    apt_mirror: AptMirrorStandin | None = None
 
     def stop(self) -> None:
         for server in (self.nvidia_repo, self.hub, self.pypi, self.toolkit_repo):
             server.stop()
+        if self.apt_mirror is not None:
+            self.apt_mirror.stop()
 
 
 @dataclass
@@ -79,9 +84,24 @@ def controller_address(sandbox: Sandbox) -> str:
 
 
 def host_data_for(hosts: list[SandboxHost], standins: Standins) -> dict[str, dict[str, object]]:
-    """Docker-capable hosts serve in docker mode, the others from a venv."""
+    """Docker-capable hosts serve in docker mode, the others from a venv; air-gapped hosts
+    take the Debian archive from the apt mirror stand-in."""
+    data: dict[str, dict[str, object]] = {}
+    for h in hosts:
+        data[h.name] = docker_host_data(standins) if h.docker else {"serve_mode": "venv"}
+        if h.air_gapped:
+            data[h.name].update(air_gapped_host_data(standins))
+    return data
+
+
+def air_gapped_host_data(standins: Standins) -> dict[str, object]:
+    """Mirror settings a host without a route out needs on top of full_group_data (whose
+    NVIDIA repo, hub and index already are stand-ins on the bridge)."""
+    if standins.apt_mirror is None:
+        raise ValueError("air-gapped hosts need the apt mirror: start_standins(apt_mirror=True)")
     return {
-        h.name: docker_host_data(standins) if h.docker else {"serve_mode": "venv"} for h in hosts
+        "apt_mirror_url": standins.apt_mirror.url,
+        "apt_security_mirror_url": standins.apt_mirror.security_url,
     }
 
 
@@ -166,8 +186,9 @@ def tiny_model_source() -> Path:
     return out
 
 
-def start_standins(sandbox: Sandbox, detached: bool = False) -> Standins:
-    """Build and start every stand-in; `detached` leaves them up for the demo.
+def start_standins(sandbox: Sandbox, detached: bool = False, apt_mirror: bool = False) -> Standins:
+    """Build and start every stand-in; `detached` leaves them up for the demo; `apt_mirror`
+    adds apt-cacher-ng as the Debian archive mirror (for air-gapped hosts).
 
     Ports are fixed per sandbox so re-runs of the demo keep the hosts' sources unchanged.
     """
@@ -180,8 +201,11 @@ def start_standins(sandbox: Sandbox, detached: bool = False) -> Standins:
     pypi = PypiMirror(state / "pypi", address, wheels, port=19000 + sandbox.net)
     toolkit = ContainerToolkitRepoStandin(state / "toolkit-repo", address, STANDIN_KEY_DIR)
     image = build_image(IMAGE_CACHE)
+    mirror = AptMirrorStandin(state / "apt-mirror", address, 18700 + sandbox.net)
     standins = Standins(nvidia_repo, hub, pypi, toolkit, image, state / "model-locks")
     stop_detached_standins(sandbox)  # of an earlier demo run
+    if apt_mirror:
+        standins.apt_mirror = mirror.start(detached=detached)
     nvidia_repo.build()
     nvidia_repo.start(detached=detached)
     hub.start(detached=detached)
@@ -199,6 +223,7 @@ def stop_detached_standins(sandbox: Sandbox) -> None:
     HubProcess(state / "hub", address, 0, {}).stop()
     PypiMirror(state / "pypi", address, []).stop()
     ContainerToolkitRepoStandin(state / "toolkit-repo", address, STANDIN_KEY_DIR).stop()
+    AptMirrorStandin(state / "apt-mirror", address, 0).stop()
 
 
 def boot_world(
@@ -211,5 +236,6 @@ def boot_world(
     if len(running) < len(specs):
         sandbox.up(specs[len(running) :])
     hosts = sandbox.hosts()
-    standins = start_standins(sandbox, detached=detached)
+    air_gapped = any(h.air_gapped for h in hosts)
+    standins = start_standins(sandbox, detached=detached, apt_mirror=air_gapped)
     return World(sandbox, hosts, standins, host_data_for(hosts, standins))
