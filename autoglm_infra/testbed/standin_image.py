@@ -37,8 +37,13 @@ class StandinImage:
 
     @property
     def command(self) -> list[str]:
-        """docker_command for the sandbox: serve /www on PORT in the foreground."""
-        return ["/bin/httpd", "-f", "-p", str(PORT), "-h", "/www"]
+        """docker_command for the sandbox: serve /www on PORT in the foreground.
+
+        httpd as PID 1 ignores SIGTERM, so `docker stop` would wait its whole timeout (30 s in
+        the unit) before SIGKILL; a shell that exits on TERM stops at once, as vLLM does.
+        """
+        serve = f"/bin/httpd -f -p {PORT} -h /www"
+        return ["/bin/sh", "-c", f"trap 'exit 0' TERM; {serve} & wait"]
 
     @property
     def health_cmd(self) -> str:
