@@ -7,12 +7,17 @@ on 127.0.0.1), then alternates, `runs` times each, into an empty directory:
 
 * curl: one `curl -L` per file, one after another (what a shell script does), no hashing;
 * curl -Z: the same files with curl's own parallelism (as many as our workers);
+* curl+sync: curl, then `sync`: the same bytes on disk, durable as ours leaves them;
 * ours: `model_fetch.py` (Range-capable, hashes while streaming, fsync, atomic rename,
   stamps), `--workers` files at once.
 
-Prints each median and the ratios ours / curl. Goal: <= 1.10x curl. `--link-mib-s N`
-throttles every connection to N MiB/s (a WAN link) instead of raw loopback, where the
-2-core machine's CPU (server, hashing) is the bottleneck.
+Prints each median wall time, the CPU seconds the client used (user+sys: a figure a
+busy shared machine disturbs less than wall time) and the ratios ours / curl. Goal:
+<= 1.10x curl. The stand-in sends file bodies with sendfile(2), so the server costs
+little CPU and the benchmark measures the clients. `--link-mib-s N` throttles every
+connection to N MiB/s (a WAN link) instead of raw loopback, where CPU (hashing) is the
+bottleneck. `--compare PATH` times another model_fetch.py in the same
+run (e.g. the previous version, from `git show`), as 'other'.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -58,10 +64,15 @@ def make_shards(target: Path, shards: int, shard_mib: int) -> None:
     (target / "config.json").write_text('{"model_type": "bench"}\n')
 
 
-def timed(argv: list[str]) -> float:
+def timed(*commands: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds user+sys) of the commands run one after another."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - started
+    for argv in commands:
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
 def main() -> int:
@@ -74,6 +85,9 @@ def main() -> int:
         "--link-mib-s", type=int, default=0, help="per-connection bandwidth limit (0: none)"
     )
     parser.add_argument("--scratch", type=Path, default=None, help="default: a temp dir")
+    parser.add_argument(
+        "--compare", type=Path, default=None, help="another model_fetch.py, timed as 'other'"
+    )
     args = parser.parse_args()
     scratch = Path(args.scratch or tempfile.mkdtemp(prefix="bench-model-pull-"))
     source = scratch / "source"
@@ -85,7 +99,10 @@ def main() -> int:
         log_path=scratch / "hub.log", ready=TcpReady("127.0.0.1", port), cwd=ROOT,
         start_timeout=300,
     )  # fmt: skip
-    results: dict[str, list[float]] = {"curl": [], "curl -Z": [], "ours": []}
+    results: dict[str, list[float]] = {"curl": [], "curl -Z": [], "curl+sync": [], "ours": []}
+    if args.compare:
+        results["other"] = []
+    cpu: dict[str, list[float]] = {name: [] for name in results}
     try:
         with server:
             endpoint = f"http://127.0.0.1:{port}"
@@ -102,20 +119,28 @@ def main() -> int:
                 curl += ["-o", path, url]
             curl_z = [*curl[:1], "-Z", "--parallel-max", str(args.workers), *curl[1:]]
 
-            def ours() -> list[str]:
+            def ours(helper: Path = HELPER) -> list[str]:
                 plan = target / META_DIR / "plan.json"
                 plan.parent.mkdir(parents=True, exist_ok=True)
                 plan.write_bytes(
                     host_plan(lock, endpoint, str(target), args.workers, 3, 2, 0, None)
                 )
-                return ["python3", str(HELPER), "--plan", str(plan)]
+                return ["python3", str(helper), "--plan", str(plan)]
 
             for _ in range(args.runs):
                 for name in results:
                     shutil.rmtree(target, ignore_errors=True)
                     subprocess.run(["sync"], check=True)  # earlier writeback off the clock
-                    argv = {"curl": curl, "curl -Z": curl_z}.get(name) or ours()
-                    results[name].append(timed(argv))
+                    commands = {
+                        "curl": [curl],
+                        "curl -Z": [curl_z],
+                        "curl+sync": [curl, ["sync"]],
+                        "ours": [ours()],
+                        "other": [ours(args.compare or HELPER)],
+                    }[name]
+                    wall, used = timed(*commands)
+                    results[name].append(wall)
+                    cpu[name].append(used)
             shutil.rmtree(target, ignore_errors=True)
     finally:
         if args.scratch is None:
@@ -128,11 +153,15 @@ def main() -> int:
     med = {name: statistics.median(times) for name, times in results.items()}
     for name, times in results.items():
         shown = ", ".join(f"{t:.2f}" for t in times)
-        print(f"  {name:8s} {med[name]:6.2f} s  {gib / med[name]:5.2f} GiB/s  (runs: {shown})")
-    print(f"ratio ours / curl:    {med['ours'] / med['curl']:.2f}  (goal <= 1.10)")
-    print(f"ratio ours / curl -Z: {med['ours'] / med['curl -Z']:.2f}")
+        print(f"  {name:9s} {med[name]:6.2f} s  {gib / med[name]:5.2f} GiB/s  "
+              f"client CPU {statistics.median(cpu[name]):5.2f} s  (runs: {shown})")  # fmt: skip
+    print(f"ratio ours / curl:      {med['ours'] / med['curl']:.2f}  (goal <= 1.10)")
+    print(f"ratio ours / curl -Z:   {med['ours'] / med['curl -Z']:.2f}")
+    print(f"ratio ours / curl+sync: {med['ours'] / med['curl+sync']:.2f}")
+    if args.compare:
+        print(f"ratio other / curl:     {med['other'] / med['curl']:.2f}  (other: {args.compare})")
     print("ours also hashes every byte (sha256 / git sha1), fsyncs and renames atomically;")
-    print("curl only writes the bytes.")
+    print("curl only writes the bytes (into the page cache, written back after the clock).")
     return 0
 
 

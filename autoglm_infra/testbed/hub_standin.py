@@ -331,6 +331,14 @@ class HubHandler(StaticFileHandler):
     def extra_headers(self, file: Path, st: os.stat_result) -> Mapping[str, str]:
         return {"X-Repo-Commit": self._commit}
 
+    def plain_body(self) -> bool:
+        # sendfile unless a drop/corrupt fault would hit this response or a rate is set
+        with self.hub.lock:
+            return not self.hub.rate_bps and not any(
+                f.kind in ("drop", "corrupt") and f.path in ("*", self._repo_path) and f.times
+                for f in self.hub.faults
+            )
+
     def body_chunks(self, fh: IO[bytes], start: int, length: int) -> Iterator[bytes]:
         drop = self.hub.take_fault(self._repo_path, ("drop",))
         corrupt = self.hub.take_fault(self._repo_path, ("corrupt",))

@@ -296,3 +296,78 @@ def test_modelscope_api_end_to_end(hub: HubStandin, tmp_path: Path, source: Path
     assert {f.digest.split(":")[0] for f in lock.files} == {"sha256"}
     assert pull(write_plan(lock, hub.url, tmp_path / "m")) == 0
     assert same_tree(tmp_path / "m", source)
+
+
+# -- the write/hash pipeline (Sink) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "page_cache"])
+def test_unaligned_drops_resume_exactly_with_and_without_o_direct(
+    hub: HubStandin,
+    tmp_path: Path,
+    source: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    direct: bool,
+) -> None:
+    monkeypatch.setattr(model_fetch, "DIRECT_IO", direct)
+    lock = fetch_lock("huggingface", hub.url, REPO, "main")
+    hub.set_faults(Fault("drop", SHARD1, times=2, after_bytes=1_000_001))  # not 4096-aligned
+    assert pull(write_plan(lock, hub.url, tmp_path / "m")) == 0
+    assert same_tree(tmp_path / "m", source)
+    shard_gets = [e for e in file_gets(hub) if e.path.endswith(SHARD1)]
+    assert [e.range for e in shard_gets] == [None, "bytes=1000001-", "bytes=2000002-"]
+    assert sum(e.bytes for e in shard_gets) == SHARD
+
+
+@pytest.mark.parametrize("start", [0, 4096, 777])
+@pytest.mark.parametrize("sizes", [[2**20, 2**20, 12345], [5000, 2**20], [2**20]])
+def test_sink_writes_and_hashes_exactly_what_was_submitted(
+    tmp_path: Path, start: int, sizes: list[int]
+) -> None:
+    import hashlib
+
+    head = os.urandom(start)
+    partial = tmp_path / "f.partial"
+    partial.write_bytes(head)
+    hasher = hashlib.sha256(head)
+    sink = model_fetch.Sink(str(partial), start, hasher, depth=2)
+    body = b""
+    for size in sizes:
+        data = os.urandom(size)
+        buf = sink.buffer()
+        buf[:size] = data
+        sink.submit(buf, size)
+        body += data
+    assert sink.close() is None
+    assert partial.read_bytes() == head + body
+    assert sink.offset == start + len(body)
+    assert hasher.hexdigest() == hashlib.sha256(head + body).hexdigest()
+
+
+def test_write_error_stops_the_file_and_keeps_the_partial_for_resume(
+    hub: HubStandin,
+    tmp_path: Path,
+    source: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    lock = fetch_lock("huggingface", hub.url, REPO, "main")
+    model = tmp_path / "m"
+    plan = write_plan(lock, hub.url, model)
+    real_write = model_fetch.Sink._write
+
+    def disk_full_after_1mib(self: model_fetch.Sink, buf: object, n: int) -> None:
+        if self.offset >= 2**20:
+            raise OSError(28, "No space left on device")
+        real_write(self, buf, n)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(model_fetch.Sink, "_write", disk_full_after_1mib)
+    assert pull(plan) == 1
+    err = capsys.readouterr().err
+    assert f"{SHARD1}: cannot write" in err and "No space left on device" in err
+    assert "the next run resumes from byte 1048576" in err
+    assert (model / (SHARD1 + ".partial")).stat().st_size == 2**20
+    assert not (model / SHARD1).exists()
+    monkeypatch.undo()
+    assert pull(plan) == 0
+    assert same_tree(model, source)

@@ -417,3 +417,36 @@ def test_head_of_missing_file_announces_the_get_length(server: StaticHTTPServer)
     status, headers, body = fetch(server, "/missing", method="HEAD")
     assert (status, body) == (404, b"")
     assert headers["Content-Length"] == str(len(b"not found\n"))
+
+
+def test_plain_bodies_go_out_by_sendfile_and_a_hangup_is_logged_incomplete(
+    docroot: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    big = docroot / "big.bin"
+    big.write_bytes(os.urandom(64 << 20))
+    log = tmp_path / "access.log"
+    sendfile_calls: list[int] = []
+    real_sendfile = __import__("socket").socket.sendfile
+
+    def counting_sendfile(
+        sock: object, file: IO[bytes], offset: int = 0, count: int | None = None
+    ) -> int:
+        sendfile_calls.append(count or 0)
+        sent: int = real_sendfile(sock, file, offset, count)
+        return sent
+
+    monkeypatch.setattr("socket.socket.sendfile", counting_sendfile)
+    srv = make_server(docroot, "127.0.0.1", 0, access_log=log)
+    with serve_in_thread(srv):
+        status, _, body = fetch(srv, "/big.bin", {"Range": "bytes=1000-"})
+        assert status == 206 and body == big.read_bytes()[1000:]
+        assert sendfile_calls  # the default handler leaves the copying to the kernel
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+        conn.request("GET", "/big.bin")
+        resp = conn.getresponse()
+        assert len(resp.read(1 << 20)) == 1 << 20
+        conn.sock.close()  # hang up mid-body
+        conn.close()
+        entries = wait_for_access_log(log, lambda es: len(es) == 2, timeout=30)
+    assert entries[0].complete and entries[0].bytes == (64 << 20) - 1000
+    assert not entries[1].complete and entries[1].bytes < 64 << 20
