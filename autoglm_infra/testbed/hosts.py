@@ -482,23 +482,32 @@ def _cgroup_procs(cg: Path) -> list[int]:
     return pids
 
 
-def _remove_cgroup(cg: Path) -> None:
-    """rmdir a cgroup subtree bottom-up (cgroupfs dirs only disappear with rmdir)."""
+def _remove_cgroup(cg: Path, timeout: float = 30) -> None:
+    """rmdir a cgroup subtree bottom-up (cgroupfs dirs only disappear with rmdir).
+
+    Processes still in it were started by the host: they are killed again on each try,
+    since on a loaded machine killed processes can take seconds to be reaped.
+    """
     if not cg.is_dir():
         return
     for dirpath, _dirs, _files in os.walk(cg, topdown=False):
-        for attempt in range(50):
+        deadline = time.monotonic() + timeout
+        while True:
             try:
                 os.rmdir(dirpath)
                 break
             except FileNotFoundError:
                 break
             except OSError:
-                if attempt == 49:
+                left = _cgroup_procs(Path(dirpath))
+                if time.monotonic() > deadline:
                     raise SandboxError(
-                        f"cannot remove cgroup {dirpath} (processes left?)"
+                        f"cannot remove cgroup {dirpath} (processes left: {left})"
                     ) from None
-                time.sleep(0.1)
+                for pid in left:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                time.sleep(0.2)
 
 
 # ----------------------------------------------------------------------------- the sandbox

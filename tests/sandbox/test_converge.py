@@ -59,6 +59,11 @@ def world(
     return host, inventory
 
 
+def planned_toolkit() -> str:
+    """cuda-toolkit-12-8 with the default plan (its CUDA follows the torch flavour)."""
+    return next(name for name in planned_packages() if name.startswith("cuda-toolkit-"))
+
+
 def test_converge_installs_plan_and_second_run_changes_nothing(
     world: tuple[SandboxHost, Path],
 ) -> None:
@@ -66,7 +71,7 @@ def test_converge_installs_plan_and_second_run_changes_nothing(
     first, second = converge_twice(inventory, DEPLOY)
     assert first.changed(), "a fresh host must change on its first converge"
     installed = held_versions(host)
-    for name in ("nvidia-open-580", "cuda-toolkit-12-9", "cudnn9-cuda-12"):
+    for name in ("nvidia-open-580", planned_toolkit(), "cudnn9-cuda-12"):
         assert installed[name] == (planned_packages()[name], True), installed
     assert host.ssh("stat -c %a /etc/apt/keyrings/autoglm-nvidia-cuda.gpg").stdout.strip() == "644"
     unattended = host.ssh("cat /etc/apt/apt.conf.d/51autoglm-nvidia-no-unattended-upgrades").stdout
@@ -81,7 +86,7 @@ def test_held_packages_survive_apt_upgrade(
     host, inventory = world
     run_pyinfra(inventory, DEPLOY)  # converged, whatever ran before
     before = held_versions(host)
-    nvidia_repo.build(extra_newer=("nvidia-open-580", "cuda-toolkit-12-9"))
+    nvidia_repo.build(extra_newer=("nvidia-open-580", planned_toolkit()))
     try:
         host.ssh("apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get upgrade -y -q",
                  timeout=300)  # fmt: skip
