@@ -316,7 +316,7 @@ def test_stopped_proxy_is_named_and_recovers(
 def test_refused_proxy_login_is_named(
     proxied: tuple[ProxyStandin, Path], converged: tuple[SandboxHost, Path], tmp_path: Path
 ) -> None:
-    proxy, inventory = proxied
+    _, inventory = proxied
     host = converged[0]
     env = "/etc/autoglm/network.env"
     host.ssh(f"cp -p {env} {env}.good && sed -i 's/svc:[^@]*@/svc:wrong@/' {env}")
