@@ -60,3 +60,22 @@ def check_tarball(path: str | Path, image_id: str) -> None:
             f"{image_id}: nothing was uploaded. Set docker_image to the ID of the image you "
             "mean to run."
         )
+
+
+def pull_failure_hint(ref: str, mirrors: list[str], proxy_url: str | None) -> str:
+    """What to check when `docker pull` fails: dockerd's own error names Docker Hub even
+    when the configured mirrors were tried first, which sends users the wrong way."""
+    first = ref.split("/")[0] if "/" in ref else ""
+    registry = bool(first) and ("." in first or ":" in first or first == "localhost")
+    hub_image = not registry or first in ("docker.io", "index.docker.io")
+    route = []
+    if mirrors and hub_image:
+        route.append(f"docker_registry_mirrors {', '.join(mirrors)} (then Docker Hub)")
+    if proxy_url:
+        route.append(f"through proxy_url {proxy_url} (login from the network stage)")
+    tried = "; dockerd went " + " and ".join(route) if route else ""
+    return (
+        f"docker pull {ref} failed{tried}: check that the host reaches the registry or a "
+        "mirror that has this digest, the proxy keys, or set docker_image_tarball to load a "
+        "`docker save` file on air-gapped hosts"
+    )

@@ -1,7 +1,8 @@
 """The doctor's reachability checks: is every configured proxy and mirror answering? Pure.
 
 Probed from the host (where apt, pip and the model pull run), through the configured
-proxy. Any HTTP answer counts as reachable; only a refused or timed-out connection fails.
+proxy with the login the network stage gave the host. Any HTTP answer counts as reachable,
+except the proxy's own 407 (its login was refused); a refused or timed-out connection fails.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def reach_targets(settings: Settings) -> list[tuple[str, str]]:
 
 
 def proxy_env(settings: Settings) -> dict[str, str]:
-    """The proxy as the host's tools see it (no credentials: a 407 still proves it answers)."""
+    """The proxy without its login, for hosts the network stage has not converged yet."""
     if not settings.proxy_url:
         return {}
     return {
@@ -85,6 +86,16 @@ def reach_checks(
                     "fail",
                     f"{url}: not probed (python3 missing on the host?)",
                     "apt-get install python3-minimal",
+                )
+            )
+        elif result.result == "http 407" and proxy is not None and through_proxy(url, no_proxy):
+            checks.append(
+                Check(
+                    name,
+                    bad,
+                    f"{url}: proxy_url {proxy} refused the host's login (HTTP 407)",
+                    "check proxy_username and the password (AUTOGLM_PROXY_PASSWORD or "
+                    "proxy_password_file), then converge deploys/network.py",
                 )
             )
         elif result.answered:

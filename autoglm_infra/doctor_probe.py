@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autoglm_infra.model_state import ModelDirState, parse_listing, split_lines
+from autoglm_infra.network_files import NETWORK_ENV
 from autoglm_infra.python_env import STAMP_FILE, parse_dist_info
 
 MODEL_TEXT_FILES = (
@@ -193,13 +194,25 @@ def docker_section() -> str:
     )
 
 
-def reach_section(targets: Sequence[tuple[str, str]], env: Mapping[str, str]) -> str:
-    """python3 on the host probes each (kind, url); `env` carries the proxy variables."""
+def reach_section(
+    targets: Sequence[tuple[str, str]], env: Mapping[str, str], env_file: str = NETWORK_ENV
+) -> str:
+    """python3 on the host probes each (kind, url) through the proxy.
+
+    With the network stage's root-only `env_file` present, the probe uses it, login
+    included, exactly as pip and npm do: a mirror behind an authenticating proxy then
+    answers itself instead of the proxy's 407. Otherwise `env` (no login) is used. The
+    login goes through the environment, never argv.
+    """
     if not targets:
         return "true"
     assign = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
     args = " ".join(shlex.quote(x) for pair in targets for x in pair)
-    return f"{assign} python3 -c {shlex.quote(REACH_SCRIPT)} {args} 2>&1 || true"
+    probe = f"python3 -c {shlex.quote(REACH_SCRIPT)} {args} 2>&1"
+    f = shlex.quote(env_file)
+    return (
+        f"if [ -r {f} ]; then (set -a; . {f}; set +a; {probe}); else {assign} {probe}; fi || true"
+    )
 
 
 def lsm_section(unit: str, root: str = "") -> str:

@@ -105,12 +105,37 @@ def select_profile(requested: str, engine: str, torch_flavour: str) -> str:
     return CPU_PROFILE if engine == CPU_PROFILE else f"{engine}-{torch_flavour}"
 
 
+# <profile>.py312.txt: the same profile resolved for another Python minor.
+_VARIANT = re.compile(r"\.py3\d+$")
+
+
+def variant_file(profile: str, python_minor: str) -> str:
+    """File name of a profile's lock for one Python minor ("3.12" -> vllm-cu128.py312.txt)."""
+    return f"{profile}.py{python_minor.replace('.', '')}.txt"
+
+
 def available_profiles(locks_dir: Path) -> list[str]:
-    return sorted(p.stem for p in locks_dir.glob("*.txt")) if locks_dir.is_dir() else []
+    if not locks_dir.is_dir():
+        return []
+    return sorted({_VARIANT.sub("", p.stem) for p in locks_dir.glob("*.txt")})
 
 
-def load_lock(profile: str, locks_dir: Path, requested: str = AUTO) -> Lock:
-    """Read data/locks/<profile>.txt; PythonEnvError for an unknown profile or missing lock."""
+def load_lock(
+    profile: str, locks_dir: Path, requested: str = AUTO, python_version: str | None = None
+) -> Lock:
+    """The profile's lock for `python_version`: <profile>.txt, or the <profile>.py3XX.txt
+    variant whose `python:` range holds it; <profile>.txt when none does (check_interpreter
+    then says which command makes one). PythonEnvError for an unknown profile or no lock."""
+    locks = load_lock_variants(profile, locks_dir, requested)
+    try:
+        version = Version(python_version) if python_version else None
+    except InvalidVersion:
+        version = None
+    return next((lock for lock in locks if version and version in lock.python), locks[0])
+
+
+def load_lock_variants(profile: str, locks_dir: Path, requested: str = AUTO) -> list[Lock]:
+    """Every lock of a profile, <profile>.txt first."""
     path = locks_dir / f"{profile}.txt"
     if not path.is_file():
         known = ", ".join(available_profiles(locks_dir)) or "none"
@@ -125,7 +150,8 @@ def load_lock(profile: str, locks_dir: Path, requested: str = AUTO) -> Lock:
             f"`python scripts/lock_requirements.py {profile}`, or set {KEY_PROFILE} to "
             "one of those (for a GPU host pick the cuda_version whose flavour has a lock)"
         )
-    return parse_lock(path.read_text(), profile, str(path))
+    variants = sorted(p for p in locks_dir.glob(f"{profile}.py3*.txt") if _VARIANT.search(p.stem))
+    return [parse_lock(f.read_text(), profile, str(f)) for f in (path, *variants)]
 
 
 def parse_lock(text: str, profile: str, source: str = "<lock>") -> Lock:

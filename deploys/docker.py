@@ -22,7 +22,7 @@ from autoglm_infra.docker_args import (
     spec_from_settings,
     spec_hash,
 )
-from autoglm_infra.docker_image import ImageError, check_tarball
+from autoglm_infra.docker_image import ImageError, check_tarball, pull_failure_hint
 from autoglm_infra.pyinfra_ext.docker_ops import (
     DockerStateFact,
     apt_present,
@@ -214,6 +214,9 @@ def converge_docker() -> None:
             ref=image,
             present_id=state.images.get(image, ""),
             tarball=settings.docker_image_tarball,
+            pull_hint=pull_failure_hint(
+                image, list(settings.docker_registry_mirrors), settings.proxy_url
+            ),
         )
     )
     if dockerfile is not None:

@@ -144,9 +144,11 @@ if venv_mode:
         if settings.python_profile == pe.AUTO and settings.serve_engine != pe.CPU_PROFILE:
             flavour = plan.torch_flavour if plan else ""
         name = pe.select_profile(settings.python_profile, settings.serve_engine, flavour)
-        lock = pe.load_lock(
+        locks = pe.load_lock_variants(
             name, Path(settings.python_locks_dir or pe.DEFAULT_LOCKS_DIR), settings.python_profile
         )
+        # the variant (Python minor) the venv was built from, by the digest stamped into it
+        lock = next((lk for lk in locks if lk.digest == state.venv_stamp), locks[0])
     except ValueError as exc:
         checks.append(Check("venv lock", "fail", str(exc), "see evidence"))
     else:

@@ -32,7 +32,7 @@ try:
         flavour = plan_for_host(settings, profile).torch_flavour
     name = pe.select_profile(settings.python_profile, settings.serve_engine, flavour)
     locks_dir = Path(settings.python_locks_dir or pe.DEFAULT_LOCKS_DIR)
-    lock = pe.load_lock(name, locks_dir, settings.python_profile)
+    pe.load_lock_variants(name, locks_dir, settings.python_profile)  # refuse before any command
 except ValueError as exc:  # StackError / PythonEnvError: user-facing, no traceback
     raise PyinfraError(f"python env stage refused {host.name}: {exc}") from None
 
@@ -44,6 +44,8 @@ state = host.get_fact(
     dirs=cache_dirs,
 )
 try:
+    # the lock resolved for the host's Python minor (<profile>.py3XX.txt), if there is one
+    lock = pe.load_lock(name, locks_dir, settings.python_profile, state.interpreter_version)
     pe.check_interpreter(settings.python_interpreter, state.interpreter_version, lock)
 except pe.PythonEnvError as exc:
     raise PyinfraError(f"python env stage refused {host.name}: {exc}") from None

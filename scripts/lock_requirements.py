@@ -3,6 +3,7 @@
     python scripts/lock_requirements.py cpu                 # data/locks/cpu.in -> cpu.txt
     python scripts/lock_requirements.py vllm-cu128          # + vllm-cu128.overrides.txt
     python scripts/lock_requirements.py cpu --find-links /opt/wheels --torch-index-url ''
+    python scripts/lock_requirements.py vllm-cu128 --python 3.12   # -> vllm-cu128.py312.txt
 
 Input `<profile>.in` holds the top-level pins plus `# key: value` metadata that is copied
 into the lock (python, platform, torch-index, import-check, expected-conflict); an
@@ -10,7 +11,9 @@ optional `<profile>.overrides.txt` is passed to `uv pip compile --override` (how
 transformers 5 replaces vLLM 0.12.0's `transformers<5`, see data/locks/README.md).
 
 uv resolves for one Python minor (the lowest the `python:` line allows, or --python) and
-one platform, and writes every file hash of each pinned version (`--generate-hashes`).
+one platform, and writes every file hash of each pinned version (`--generate-hashes`),
+wheels only (`--only-binary :all:`, as the stage installs). With --python the lock is the
+variant `<profile>.py3XX.txt`, which the stage picks on hosts with that Python minor.
 Sources: PyPI (or --index-url), PyTorch's index for locks with `torch-index` (files with a
 local label such as +cpu are only there), and --find-links folders. Needs uv:
 `.venv/bin/pip install uv` (pip-tools has no --override, so it cannot express the
@@ -26,6 +29,8 @@ import sys
 from pathlib import Path
 
 from packaging.specifiers import SpecifierSet
+
+from autoglm_infra.python_env import variant_file
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCKS = ROOT / "data" / "locks"
@@ -93,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         python,
         "--python-platform",
         platform,
+        "--only-binary",
+        ":all:",
         "--index-url",
         args.index_url,
     ]
@@ -120,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     if "python" in meta and args.python:
         header = [h for h in header if not h.startswith("# python:")]
         header.append(f"# python: =={python}.*")
-    target = args.locks_dir / f"{args.profile}.txt"
+    # --python makes the variant for that minor beside the profile's main lock
+    name = variant_file(args.profile, python) if args.python else f"{args.profile}.txt"
+    target = args.locks_dir / name
     target.write_text("\n".join(header) + "\n" + result.stdout)
     print(f"wrote {target} ({result.stdout.count('==')} pins, Python {python}, {platform})")
     return 0

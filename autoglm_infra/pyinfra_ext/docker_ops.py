@@ -79,11 +79,13 @@ def ensure_image(
     tarball: str | None = None,
     build_dir: str | None = None,
     build_args: Sequence[str] = (),
+    pull_hint: str = "",
 ) -> Generator[Any, None, None]:
     """Make `ref` present: `docker load` a tarball, build from build_dir, or pull.
 
     + ref: image ID (tarball), derived tag (build) or name:tag@sha256 (pull)
     + present_id: what the snapshot found for `ref` ('' when missing)
+    + pull_hint: printed when the pull fails (docker_image.pull_failure_hint)
     """
     if present_id:
         host.noop(f"image {ref} present ({present_id[:19]})")
@@ -103,7 +105,8 @@ def ensure_image(
         extra = " ".join(shlex.quote(a) for a in build_args)
         yield StringCommand(f"docker build --quiet {extra} -t {q} {shlex.quote(build_dir)}")
     else:
-        yield StringCommand(f"docker pull --quiet {q}")
+        hint = shlex.quote(pull_hint or f"docker pull {ref} failed")
+        yield StringCommand(f"docker pull --quiet {q} || {{ printf '%s\\n' {hint} >&2; exit 1; }}")
 
 
 @operation()

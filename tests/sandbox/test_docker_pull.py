@@ -233,6 +233,7 @@ def test_wrong_proxy_password_fails_the_pull_and_keeps_the_old_container(world: 
     assert result.returncode != 0
     # dockerd tries the mirror, then Docker Hub, both through the proxy: both refused
     assert "Proxy Authentication Required" in result.stderr, result.stderr[-2000:]
+    assert "dockerd went docker_registry_mirrors" in result.stderr  # our hint names the route
     assert "Traceback" not in result.stderr
     assert proxy.auth_failures() > failures
     assert not [p for p in pulls(registry.requests()[before:]) if unpulled.digest in p[2]]

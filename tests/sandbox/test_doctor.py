@@ -308,8 +308,27 @@ def test_stopped_proxy_is_named_and_recovers(
     proxy.start()
     rc, checks, stderr = doctor(inventory, tmp_path / "up")
     assert checks["reach proxy"]["status"] == "ok", checks["reach proxy"]
-    assert checks["reach pip index"]["status"] == "ok"  # through the proxy (407 still answers)
+    index = checks["reach pip index"]  # through the proxy, with the host's login
+    assert index["status"] == "ok" and "http 200" in index["evidence"], index
     assert rc == 0, stderr[-3000:]
+
+
+def test_refused_proxy_login_is_named(
+    proxied: tuple[ProxyStandin, Path], converged: tuple[SandboxHost, Path], tmp_path: Path
+) -> None:
+    _, inventory = proxied
+    host = converged[0]
+    env = "/etc/autoglm/network.env"
+    host.ssh(f"cp -p {env} {env}.good && sed -i 's/svc:[^@]*@/svc:wrong@/' {env}")
+    try:
+        rc, checks, _ = doctor(inventory, tmp_path / "login")
+    finally:
+        host.ssh(f"mv {env}.good {env}")
+    assert rc != 0
+    assert checks["reach proxy"]["status"] == "ok"  # it answers; it refuses the login
+    index = checks["reach pip index"]
+    assert index["status"] == "fail" and "refused the host's login (HTTP 407)" in index["evidence"]
+    assert "proxy_username" in index["fix"]
 
 
 def test_venv_drift_is_named(converged: tuple[SandboxHost, Path], tmp_path: Path) -> None:

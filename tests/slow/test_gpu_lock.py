@@ -1,6 +1,8 @@
 """The production GPU lock installs into a venv exactly as the stage installs it (no GPU needed).
 
     .venv/bin/pytest -m slow tests/slow          # ~4 GB of wheels from PyPI, several minutes
+    # also into other interpreters (each takes the lock variant for its Python minor):
+    AUTOGLM_SLOW_PYTHONS="python3.10 python3.12" .venv/bin/pytest -m slow tests/slow
 
 Same pip flags as the stage (`--require-hashes --only-binary=:all: --no-deps`), pip's
 normal configuration for the index; then the lock's import check and `pip check`, where
@@ -9,6 +11,7 @@ only the lock's declared `expected-conflict` lines may appear.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,15 +24,24 @@ from autoglm_infra import python_env as pe
 pytestmark = pytest.mark.slow
 
 
+INTERPRETERS = [sys.executable, *os.environ.get("AUTOGLM_SLOW_PYTHONS", "").split()]
+
+
+def python_version(interpreter: str) -> str:
+    code = "import platform; print(platform.python_version())"
+    return subprocess.run([interpreter, "-c", code], capture_output=True, text=True).stdout.strip()
+
+
+@pytest.mark.parametrize("interpreter", INTERPRETERS)
 @pytest.mark.parametrize("profile", ["vllm-cu128"])
 def test_gpu_lock_installs_and_only_the_declared_conflict_remains(
-    profile: str, tmp_path: Path
+    profile: str, interpreter: str, tmp_path: Path
 ) -> None:
-    lock = pe.load_lock(profile, pe.DEFAULT_LOCKS_DIR)
-    version = ".".join(map(str, sys.version_info[:3]))
-    pe.check_interpreter(sys.executable, version, lock)
+    version = python_version(interpreter)
+    lock = pe.load_lock(profile, pe.DEFAULT_LOCKS_DIR, pe.AUTO, version)
+    pe.check_interpreter(interpreter, version, lock)
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([interpreter, "-m", "venv", str(venv)], check=True)
     requirements = tmp_path / "requirements.txt"
     requirements.write_text(lock.requirements_text())
     python = str(venv / "bin" / "python")
@@ -44,7 +56,7 @@ def test_gpu_lock_installs_and_only_the_declared_conflict_remains(
         [python, "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True
     ).stdout
     pairs = (line.split("==", 1) for line in freeze.splitlines() if "==" in line)
-    installed = {canonicalize_name(name): version for name, version in pairs}
+    installed = {str(canonicalize_name(name)): version for name, version in pairs}
     assert pe.drift(lock, installed) == []
 
     imports = "; ".join(f"import {m}" for m in lock.import_check)

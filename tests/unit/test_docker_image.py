@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra.docker_image import ImageError, check_tarball, tarball_image_id
+from autoglm_infra.docker_image import (
+    ImageError,
+    check_tarball,
+    pull_failure_hint,
+    tarball_image_id,
+)
 from autoglm_infra.testbed.standin_image import build_image
 
 
@@ -53,3 +58,25 @@ def test_not_a_docker_save_tarball_names_the_key(tmp_path: Path) -> None:
     write_tar(path, {"other": b""})
     with pytest.raises(ImageError, match="docker_image_tarball"):
         tarball_image_id(path)
+
+
+@pytest.mark.parametrize(
+    ("ref", "via_mirrors"),
+    [
+        ("vllm/vllm-openai:v0.12.0@sha256:" + "a" * 64, True),
+        ("docker.io/vllm/vllm-openai@sha256:" + "a" * 64, True),
+        ("nvcr.io/nvidia/vllm@sha256:" + "a" * 64, False),
+        ("localhost/x@sha256:" + "a" * 64, False),
+        ("registry:5000/x@sha256:" + "a" * 64, False),
+    ],
+)
+def test_pull_failure_hint_names_the_route_dockerd_took(ref: str, via_mirrors: bool) -> None:
+    hint = pull_failure_hint(ref, ["http://mirror:5000"], "http://proxy:3128")
+    assert hint.startswith(f"docker pull {ref} failed")
+    assert ("docker_registry_mirrors http://mirror:5000" in hint) is via_mirrors
+    assert "through proxy_url http://proxy:3128" in hint and "docker_image_tarball" in hint
+
+
+def test_pull_failure_hint_without_mirrors_or_proxy() -> None:
+    hint = pull_failure_hint("x/y@sha256:" + "b" * 64, [], None)
+    assert "dockerd went" not in hint and "docker_image_tarball" in hint

@@ -6,9 +6,13 @@ against /sys and /proc contents recorded on RHEL 9 (SELinux) and Ubuntu 24.04 (A
 
 from __future__ import annotations
 
+import base64
+import http.server
 import os
 import subprocess
+import threading
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -30,6 +34,7 @@ from autoglm_infra.doctor_probe import (
     model_access_section,
     parse_probe,
     paths_section,
+    reach_section,
 )
 
 MODEL = "/srv/autoglm/models/AutoGLM-Phone-9B"
@@ -258,3 +263,52 @@ def test_through_proxy_follows_urllib_no_proxy_rules() -> None:
     assert not through_proxy("http://corp.example/", ["corp.example"])
     assert not through_proxy("http://anything/", ["*"])
     assert through_proxy("http://10.1.2.3/", ["10.0.0.0/8"])  # urllib ignores CIDRs
+
+
+def test_a_refused_proxy_login_fails_the_rows_behind_the_proxy() -> None:
+    proxy = "http://10.0.0.1:3128"
+    targets = [("proxy", proxy), ("pip index", "http://mirror/simple"),
+               ("model hub", "http://hub.corp/")]  # fmt: skip
+    found = [Reach("proxy", proxy, "tcp connect"), Reach("pip index", targets[1][1], "http 407"),
+             Reach("model hub", targets[2][1], "http 407")]  # fmt: skip
+    checks = {c.name: c for c in reach_checks(targets, found, [".corp"])}
+    index = checks["reach pip index"]
+    assert index.status == "fail" and "refused the host's login (HTTP 407)" in index.evidence
+    assert "proxy_username" in index.fix and "deploys/network.py" in index.fix
+    assert checks["reach model hub"].status == "ok"  # not through the proxy: its own answer
+
+
+class _RecordingProxy(http.server.BaseHTTPRequestHandler):
+    seen: ClassVar[list[tuple[str, str]]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append((self.path, self.headers.get("Proxy-Authorization", "")))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_reach_probe_uses_the_hosts_env_file_login_and_keeps_it_out_of_argv(
+    tmp_path: Path,
+) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RecordingProxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        proxy = f"http://127.0.0.1:{server.server_address[1]}"
+        env_file = tmp_path / "network.env"
+        login = proxy.replace("http://", "http://svc:s3cr%40t@")
+        env_file.write_text(f"http_proxy={login}\nHTTP_PROXY={login}\nno_proxy=\n")
+        target = [("pip index", "http://mirror.invalid/simple/")]
+        script = reach_section(target, {"http_proxy": proxy}, env_file=str(env_file))
+        assert "s3cr" not in script  # argv of the shell holds no login
+        out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "NR\tpip index\thttp://mirror.invalid/simple/\thttp 200" in out.stdout, out
+    path, auth = _RecordingProxy.seen[-1]
+    assert path == "http://mirror.invalid/simple/"
+    assert base64.b64decode(auth.removeprefix("Basic ")).decode() == "svc:s3cr@t"

@@ -74,6 +74,32 @@ def test_missing_lock_for_resolved_flavour_says_how_to_fix(tmp_path: Path) -> No
     assert "scripts/lock_requirements.py vllm-cu129" in message and "cpu" in message
 
 
+def test_the_lock_variant_for_the_hosts_python_minor_is_picked(tmp_path: Path) -> None:
+    (tmp_path / "demo.txt").write_text(LOCK)  # python: >=3.11,<3.12
+    py312 = LOCK.replace(">=3.11,<3.12", "==3.12.*").replace("six==1.17.0", "six==1.16.0")
+    (tmp_path / pe.variant_file("demo", "3.12")).write_text(py312)
+    assert pe.variant_file("demo", "3.12") == "demo.py312.txt"
+    assert pe.available_profiles(tmp_path) == ["demo"]  # a variant is not a profile
+    assert pe.load_lock("demo", tmp_path, python_version="3.12.3").pins()["six"] == "1.16.0"
+    assert pe.load_lock("demo", tmp_path, python_version="3.11.2").pins()["six"] == "1.17.0"
+    # no variant for 3.10: the main lock, which check_interpreter then refuses with the fix
+    fallback = pe.load_lock("demo", tmp_path, python_version="3.10.12")
+    with pytest.raises(pe.PythonEnvError, match=r"lock_requirements.py demo --python 3.10"):
+        pe.check_interpreter("/usr/bin/python3", "3.10.12", fallback)
+    assert [v.source for v in pe.load_lock_variants("demo", tmp_path)] == [
+        str(tmp_path / "demo.txt"),
+        str(tmp_path / "demo.py312.txt"),
+    ]
+
+
+def test_shipped_gpu_lock_has_variants_for_ubuntu_pythons() -> None:
+    for version in ("3.10.12", "3.11.2", "3.12.3"):  # Ubuntu 22.04, Debian 12, Ubuntu 24.04
+        gpu = pe.load_lock("vllm-cu128", pe.DEFAULT_LOCKS_DIR, python_version=version)
+        pe.check_interpreter("/usr/bin/python3", version, gpu)
+        assert gpu.pins()["vllm"] == "0.12.0" and gpu.pins()["torch"] == "2.9.0"
+        assert gpu.pins()["transformers"] == "5.0.0rc0"
+
+
 # --- lock parsing --------------------------------------------------------------------
 
 
