@@ -5,7 +5,8 @@
     python scripts/lock_requirements.py cpu --find-links /opt/wheels --torch-index-url ''
 
 Input `<profile>.in` holds the top-level pins plus `# key: value` metadata that is copied
-into the lock (python, platform, torch-index, import-check, expected-conflict); an
+into the lock (python, platform, torch-index, import-check, expected-conflict, and
+constraints: another lock in the same folder whose versions every pin must keep); an
 optional `<profile>.overrides.txt` is passed to `uv pip compile --override` (how
 transformers 5 replaces vLLM 0.12.0's `transformers<5`, see data/locks/README.md).
 
@@ -29,7 +30,14 @@ from packaging.specifiers import SpecifierSet
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCKS = ROOT / "data" / "locks"
-HEADER_KEYS = ("python", "platform", "torch-index", "import-check", "expected-conflict")
+HEADER_KEYS = (
+    "python",
+    "platform",
+    "torch-index",
+    "import-check",
+    "expected-conflict",
+    "constraints",
+)
 
 
 def read_meta(path: Path) -> dict[str, list[str]]:
@@ -103,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         command += ["--index-strategy", "unsafe-best-match"]
     for folder in args.find_links:
         command += ["--find-links", folder]
+    for name in meta.get("constraints", []):
+        # pins every dependency at the version of another lock (`uv pip compile -c`)
+        command += ["--constraint", str(args.locks_dir / name)]
     overrides = args.locks_dir / f"{args.profile}.overrides.txt"
     if overrides.is_file():
         command += ["--override", str(overrides)]
