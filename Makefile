@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 HOSTS ?= 2
 SANDBOX := $(PY) -m autoglm_infra.testbed.hosts
-APT_PACKAGES := debootstrap systemd-container iptables zstd openssh-client gnupg dpkg-dev apt-utils vagrant busybox-static apt-cacher-ng openssl curl systemd
+APT_PACKAGES := debootstrap systemd-container iptables zstd openssh-client gnupg dpkg-dev apt-utils vagrant busybox-static apt-cacher-ng openssl curl systemd python3-pip
 export DEBIAN_FRONTEND := noninteractive
 
 .PHONY: help deps venv lint typecheck unit integration test slow demo sandbox sandbox-down bench docs clean

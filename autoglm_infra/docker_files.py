@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +30,11 @@ DOCKER_SOURCE = "/etc/apt/sources.list.d/autoglm-docker.sources"
 TOOLKIT_KEYRING = "/etc/apt/keyrings/autoglm-nvidia-container-toolkit.gpg"
 TOOLKIT_SOURCE = "/etc/apt/sources.list.d/autoglm-nvidia-container-toolkit.sources"
 TOOLKIT_HELD_STATE = "/var/lib/autoglm/container-toolkit-held-packages"
-BUILD_DIR = "/var/lib/autoglm/docker-build"
+BUILD_DIR = "/var/lib/autoglm/docker-build"  # the build context: Dockerfile and lock only
 DOCKERFILE = f"{BUILD_DIR}/Dockerfile"
+DERIVED_LOCK_NAME = "requirements.lock"
+DERIVED_LOCK = f"{BUILD_DIR}/{DERIVED_LOCK_NAME}"
+BUILD_LOG = "/var/lib/autoglm/docker-build.log"
 IMAGE_DIR = "/var/lib/autoglm/images"
 
 DISTRO_ENGINE = ("docker.io",)
@@ -263,22 +267,53 @@ def render_unit(spec: ContainerSpec) -> str:
 # --- derived image ----------------------------------------------------------------------
 
 
-def render_dockerfile(base_image: str, transformers_version: str, user: str, port: int) -> str:
+def render_dockerfile(
+    base_image: str, lock_name: str, import_check: Sequence[str], user: str, port: int
+) -> str:
     return (
         _templates()
         .get_template("Dockerfile.j2")
         .render(
             base_image=base_image,
-            transformers_version=transformers_version,
+            lock_name=lock_name,
+            lock_file=DERIVED_LOCK_NAME,
+            import_check=list(import_check),
             run_user=user,
             port=port,
         )
     )
 
 
-def derived_image_tag(dockerfile: str) -> str:
-    """Tag named after the Dockerfile's content: a changed recipe is a new image."""
-    return f"autoglm/engine:derived-{hashlib.sha256(dockerfile.encode()).hexdigest()[:16]}"
+def derived_image_tag(dockerfile: str, lock_text: str) -> str:
+    """Tag named after the build context (recipe and lock): a change is a new image."""
+    digest = hashlib.sha256()
+    for part in (dockerfile, lock_text):
+        data = part.encode()
+        digest.update(len(data).to_bytes(8, "big") + data)
+    return f"autoglm/engine:derived-{digest.hexdigest()[:16]}"
+
+
+def build_command(tag: str, build_args: Sequence[str], lock_name: str, lock_source: str) -> str:
+    """`docker build` of BUILD_DIR with its output in BUILD_LOG; on failure the log's tail
+    and which lock to look at go to stderr (a hash mismatch is named as such)."""
+    q_log = shlex.quote(BUILD_LOG)
+    args = " ".join(shlex.quote(a) for a in build_args)
+    where = f"docker_derived_lock={lock_name} ({lock_source}, on the host {DERIVED_LOCK})"
+    mismatch = shlex.quote(
+        f"derived image build failed: a downloaded file's sha256 is not in the lock {where}; "
+        "the index serves different bytes or the lock is wrong. The running container was "
+        "not touched."
+    )
+    failed = shlex.quote(
+        f"derived image build failed for {where}; the running container was not touched. "
+        f"Log: {BUILD_LOG}"
+    )
+    return (
+        f"docker build {args} -t {shlex.quote(tag)} {shlex.quote(BUILD_DIR)} > {q_log} 2>&1 || "
+        f"{{ tail -n 30 {q_log} >&2; "
+        f"if grep -q 'DO NOT MATCH THE HASHES' {q_log}; then echo {mismatch} >&2; "
+        f"else echo {failed} >&2; fi; exit 1; }}"
+    )
 
 
 # --- secrets ----------------------------------------------------------------------------

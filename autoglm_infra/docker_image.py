@@ -9,12 +9,33 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
+
+from autoglm_infra.python_env import (
+    DEFAULT_LOCKS_DIR,
+    Lock,
+    PythonEnvError,
+    available_profiles,
+    parse_lock,
+)
+
+KEY_DERIVED_LOCK = "docker_derived_lock"
+_LOCK_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
 class ImageError(ValueError):
     """The configured image cannot be used; the message names the key and the fix."""
+
+
+class DerivedLockError(ImageError):
+    """docker_derived_lock names no usable lock; `reason` is the message without the key."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"{KEY_DERIVED_LOCK} = {name!r}: {reason}")
 
 
 def _config_member(manifest: object) -> str:
@@ -79,3 +100,33 @@ def pull_failure_hint(ref: str, mirrors: list[str], proxy_url: str | None) -> st
         "mirror that has this digest, the proxy keys, or set docker_image_tarball to load a "
         "`docker save` file on air-gapped hosts"
     )
+
+
+@dataclass(frozen=True)
+class DerivedLock:
+    """The hash lock a derived image installs, exactly as it goes into the build context."""
+
+    name: str
+    path: Path
+    text: str
+    lock: Lock
+
+
+def load_derived_lock(name: str, locks_dir: str | Path | None) -> DerivedLock:
+    """<locks_dir>/<name>.txt, parsed as a complete hash lock; ImageError names the key,
+    the value and the locks there are."""
+    folder = Path(locks_dir) if locks_dir else DEFAULT_LOCKS_DIR
+    path = folder / f"{name}.txt"
+    if not _LOCK_NAME.match(name) or not path.is_file():
+        known = ", ".join(available_profiles(folder)) or "none"
+        raise DerivedLockError(
+            name,
+            f"no lock {path} (locks in {folder}: {known}); use one of them, or generate "
+            "one with `python scripts/lock_requirements.py NAME`",
+        )
+    text = path.read_text()
+    try:
+        lock = parse_lock(text, name, str(path))
+    except PythonEnvError as exc:
+        raise DerivedLockError(name, str(exc)) from None
+    return DerivedLock(name, path, text, lock)

@@ -22,7 +22,13 @@ from autoglm_infra.docker_args import (
     spec_from_settings,
     spec_hash,
 )
-from autoglm_infra.docker_image import ImageError, check_tarball, pull_failure_hint
+from autoglm_infra.docker_image import (
+    DerivedLock,
+    ImageError,
+    check_tarball,
+    load_derived_lock,
+    pull_failure_hint,
+)
 from autoglm_infra.pyinfra_ext.docker_ops import (
     DockerStateFact,
     apt_present,
@@ -125,19 +131,23 @@ def converge_docker() -> None:
             check_tarball(settings.docker_image_tarball, image)
         # The same API key settings as venv mode (service_api_key_env / _file).
         api_key = read_secret(settings.service_api_key_env, settings.service_api_key_file)
+        derived: DerivedLock | None = None
+        if settings.docker_derived_lock is not None:
+            derived = load_derived_lock(settings.docker_derived_lock, settings.docker_locks_dir)
     except (df.DockerStageError, ImageError, SecretError) as exc:
         raise PyinfraError(f"Docker stage refused {host.name}: {exc}") from None
 
     dockerfile = None
     run_image = image
-    if settings.docker_transformers_version:
+    if derived is not None:
         dockerfile = df.render_dockerfile(
             image,
-            settings.docker_transformers_version,
+            derived.name,
+            derived.lock.import_check,
             settings.docker_user,
             settings.serve_port,
         )
-        run_image = df.derived_image_tag(dockerfile)
+        run_image = df.derived_image_tag(dockerfile, derived.text)
     spec = spec_from_settings(settings, image=run_image)
     wanted_hash = spec_hash(spec)
     unit_text = df.render_unit(spec)
@@ -146,7 +156,7 @@ def converge_docker() -> None:
         DockerStateFact,
         files=[f.path for f in files]
         + [df.DAEMON_JSON, df.TOOLKIT_HELD_STATE, df.UNIT_PATH, ENV_FILE, API_KEY_FILE]
-        + [df.DOCKERFILE],
+        + [df.DOCKERFILE, df.DERIVED_LOCK],
         package_patterns=list(PACKAGE_PATTERNS),
         read_text=[df.DAEMON_JSON],
         image_refs=sorted({image, run_image}),
@@ -219,22 +229,31 @@ def converge_docker() -> None:
             ),
         )
     )
-    if dockerfile is not None:
-        recipe = put_file(
-            name=f"Docker: {df.DOCKERFILE}",
-            path=df.DOCKERFILE,
-            content=dockerfile.encode(),
-            current=snap.files.get(df.DOCKERFILE),
-        )
-        index = settings.pip_index_url
+    if derived is not None and dockerfile is not None:
+        context = [
+            put_file(
+                name=f"Docker: {path}",
+                path=path,
+                content=content.encode(),
+                current=snap.files.get(path),
+            )
+            for path, content in ((df.DOCKERFILE, dockerfile), (df.DERIVED_LOCK, derived.text))
+        ]
+        build_args = []
+        if settings.pip_index_url:
+            build_args += ["--build-arg", f"PIP_INDEX_URL={settings.pip_index_url}"]
+        if settings.pip_trusted_hosts:
+            hosts = " ".join(settings.pip_trusted_hosts)
+            build_args += ["--build-arg", f"PIP_TRUSTED_HOST={hosts}"]
         triggers += [
-            recipe,
+            *context,
             ensure_image(
-                name=f"Docker: build {run_image}",
+                name=f"Docker: build {run_image} (lock {derived.name})",
                 ref=run_image,
                 present_id=state.images.get(run_image, ""),
-                build_dir=df.BUILD_DIR,
-                build_args=["--build-arg", f"PIP_INDEX_URL={index}"] if index else [],
+                build_command=df.build_command(
+                    run_image, build_args, derived.name, str(derived.path)
+                ),
             ),
         ]
     ensure_volume(

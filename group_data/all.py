@@ -290,9 +290,14 @@ docker_image = None
 # absolute path on the controller, or None.
 docker_image_tarball = None
 
-# Build a derived image with this transformers version on top of docker_image; None: don't.
-# Allowed: exact version such as 5.0.0rc0, or None.
-docker_transformers_version = None
+# Hash lock installed into a derived image built on the host from docker_image (pip --require-
+# hashes --no-deps); None runs docker_image as it is. Allowed: name of a lock in docker_locks_dir
+# (e.g. docker-vllm-0.12.0), or None.
+docker_derived_lock = None
+
+# Controller directory holding <name>.txt locks for docker_derived_lock; None uses the project's
+# data/locks. Allowed: absolute path or None.
+docker_locks_dir = None
 
 # UID:GID the engine runs as in the container (never 0). Allowed: UID:GID, UID not 0.
 docker_user = "2000:0"

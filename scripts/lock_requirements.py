@@ -6,7 +6,8 @@
     python scripts/lock_requirements.py vllm-cu128 --python 3.12   # -> vllm-cu128.py312.txt
 
 Input `<profile>.in` holds the top-level pins plus `# key: value` metadata that is copied
-into the lock (python, platform, torch-index, import-check, expected-conflict); an
+into the lock (python, platform, torch-index, import-check, expected-conflict, and
+constraints: another lock in the same folder whose versions every pin must keep); an
 optional `<profile>.overrides.txt` is passed to `uv pip compile --override` (how
 transformers 5 replaces vLLM 0.12.0's `transformers<5`, see data/locks/README.md).
 
@@ -34,7 +35,14 @@ from autoglm_infra.python_env import variant_file
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCKS = ROOT / "data" / "locks"
-HEADER_KEYS = ("python", "platform", "torch-index", "import-check", "expected-conflict")
+HEADER_KEYS = (
+    "python",
+    "platform",
+    "torch-index",
+    "import-check",
+    "expected-conflict",
+    "constraints",
+)
 
 
 def read_meta(path: Path) -> dict[str, list[str]]:
@@ -110,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         command += ["--index-strategy", "unsafe-best-match"]
     for folder in args.find_links:
         command += ["--find-links", folder]
+    for name in meta.get("constraints", []):
+        # pins every dependency at the version of another lock (`uv pip compile -c`)
+        command += ["--constraint", str(args.locks_dir / name)]
     overrides = args.locks_dir / f"{args.profile}.overrides.txt"
     if overrides.is_file():
         command += ["--override", str(overrides)]

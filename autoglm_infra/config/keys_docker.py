@@ -8,6 +8,7 @@ from typing import Annotated, Literal, Self
 from pydantic import AfterValidator, Field, model_validator
 
 from autoglm_infra.config.fields import AbsolutePath, HttpUrl, Keys, Text, fingerprint, key
+from autoglm_infra.docker_image import DerivedLockError, load_derived_lock
 
 # name[:tag]@sha256:<64 hex>: what `docker pull` verifies; a bare tag can move.
 _PINNED_REF = re.compile(
@@ -120,10 +121,17 @@ class DockerKeys(Keys):
         "`docker save` tarball on the controller, loaded on air-gapped hosts instead of a pull.",
         "absolute path on the controller, or None",
     )
-    docker_transformers_version: Annotated[str, Text] | None = key(
+    docker_derived_lock: Annotated[str, Text] | None = key(
         None,
-        "Build a derived image with this transformers version on top of docker_image; None: don't.",
-        "exact version such as 5.0.0rc0, or None",
+        "Hash lock installed into a derived image built on the host from docker_image "
+        "(pip --require-hashes --no-deps); None runs docker_image as it is.",
+        "name of a lock in docker_locks_dir (e.g. docker-vllm-0.12.0), or None",
+    )
+    docker_locks_dir: AbsolutePath | None = key(
+        None,
+        "Controller directory holding <name>.txt locks for docker_derived_lock; None uses "
+        "the project's data/locks.",
+        "absolute path or None",
     )
     docker_user: Annotated[str, AfterValidator(check_user)] = key(
         "2000:0", "UID:GID the engine runs as in the container (never 0).", "UID:GID, UID not 0"
@@ -209,6 +217,11 @@ class DockerKeys(Keys):
                 f"file is root:root 0440, readable through group 0), not {self.docker_user}; "
                 "use e.g. 2000:0 or docker_api_key_delivery: env-file"
             )
+        if self.docker_derived_lock is not None:
+            try:
+                load_derived_lock(self.docker_derived_lock, self.docker_locks_dir)
+            except DerivedLockError as exc:
+                raise ValueError(f"docker_derived_lock: {exc.reason}") from None
         if getattr(self, "serve_mode", "docker") != "docker":
             return self
         image = self.docker_image

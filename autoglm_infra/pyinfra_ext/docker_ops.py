@@ -77,11 +77,10 @@ def ensure_image(
     ref: str,
     present_id: str,
     tarball: str | None = None,
-    build_dir: str | None = None,
-    build_args: Sequence[str] = (),
+    build_command: str | None = None,
     pull_hint: str = "",
 ) -> Generator[Any, None, None]:
-    """Make `ref` present: `docker load` a tarball, build from build_dir, or pull.
+    """Make `ref` present: `docker load` a tarball, build (docker_files.build_command), or pull.
 
     + ref: image ID (tarball), derived tag (build) or name:tag@sha256 (pull)
     + present_id: what the snapshot found for `ref` ('' when missing)
@@ -101,9 +100,8 @@ def ensure_image(
             f"docker load --quiet --input {qr} >/dev/null; rc=$?; rm -f {qr}; [ $rc -eq 0 ] && "
             f"docker image inspect -f '{{{{.Id}}}}' {q} >/dev/null"
         )
-    elif build_dir is not None:
-        extra = " ".join(shlex.quote(a) for a in build_args)
-        yield StringCommand(f"docker build --quiet {extra} -t {q} {shlex.quote(build_dir)}")
+    elif build_command is not None:
+        yield StringCommand(build_command)
     else:
         hint = shlex.quote(pull_hint or f"docker pull {ref} failed")
         yield StringCommand(f"docker pull --quiet {q} || {{ printf '%s\\n' {hint} >&2; exit 1; }}")

@@ -158,14 +158,23 @@ def hadolint() -> str:
     return path
 
 
-def test_dockerfile_pins_base_and_transformers_and_passes_hadolint(tmp_path: Path) -> None:
-    text = df.render_dockerfile(IMAGE, "5.0.0rc0", "2000:0", 8000)
+def test_dockerfile_installs_the_hash_lock_and_passes_hadolint(tmp_path: Path) -> None:
+    text = df.render_dockerfile(IMAGE, "docker-vllm-0.12.0", ["transformers"], "2000:0", 8000)
     assert f"FROM {IMAGE}\n" in text
-    assert '"transformers==5.0.0rc0"' in text and "USER 2000:0" in text
+    assert f"COPY {df.DERIVED_LOCK_NAME} /opt/autoglm/derived-lock.txt" in text
+    install = "--require-hashes \\\n        --no-deps --only-binary=:all: -r /opt/autoglm/derived"
+    assert install in text
+    assert 'python3 -c "import transformers"' in text and "USER 2000:0" in text
+    assert "transformers==" not in text  # versions come from the lock only
     path = tmp_path / "Dockerfile"
     path.write_text(text)
     result = subprocess.run([hadolint(), str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_without_import_check_has_no_check() -> None:
+    text = df.render_dockerfile(IMAGE, "x", [], "2000:0", 8000)
+    assert "import" not in text.split("HEALTHCHECK")[0].split("RUN", 1)[1]
 
 
 def test_hadolint_really_lints(tmp_path: Path) -> None:
@@ -174,10 +183,27 @@ def test_hadolint_really_lints(tmp_path: Path) -> None:
     assert subprocess.run([hadolint(), str(path)], capture_output=True).returncode != 0
 
 
-def test_derived_tag_follows_the_recipe() -> None:
-    one = df.derived_image_tag(df.render_dockerfile(IMAGE, "5.0.0rc0", "2000:0", 8000))
-    two = df.derived_image_tag(df.render_dockerfile(IMAGE, "5.0.0", "2000:0", 8000))
-    assert one != two and one.startswith("autoglm/engine:derived-")
+def test_derived_tag_follows_recipe_and_lock() -> None:
+    recipe = df.render_dockerfile(IMAGE, "docker-vllm-0.12.0", ["transformers"], "2000:0", 8000)
+    other = df.render_dockerfile(IMAGE.replace("ab", "cd"), "docker-x", [], "2000:0", 8000)
+    tags = {
+        df.derived_image_tag(recipe, "six==1.17.0 --hash=sha256:aa\n"),
+        df.derived_image_tag(recipe, "six==1.17.0 --hash=sha256:ab\n"),
+        df.derived_image_tag(other, "six==1.17.0 --hash=sha256:aa\n"),
+    }
+    assert len(tags) == 3 and all(t.startswith("autoglm/engine:derived-") for t in tags)
+    assert df.derived_image_tag(recipe, "x") == df.derived_image_tag(recipe, "x")
+
+
+def test_build_command_logs_and_names_the_lock_on_failure() -> None:
+    command = df.build_command(
+        "autoglm/engine:derived-1", ["--build-arg", "PIP_INDEX_URL=http://m/simple/"],
+        "docker-x", "/ctl/data/locks/docker-x.txt",
+    )  # fmt: skip
+    assert command.startswith("docker build --build-arg PIP_INDEX_URL=http://m/simple/ ")
+    assert f"-t autoglm/engine:derived-1 {df.BUILD_DIR} > {df.BUILD_LOG} 2>&1 ||" in command
+    assert "DO NOT MATCH THE HASHES" in command and "/ctl/data/locks/docker-x.txt" in command
+    assert "exit 1" in command
 
 
 def test_env_file_and_generated_key_never_put_the_key_in_argv() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -78,3 +79,26 @@ def test_secret_mount_needs_group_zero() -> None:
     )
     assert "GID 0" in found["docker_api_key_delivery"]
     assert "docker_api_key_delivery" in problems(docker_image=IMAGE, docker_api_key_delivery="x")
+
+
+def test_derived_lock_must_exist_and_be_a_hash_lock(tmp_path: Path) -> None:
+    assert problems(docker_image=IMAGE, docker_derived_lock="docker-vllm-0.12.0") == {}
+    reason = problems(docker_image=IMAGE, docker_derived_lock="docker-nope")["docker_derived_lock"]
+    assert "no lock" in reason and "docker-nope.txt" in reason
+    assert "docker-vllm-0.12.0" in reason  # the locks there are
+    (tmp_path / "plain.txt").write_text("six==1.17.0\n")
+    (tmp_path / "good.txt").write_text("six==1.17.0 --hash=sha256:" + "0" * 64 + "\n")
+    here = {"docker_image": IMAGE, "docker_locks_dir": str(tmp_path)}
+    assert "not a hash lock" in problems(**here, docker_derived_lock="plain")["docker_derived_lock"]
+    assert problems(**here, docker_derived_lock="good") == {}
+    assert "no lock" in problems(**here, docker_derived_lock="../good")["docker_derived_lock"]
+
+
+def test_the_shipped_docker_lock_keeps_the_venv_locks_versions() -> None:
+    from autoglm_infra.docker_image import load_derived_lock
+    from autoglm_infra.python_env import DEFAULT_LOCKS_DIR, load_lock
+
+    derived = load_derived_lock("docker-vllm-0.12.0", None).lock.pins()
+    venv = load_lock("vllm-cu128", DEFAULT_LOCKS_DIR, "vllm-cu128").pins()
+    assert derived["transformers"] == venv["transformers"] == "5.0.0rc0"
+    assert {name: venv.get(name) for name in derived} == derived
