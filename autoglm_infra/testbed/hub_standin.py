@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import sys
 import threading
 import time
@@ -39,7 +38,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from autoglm_infra.testbed.servers import HttpReady, LoopbackServer, stop_pidfile
-from autoglm_infra.testbed.static_http import StaticFileHandler, StaticHTTPServer, serve_in_thread
+from autoglm_infra.testbed.static_http import (
+    StaticFileHandler,
+    StaticHTTPServer,
+    serve_in_thread,
+    serve_until_signalled,
+)
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".onnx", ".h5", ".msgpack")
 LFS_MIN_SIZE = 10 * 2**20
@@ -442,21 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         repo, _, src = item.partition("=")
         print(f"{repo}: {publish(hub, repo, Path(src))}", file=sys.stderr, flush=True)
     server = HubServer(hub, (args.bind, args.port), args.access_log)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2})
-    thread.start()
-    if args.port_file is not None:
-        tmp = args.port_file.with_name(args.port_file.name + ".tmp")
-        tmp.write_text(f"{server.port}\n")
-        tmp.replace(args.port_file)
-    print(f"hub stand-in on http://{args.bind}:{server.port}/", file=sys.stderr, flush=True)
-    while not stop.wait(1.0):
-        pass
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    banner = f"hub stand-in on http://{args.bind}:{server.port}/"
+    serve_until_signalled(server, banner, args.port_file)
     return 0
 
 

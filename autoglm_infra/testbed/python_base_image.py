@@ -25,14 +25,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoglm_infra.testbed.standin_image import (
+    MODELS_JSON,
+    add_user_and_health_files,
+    write_save_tarball,
+)
+from autoglm_infra.testbed.standin_image import image_config as standin_image_config
+
 ROOTS = ("python3-pip", "dash")
 # merged /usr: these are symlinks into /usr on Debian 12
 USR_LINKS = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
 SKIPPED = ("/usr/share/doc/", "/usr/share/man/", "/usr/share/locale/", "/usr/share/info/")
 PORT = 8000
-USER = "2000:0"
 MTIME = 1_700_000_000
-MODELS_JSON = {"object": "list", "data": [{"id": "autoglm-phone-9b", "object": "model"}]}
 DEFAULT_CACHE = Path.home() / ".cache" / "autoglm-infra" / "python-base-image"
 _NAME = re.compile(r"^([A-Za-z0-9.+-]+)")
 
@@ -182,28 +187,17 @@ def layer_tar(paths: Iterable[str]) -> bytes:
         _add_data(tar, "tmp", None, 0o1777)
         # where the cache volume is mounted: a fresh volume copies this owner and mode
         _add_data(tar, "home/vllm/.cache", None, 0o775, (2000, 0))
-        passwd = b"root:x:0:0::/root:/bin/sh\nvllm:x:2000:0::/home/vllm:/bin/sh\n"
-        _add_data(tar, "etc/passwd", passwd, 0o644)
-        _add_data(tar, "etc/group", b"root:x:0:\n", 0o644)
-        _add_data(tar, "www/health", b"ok\n", 0o644)
-        _add_data(tar, "www/v1/models", json.dumps(MODELS_JSON).encode(), 0o644)
+        add_user_and_health_files(tar)
     return out.getvalue()
 
 
 def image_config(diff_id: str) -> bytes:
-    config = {
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {
-            "User": USER,
-            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Cmd": ["python3", "-m", "http.server", str(PORT), "--directory", "/www"],
-            "WorkingDir": "/",
-        },
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        "history": [{"created_by": "autoglm_infra.testbed.python_base_image"}],
-    }
-    return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+    return standin_image_config(
+        diff_id,
+        path="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        cmd=("python3", "-m", "http.server", str(PORT), "--directory", "/www"),
+        created_by="autoglm_infra.testbed.python_base_image",
+    )
 
 
 def build_python_image(
@@ -219,18 +213,7 @@ def build_python_image(
     if tarball.exists() and id_file.exists():
         return PythonBaseImage(tarball, id_file.read_text().strip())
     layer = layer_tar(listed_paths(names))
-    layer_hex = hashlib.sha256(layer).hexdigest()
-    config = image_config(f"sha256:{layer_hex}")
-    config_hex = hashlib.sha256(config).hexdigest()
-    manifest = [{"Config": f"{config_hex}.json", "RepoTags": [tag],
-                 "Layers": [f"{layer_hex}/layer.tar"]}]  # fmt: skip
-    tarball.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tarball.with_name(tarball.name + ".tmp")
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-        _add_data(tar, layer_hex, None, 0o755)
-        _add_data(tar, f"{layer_hex}/layer.tar", layer, 0o644)
-        _add_data(tar, f"{config_hex}.json", config, 0o644)
-        _add_data(tar, "manifest.json", json.dumps(manifest).encode(), 0o644)
-    tmp.replace(tarball)
-    id_file.write_text(f"sha256:{config_hex}\n")
-    return PythonBaseImage(tarball, f"sha256:{config_hex}")
+    config = image_config(f"sha256:{hashlib.sha256(layer).hexdigest()}")
+    image_id = write_save_tarball(tarball, tag, layer, config)
+    id_file.write_text(f"{image_id}\n")
+    return PythonBaseImage(tarball, image_id)

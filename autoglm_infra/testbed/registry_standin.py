@@ -33,10 +33,8 @@ import io
 import json
 import os
 import re
-import signal
 import sys
 import tarfile
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -50,6 +48,7 @@ from autoglm_infra.testbed.static_http import (
     StaticFileHandler,
     StaticHTTPServer,
     read_access_log,
+    serve_until_signalled,
 )
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
@@ -217,17 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--access-log", type=Path)
     args = parser.parse_args(argv)
     server = StaticHTTPServer(args.root, (args.bind, args.port), RegistryHandler, args.access_log)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2})
-    thread.start()
-    print(f"registry stand-in on http://{args.bind}:{server.port}/v2/", file=sys.stderr, flush=True)
-    while not stop.wait(1.0):
-        pass
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    serve_until_signalled(server, f"registry stand-in on http://{args.bind}:{server.port}/v2/")
     return 0
 
 

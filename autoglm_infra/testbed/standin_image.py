@@ -93,54 +93,63 @@ def layer_tar(busybox: bytes) -> bytes:
         _add(tar, "bin/busybox", data=busybox, mode=0o755)
         for applet in APPLETS:
             _add(tar, f"bin/{applet}", kind=tarfile.SYMTYPE, link="busybox", mode=0o777)
-        _add(
-            tar,
-            "etc/passwd",
-            data=b"root:x:0:0::/root:/bin/sh\nvllm:x:2000:0::/home/vllm:/bin/sh\n",
-        )
-        _add(tar, "etc/group", data=b"root:x:0:\n")
-        _add(tar, "www/health", data=b"ok\n")
-        _add(tar, "www/v1/models", data=json.dumps(MODELS_JSON).encode())
+        add_user_and_health_files(tar)
     return out.getvalue()
 
 
-def image_config(diff_id: str) -> bytes:
+def add_user_and_health_files(tar: tarfile.TarFile) -> None:
+    """The vLLM image's user (2000:0) and the static /health and /v1/models answers."""
+    _add(
+        tar,
+        "etc/passwd",
+        data=b"root:x:0:0::/root:/bin/sh\nvllm:x:2000:0::/home/vllm:/bin/sh\n",
+    )
+    _add(tar, "etc/group", data=b"root:x:0:\n")
+    _add(tar, "www/health", data=b"ok\n")
+    _add(tar, "www/v1/models", data=json.dumps(MODELS_JSON).encode())
+
+
+def image_config(
+    diff_id: str,
+    *,
+    path: str = "/bin",
+    cmd: tuple[str, ...] = ("/bin/httpd", "-f", "-p", str(PORT), "-h", "/www"),
+    created_by: str = "autoglm_infra.testbed.standin_image",
+) -> bytes:
     config = {
         "architecture": "amd64",
         "os": "linux",
-        "config": {
-            "User": USER,
-            "Env": ["PATH=/bin"],
-            "Cmd": ["/bin/httpd", "-f", "-p", str(PORT), "-h", "/www"],
-            "WorkingDir": "/",
-        },
+        "config": {"User": USER, "Env": [f"PATH={path}"], "Cmd": list(cmd), "WorkingDir": "/"},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        "history": [{"created_by": "autoglm_infra.testbed.standin_image"}],
+        "history": [{"created_by": created_by}],
     }
     return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+
+
+def write_save_tarball(tarball: Path, tag: str, layer: bytes, config: bytes) -> str:
+    """A one-layer `docker save` file at `tarball` (written aside, then renamed); its image ID."""
+    layer_hex = hashlib.sha256(layer).hexdigest()
+    config_hex = hashlib.sha256(config).hexdigest()
+    manifest = [
+        {"Config": f"{config_hex}.json", "RepoTags": [tag], "Layers": [f"{layer_hex}/layer.tar"]}
+    ]
+    tarball.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tarball.with_name(tarball.name + ".tmp")
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        _add(tar, f"{layer_hex}", kind=tarfile.DIRTYPE, mode=0o755)
+        _add(tar, f"{layer_hex}/layer.tar", data=layer)
+        _add(tar, f"{config_hex}.json", data=config)
+        _add(tar, "manifest.json", data=json.dumps(manifest).encode())
+    tmp.replace(tarball)
+    return f"sha256:{config_hex}"
 
 
 def build_image(cache_dir: Path, tag: str = "autoglm/standin-engine:1") -> StandinImage:
     """The stand-in's `docker save` tarball under cache_dir (reused when already built)."""
     layer = layer_tar(ensure_busybox().read_bytes())
-    layer_hex = hashlib.sha256(layer).hexdigest()
-    config = image_config(f"sha256:{layer_hex}")
+    config = image_config(f"sha256:{hashlib.sha256(layer).hexdigest()}")
     config_hex = hashlib.sha256(config).hexdigest()
     tarball = Path(cache_dir) / f"standin-engine-{config_hex[:16]}.tar"
     if not tarball.exists():
-        tarball.parent.mkdir(parents=True, exist_ok=True)
-        manifest = [
-            {
-                "Config": f"{config_hex}.json",
-                "RepoTags": [tag],
-                "Layers": [f"{layer_hex}/layer.tar"],
-            }
-        ]
-        tmp = tarball.with_name(tarball.name + ".tmp")
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-            _add(tar, f"{layer_hex}", kind=tarfile.DIRTYPE, mode=0o755)
-            _add(tar, f"{layer_hex}/layer.tar", data=layer)
-            _add(tar, f"{config_hex}.json", data=config)
-            _add(tar, "manifest.json", data=json.dumps(manifest).encode())
-        tmp.replace(tarball)
+        write_save_tarball(tarball, tag, layer, config)
     return StandinImage(tarball, f"sha256:{config_hex}")

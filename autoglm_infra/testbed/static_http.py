@@ -542,30 +542,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     server = make_server(args.root, args.bind, args.port, args.access_log)
+    host = f"[{args.bind}]" if ":" in args.bind else args.bind
+    serve_until_signalled(
+        server, f"serving {server.root} on http://{host}:{server.port}/", args.port_file
+    )
+    print("stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+def serve_until_signalled(
+    server: StaticHTTPServer, banner: str, port_file: Path | None = None
+) -> None:
+    """Serve until SIGTERM/SIGINT (a stand-in's own process), then shut down cleanly.
+
+    shutdown() blocks until serve_forever returns, so serving runs in a thread and the main
+    thread stays free to react to signals. `port_file` gets the bound port once serving.
+    """
     stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    # shutdown() blocks until serve_forever returns, so serve in a thread and keep the
-    # main thread free to react to signals.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2})
     thread.start()
-    host = f"[{args.bind}]" if ":" in args.bind else args.bind
-    print(f"serving {server.root} on http://{host}:{server.port}/", file=sys.stderr, flush=True)
-    if args.port_file is not None:
-        tmp = args.port_file.with_name(args.port_file.name + ".tmp")
+    print(banner, file=sys.stderr, flush=True)
+    if port_file is not None:
+        tmp = port_file.with_name(port_file.name + ".tmp")
         tmp.write_text(f"{server.port}\n")
-        tmp.replace(args.port_file)
+        tmp.replace(port_file)
     while not stop.wait(1.0):
         pass
     server.shutdown()
     server.server_close()
     thread.join(timeout=10)
-    print("stopped", file=sys.stderr, flush=True)
-    return 0
 
 
 if __name__ == "__main__":
