@@ -23,7 +23,6 @@ from autoglm_infra.testbed.servers import (
     LoopbackServer,
     StandinLifecycle,
     port_is_free,
-    stop_pidfile,
 )
 
 CACHE_DIR = DEFAULT_CACHE_DIR.parent / "apt-cacher-ng"
@@ -104,14 +103,6 @@ class AptMirrorStandin(StandinLifecycle):
         )
         self._server.start()
         return self
-
-    def stop(self) -> None:
-        """Stop our server, or a detached one an earlier process recorded in the pidfile."""
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-        elif self.pidfile.exists():
-            stop_pidfile(self.pidfile)
 
     def served(self) -> list[tuple[str, str]]:
         """(client address, path) of every file it delivered since start ('O' log lines).

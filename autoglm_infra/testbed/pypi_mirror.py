@@ -35,7 +35,6 @@ from autoglm_infra.testbed.servers import (
     LoopbackServer,
     StandinLifecycle,
     free_port,
-    stop_pidfile,
 )
 
 DEFAULT_WHEEL_CACHE = Path.home() / ".cache" / "autoglm-infra" / "wheels"
@@ -227,11 +226,3 @@ class PypiMirror(StandinLifecycle):
         )
         self._server.start()
         return self
-
-    def stop(self) -> None:
-        """Stop our server, or a detached one an earlier process recorded in the pidfile."""
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-        elif self.pidfile.exists():
-            stop_pidfile(self.pidfile)

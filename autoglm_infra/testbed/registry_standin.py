@@ -254,11 +254,6 @@ class RegistryStandin(StandinLifecycle):
         self._server.start()
         return self
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-
     def requests(self) -> list[AccessLogEntry]:
         """Every request served so far (the readiness probe's GET /v2/ included)."""
         return read_access_log(self.access_log)

@@ -218,13 +218,25 @@ atexit.register(_stop_leftovers)
 
 
 class StandinLifecycle:
-    """`with Standin(...) as s:` for stand-ins that define start() and stop()."""
+    """`with Standin(...) as s:` for stand-ins that define start() (and may override stop()).
+
+    The default stop() ends the server start() made (`_server`), or else a detached one an
+    earlier process recorded in `pidfile`, where the stand-in has one.
+    """
+
+    _server: LoopbackServer | None
 
     def start(self) -> Self:
         raise NotImplementedError
 
     def stop(self) -> None:
-        raise NotImplementedError
+        server = getattr(self, "_server", None)
+        pidfile: Path | None = getattr(self, "pidfile", None)
+        if server is not None:
+            server.stop()
+            self._server = None
+        elif pidfile is not None and pidfile.exists():
+            stop_pidfile(pidfile)
 
     def __enter__(self) -> Self:
         return self.start()
