@@ -9,11 +9,12 @@ SANDBOX := $(PY) -m autoglm_infra.testbed.hosts
 APT_PACKAGES := debootstrap systemd-container iptables zstd openssh-client gnupg dpkg-dev apt-utils vagrant busybox-static apt-cacher-ng openssl curl systemd python3-pip
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: help deps venv lint typecheck unit integration test slow demo sandbox sandbox-down bench docs clean
+.PHONY: help deps venv lint typecheck unit integration test test-under-load slow demo sandbox sandbox-down bench docs clean
 
 help:
 	@echo "make demo          converge two throw-away sandbox hosts end to end, twice"
 	@echo "make test          lint, type check, unit and sandbox integration tests"
+	@echo "make test-under-load   make test with every core kept busy by stress-ng"
 	@echo "make sandbox HOSTS=n / make sandbox-down   boot / remove sandbox hosts"
 	@echo "make bench         no-op re-run and fan-out benchmarks"
 	@echo "make docs          regenerate the README variable table and group_data/all.py"
@@ -51,6 +52,10 @@ integration: venv deps
 # One pytest session, so the sandbox hosts and stand-ins boot once for the whole run.
 test: lint typecheck deps
 	$(VENV)/bin/pytest -q
+
+# The same suite with every core busy (LOAD_IO=1, AUTOGLM_SANDBOX_CPU_QUOTA=50: heavier).
+test-under-load:
+	scripts/test-under-load
 
 # Outside `make test`: installs the production GPU lock (~4 GB from PyPI, ~7 min).
 slow: venv

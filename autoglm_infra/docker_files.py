@@ -230,7 +230,9 @@ def health_gate_argv(name: str, timeout_s: int) -> list[str]:
         f"s=$({DOCKER} inspect -f '{{{{.State.Health.Status}}}}' {name} 2>/dev/null); "
         'case "$s" in healthy) exit 0;; unhealthy) echo "container unhealthy" >&2; exit 1;; '
         "esac; "
-        '[ "$(date +%s)" -lt "$end" ] || { echo "not healthy in time" >&2; exit 1; }; '
+        '[ "$(date +%s)" -lt "$end" ] || '
+        f'{{ echo "not healthy within {timeout_s} s (last health status: ${{s:-none}})" >&2; '
+        "exit 1; }; "
         "sleep 2; done"
     )
     return ["/bin/sh", "-c", script]

@@ -473,6 +473,16 @@ def _cgroup_hierarchies() -> list[tuple[Path, str]]:
     return result
 
 
+def _limit_cpu(cg: Path, percent: int, period_us: int = 100_000) -> None:
+    """Cap a cgroup's CPU time (cgroup v1 cpu.cfs_*, or v2 cpu.max where enabled)."""
+    quota_us = period_us * percent // 100
+    if (cg / "cpu.cfs_quota_us").exists():
+        (cg / "cpu.cfs_period_us").write_text(f"{period_us}\n")
+        (cg / "cpu.cfs_quota_us").write_text(f"{quota_us}\n")
+    elif (cg / "cpu.max").exists():
+        (cg / "cpu.max").write_text(f"{quota_us} {period_us}\n")
+
+
 def _cgroup_procs(cg: Path) -> list[int]:
     pids: list[int] = []
     for dirpath, _dirs, files in os.walk(cg):
@@ -516,7 +526,14 @@ def _remove_cgroup(cg: Path, timeout: float = 30) -> None:
 class Sandbox:
     """One named sandbox: a bridge on 10.231.<net>.0/24 plus any number of nspawn hosts."""
 
-    def __init__(self, name: str, net: int, state_dir: Path, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        net: int,
+        state_dir: Path,
+        cache_dir: Path | None = None,
+        cpu_quota_percent: int | None = None,
+    ) -> None:
         if not _NAME_RE.match(name):
             raise SandboxError(
                 f"sandbox name {name!r} must match {_NAME_RE.pattern} (interface names "
@@ -524,8 +541,18 @@ class Sandbox:
             )
         if not 1 <= net <= 254:
             raise SandboxError(f"net must be 1..254 (third octet of 10.231.<net>.0/24), got {net}")
+        if cpu_quota_percent is not None and not 1 <= cpu_quota_percent <= 100 * (
+            os.cpu_count() or 1
+        ):
+            raise SandboxError(
+                f"cpu quota {cpu_quota_percent}% must be 1..{100 * (os.cpu_count() or 1)} "
+                "(percent of one core per host)"
+            )
         self.name = name
         self.net = net
+        # CPU time each host may use (percent of one core); None: unlimited. Starving the
+        # hosts shows the waits that only hold on a quiet machine.
+        self.cpu_quota_percent = cpu_quota_percent
         self.state_dir = Path(state_dir).absolute()
         if any(c in str(self.state_dir) for c in ",: \t\n"):
             raise SandboxError(f"state dir {self.state_dir} may not contain , : or whitespace")
@@ -933,8 +960,7 @@ class Sandbox:
             self._air_gap(rec)  # before boot: the host never has a route out
         rec.cgroups = [str(p) for p in self._make_cgroups(f"ag-{self.name}-{rec.index}")]
 
-    @staticmethod
-    def _make_cgroups(leaf: str) -> list[Path]:
+    def _make_cgroups(self, leaf: str) -> list[Path]:
         """A child cgroup in every hierarchy: with --keep-unit and no host systemd, nspawn
         puts payload/ and supervisor/ under its current cgroup, so hosts would share one."""
         made: list[Path] = []
@@ -945,6 +971,8 @@ class Sandbox:
             if (parent / "cpuset.cpus").exists():  # v1 cpuset children start empty
                 for f in ("cpuset.cpus", "cpuset.mems"):
                     (cg / f).write_text((parent / f).read_text())
+            if self.cpu_quota_percent is not None:
+                _limit_cpu(cg, self.cpu_quota_percent)
             made.append(cg)
         return made
 

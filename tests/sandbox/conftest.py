@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SANDBOX_NAME = os.environ.get("AUTOGLM_SANDBOX_NAME", "pytest")
 SANDBOX_NET = int(os.environ.get("AUTOGLM_SANDBOX_NET", "2"))
 STATE_DIR = Path(os.environ.get("AUTOGLM_SANDBOX_STATE_DIR", str(ROOT / ".sandbox" / SANDBOX_NAME)))
+# Percent of one core each host may use (README: running the suite under load); unset: no cap.
+CPU_QUOTA = os.environ.get("AUTOGLM_SANDBOX_CPU_QUOTA", "")
 PYINFRA = str(ROOT / ".venv" / "bin" / "pyinfra")
 
 HostFactory = Callable[..., list[SandboxHost]]
@@ -52,7 +54,17 @@ def sandbox() -> Iterator[Sandbox]:
             "boot systemd-nspawn hosts). Run them as root, or deselect them: -m 'not sandbox'.",
             pytrace=False,
         )
-    sb = Sandbox(SANDBOX_NAME, SANDBOX_NET, STATE_DIR)
+    if CPU_QUOTA and not CPU_QUOTA.isdigit():
+        pytest.fail(
+            f"AUTOGLM_SANDBOX_CPU_QUOTA={CPU_QUOTA!r}: give a whole percent such as 50",
+            pytrace=False,
+        )
+    try:
+        sb = Sandbox(
+            SANDBOX_NAME, SANDBOX_NET, STATE_DIR, cpu_quota_percent=int(CPU_QUOTA or 0) or None
+        )
+    except SandboxError as exc:
+        pytest.fail(str(exc), pytrace=False)
     # A concurrent session on the same machine waits here instead of tearing our hosts down.
     with sb.exclusive():
         try:

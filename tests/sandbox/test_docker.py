@@ -9,7 +9,6 @@ is a busybox health server loaded from a `docker save` tarball (no registry here
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from autoglm_infra.docker_args import (
 )
 from autoglm_infra.testbed.converge import converge_twice, describe_failure, run_pyinfra
 from autoglm_infra.testbed.hosts import SandboxHost, write_inventory
+from autoglm_infra.testbed.waiting import container_state, health_of, unit_properties, wait_until
 from autoglm_infra.testbed.world import Standins, docker_host_data
 
 DEPLOY = "deploys/docker.py"
@@ -62,17 +62,12 @@ def inspect(host: SandboxHost) -> dict[str, Any]:
     return dict(doc[0])
 
 
-def wait_healthy(host: SandboxHost, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = host.ssh(f"docker inspect {CONTAINER_NAME}", check=False)
-        if result.returncode == 0:
-            doc = dict(json.loads(result.stdout)[0])
-            if doc["State"].get("Health", {}).get("Status") == "healthy":
-                return doc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{CONTAINER_NAME} not healthy within {timeout} s")
-        time.sleep(1)
+def wait_healthy(host: SandboxHost) -> dict[str, Any]:
+    return wait_until(
+        lambda: container_state(host, CONTAINER_NAME),
+        lambda doc: health_of(doc) == "healthy",
+        f"container {CONTAINER_NAME} healthy",
+    )
 
 
 def test_converge_runs_hardened_container_and_second_run_changes_nothing(
@@ -231,17 +226,18 @@ def test_kill_9_of_the_container_process_brings_the_service_back(
 ) -> None:
     host, _ = world
     before = inspect(host)
+    restarts_before = int(unit_properties(host, UNIT, "NRestarts")["NRestarts"])
     host.ssh(f"kill -9 {before['State']['Pid']}")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        again = host.ssh(f"docker inspect -f '{{{{.Id}}}}' {CONTAINER_NAME}", check=False)
-        if again.returncode == 0 and again.stdout.strip() != before["Id"]:
-            break
-        time.sleep(1)
-    wait_healthy(host)
-    restarts = host.ssh(f"systemctl show {UNIT} -p NRestarts --value").stdout.strip()
-    assert int(restarts) >= 1
-    assert host.ssh(f"systemctl is-active {UNIT}").stdout.strip() == "active"
+    # After a restart the unit stays `activating` until its health gate has seen the new
+    # container healthy: wait for the unit's own `active`, never assert the transition.
+    unit = wait_until(
+        lambda: unit_properties(host, UNIT, "ActiveState", "SubState", "NRestarts"),
+        lambda u: u["ActiveState"] == "active" and int(u["NRestarts"]) > restarts_before,
+        f"{UNIT} active again after a restart",
+    )
+    assert unit["SubState"] == "running", unit
+    after = wait_healthy(host)
+    assert after["Id"] != before["Id"], "the unit recreates the container"
 
 
 def test_changed_flag_recreates_container_exactly_once(world: tuple[SandboxHost, Path]) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from autoglm_infra.testbed.registry_standin import (
 )
 from autoglm_infra.testbed.standin_image import build_image
 from autoglm_infra.testbed.static_http import AccessLogEntry
+from autoglm_infra.testbed.waiting import container_state, health_of, wait_until
 from autoglm_infra.testbed.world import (
     IMAGE_CACHE,
     STANDIN_KEY_DIR,
@@ -132,14 +132,12 @@ def pulls(entries: list[AccessLogEntry]) -> list[tuple[str, str, str, int]]:
     return [(e.client, e.method, e.path, e.status) for e in entries if e.path.count("/") > 2]
 
 
-def wait_healthy(host: SandboxHost, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    fmt = "'{{.State.Health.Status}}'"
-    while host.ssh(f"docker inspect -f {fmt} {CONTAINER_NAME}", check=False).stdout.strip() != (
-        "healthy"
-    ):
-        assert time.monotonic() < deadline, f"{CONTAINER_NAME} not healthy within {timeout} s"
-        time.sleep(1)
+def wait_healthy(host: SandboxHost) -> None:
+    wait_until(
+        lambda: health_of(container_state(host, CONTAINER_NAME)),
+        lambda status: status == "healthy",
+        f"container {CONTAINER_NAME} healthy",
+    )
 
 
 def test_image_pinned_by_digest_is_pulled_through_the_mirror_once(world: World) -> None:

@@ -13,6 +13,7 @@ import pytest
 from autoglm_infra.testbed.converge import describe_failure, run_pyinfra
 from autoglm_infra.testbed.hosts import Sandbox, SandboxHost, write_inventory
 from autoglm_infra.testbed.proxy import ProxyStandin
+from autoglm_infra.testbed.waiting import unit_properties, wait_until
 from autoglm_infra.testbed.world import (
     TINY_MODEL_DIR,
     Standins,
@@ -119,9 +120,13 @@ def crash_loop(converged: tuple[SandboxHost, Path]) -> Iterator[None]:
     host.ssh(
         f"mkdir -p $(dirname {drop_in}) && "
         f"printf '[Service]\\nExecStart=\\nExecStart=/bin/false\\n' > {drop_in} && "
-        f"systemctl daemon-reload && systemctl restart --no-block {UNIT} && "
-        f"for i in $(seq 100); do systemctl show -p SubState {UNIT} | grep -q auto-restart "
-        "&& break; sleep 0.2; done"
+        f"systemctl daemon-reload && systemctl restart --no-block {UNIT}"
+    )
+    # the state the doctor must name: waiting to restart after a crash
+    wait_until(
+        lambda: unit_properties(host, UNIT, "ActiveState", "SubState", "NRestarts"),
+        lambda u: u["SubState"] == "auto-restart",
+        f"{UNIT} crash-looping (auto-restart)",
     )
     yield
     host.ssh(
@@ -174,7 +179,11 @@ def listener_on_all_interfaces(converged: tuple[SandboxHost, Path]) -> Iterator[
     pid = host.ssh(
         "nohup python3 -m http.server --bind 0.0.0.0 8001 >/dev/null 2>&1 & echo $!"
     ).stdout.strip()
-    host.ssh("for i in $(seq 50); do ss -ltnH | grep -q ':8001 ' && break; sleep 0.1; done")
+    wait_until(
+        lambda: host.ssh("ss -ltnH 'sport = :8001'").stdout,
+        lambda out: "0.0.0.0:8001" in out,
+        "a listener on 0.0.0.0:8001",
+    )
     yield 8001
     host.ssh(f"kill {pid}")
 

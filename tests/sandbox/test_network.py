@@ -26,6 +26,7 @@ from autoglm_infra.testbed.hosts import DEFAULT_CACHE_DIR, Sandbox, SandboxHost,
 from autoglm_infra.testbed.npm_registry import NpmRegistryStandin
 from autoglm_infra.testbed.proxy import ProxyStandin
 from autoglm_infra.testbed.pypi_mirror import PypiMirror
+from autoglm_infra.testbed.waiting import wait_until
 from autoglm_infra.testbed.world import controller_address
 
 DEPLOY = "deploys/network.py"
@@ -137,7 +138,8 @@ class ArgvWatch:
         "mkdir -p /run/scan && umask 077 && cat > /run/scan/patterns && : > /run/scan/hits && "
         "touch /run/scan/stamp /run/scan/on\n"
         "(while [ -e /run/scan/on ]; do grep -a -l -F -f /run/scan/patterns /proc/[0-9]*/cmdline"
-        " >> /run/scan/hits 2>/dev/null; sleep 0.02; done) </dev/null >/dev/null 2>&1 &\n"
+        " >> /run/scan/hits 2>/dev/null; sleep 0.02; done; touch /run/scan/done)"
+        " </dev/null >/dev/null 2>&1 &\n"
     )
 
     def __init__(self, host: SandboxHost, needles: list[str]) -> None:
@@ -168,7 +170,12 @@ class ArgvWatch:
     def __exit__(self, *exc: object) -> None:
         self._running = False
         self._thread.join()
-        self.host_hits = on_host(self.host, "rm -f /run/scan/on; sleep 0.1; cat /run/scan/hits")
+        # the scan's last pass may still be writing: wait until the loop itself has ended
+        self.host_hits = on_host(
+            self.host,
+            "rm -f /run/scan/on; timeout 120 sh -c 'until [ -e /run/scan/done ]; do sleep 0.05;"
+            " done' && cat /run/scan/hits",
+        )
 
 
 def converge(world: World, data: dict[str, object], *extra: str) -> ConvergeResult:
@@ -193,7 +200,21 @@ def files_holding_secrets(host: SandboxHost) -> list[str]:
 def test_argv_watch_sees_a_secret_on_a_command_line(world: World) -> None:
     needle = "leak-" + secrets.token_hex(6)
     with ArgvWatch(world.host, [needle]) as watch:
-        world.host.ssh(f"sleep 1 || true {needle}")
+        # The command lives until both scans saw it, however slow a loaded machine is.
+        # (its shell waits on cat until the controller closes stdin: nothing is left behind)
+        leak = subprocess.Popen(
+            world.host.ssh_argv(f"cat >/dev/null; true {needle}"), stdin=subprocess.PIPE
+        )
+        try:
+            wait_until(
+                lambda: (on_host(world.host, "cat /run/scan/hits"), watch.controller_hits[:]),
+                lambda seen: "/cmdline" in seen[0] and any(needle in h for h in seen[1]),
+                "both argv scans to see the command line",
+            )
+        finally:
+            assert leak.stdin is not None
+            leak.stdin.close()
+            leak.wait(timeout=120)
     assert "/cmdline" in watch.host_hits, "the host-side scan would miss a leak"
     assert any(needle in hit for hit in watch.controller_hits)
 
@@ -258,18 +279,13 @@ def test_apt_pip_and_npm_go_through_the_proxy_to_the_mirrors(world: World) -> No
         "node /opt/npm-cli/package/bin/npm-cli.js view left-pad version",
     )
     assert version.strip() == "1.3.0"
-    deadline = time.monotonic() + 15  # verdaccio writes its log asynchronously
 
     def authenticated(lines: list[str]) -> bool:
         return any(f"user: ci({world.proxy.bind})" in x and "GET /left-pad" in x for x in lines)
 
-    # Wait for the authenticated line itself: an anonymous line for the same path can be
-    # logged first (seen once in a full session), and stopping there raced the log writer.
-    seen = world.npm.requests_seen()
-    while not authenticated(seen) and time.monotonic() < deadline:
-        time.sleep(0.2)
-        seen = world.npm.requests_seen()
-    assert authenticated(seen), [x for x in seen if "left-pad" in x]
+    # verdaccio writes its log asynchronously. Wait for the authenticated line itself: an
+    # anonymous line for the same path can be logged first (seen once in a full session).
+    wait_until(world.npm.requests_seen, authenticated, "verdaccio's log of the proxied GET")
     through = world.proxy.access_lines()[before:]
     assert any(x.startswith(f"GET {world.npm.url.split('/')[2]}/") for x in through), through
     mirror_host = world.mirror.base.split("//")[1]

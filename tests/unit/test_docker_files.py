@@ -98,6 +98,11 @@ def test_health_gate_script_is_valid_sh_and_fails_when_docker_says_unhealthy(
     assert result.returncode == 1 and "unhealthy" in result.stderr
     fake.write_text("#!/bin/sh\necho healthy\n")
     assert subprocess.run(["/bin/sh", "-c", script]).returncode == 0
+    fake.write_text("#!/bin/sh\necho starting\n")
+    late = subprocess.run(["/bin/sh", "-c", script.replace("+ 5 ))", "+ 0 ))")],
+                          capture_output=True, text=True)  # fmt: skip
+    assert late.returncode == 1
+    assert "not healthy within 5 s (last health status: starting)" in late.stderr
 
 
 @pytest.mark.parametrize("arg", ["plain", "a b", 'q"uote', "50%", "$HOME", "back\\slash"])
