@@ -147,7 +147,8 @@ class SandboxHost:
             "StrictHostKeyChecking": "no" if probe else "accept-new",
             "HashKnownHosts": "no",  # plain entries, so `up` can drop them by address
             "LogLevel": "ERROR",
-            "ConnectTimeout": "2" if probe else "5",
+            # boot polling retries fast; a test's command waits for a starved sshd's banner
+            "ConnectTimeout": "2" if probe else "30",
         }
         # -F /dev/null: the controller's ~/.ssh/config must not change what tests see
         argv = ["ssh", "-F", "/dev/null", "-i", str(self.ssh_key), "-p", str(self.ssh_port)]

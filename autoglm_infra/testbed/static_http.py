@@ -216,6 +216,8 @@ class StaticHTTPServer(ThreadingHTTPServer):
     ) -> None:
         self.root = Path(root).resolve(strict=True)
         self.access_log = AccessLog(access_log) if access_log is not None else None
+        self._open_connections = 0
+        self._connections_lock = threading.Lock()
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, handler_class or StaticFileHandler)
@@ -224,6 +226,21 @@ class StaticHTTPServer(ThreadingHTTPServer):
     def port(self) -> int:
         port: int = self.server_address[1]
         return port
+
+    @property
+    def open_connections(self) -> int:
+        """Connections still being served: their requests are not all in the access log yet."""
+        with self._connections_lock:
+            return self._open_connections
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._open_connections += 1
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._connections_lock:
+                self._open_connections -= 1
 
     def server_close(self) -> None:
         super().server_close()
