@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pyinfra.api import FactBase
-
 from autoglm_infra.doctor_probe import (
     DoctorProbe,
     as_user_prefix,
@@ -27,6 +25,7 @@ from autoglm_infra.doctor_probe import (
     venv_section,
 )
 from autoglm_infra.model_state import listing_script
+from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
 from autoglm_infra.pyinfra_ext.verify_ops import smoke_command
 from autoglm_infra.python_env import STAMP_FILE
 
@@ -72,7 +71,7 @@ def doctor_script(
     return "\n".join(sections)
 
 
-class DoctorProbeFact(FactBase[DoctorProbe]):
+class DoctorProbeFact(TypedFact[DoctorProbe]):
     """Everything the doctor's stage checks read, in one command."""
 
     def command(self, script: str) -> str:  # type: ignore[override]
