@@ -34,6 +34,7 @@ class SmiGpu:
 
 @dataclass(frozen=True)
 class GpuProbe:
+    read: bool = False  # the probe ran (its first line); an empty probe read nothing
     smi_installed: bool = False
     smi_error: str = ""  # first line nvidia-smi printed when it failed
     gpus: tuple[SmiGpu, ...] = ()
@@ -50,6 +51,7 @@ def probe_script(package_patterns: Sequence[str]) -> str:
     return "\n".join(
         [
             "export LC_ALL=C",
+            "echo probe=gpu",
             "if command -v nvidia-smi >/dev/null 2>&1; then echo smi=installed",
             f"  if out=$(nvidia-smi --query-gpu={_SMI_QUERY} --format=csv,noheader,nounits 2>&1)",
             '  then printf "%s\\n" "$out" | sed "s/^/gpu=/"',
@@ -93,6 +95,7 @@ def parse_probe(lines: Sequence[str]) -> GpuProbe:
         else:
             values.setdefault(key, value.strip())
     return GpuProbe(
+        read=values.get("probe") == "gpu",
         smi_installed=values.get("smi") == "installed",
         smi_error=values.get("smi_error", ""),
         gpus=tuple(gpus),
@@ -128,6 +131,15 @@ def evaluate_gpu(
     packages: Sequence[tuple[str, str]],
 ) -> list[Check]:
     """Every check of the GPU acceptance deploy, in the order an operator reads them."""
+    if not probe.read:
+        return [
+            Check(
+                "gpu probe",
+                "fail",
+                "the GPU probe printed nothing: nvidia-smi, modules and packages not read",
+                "run again with -vv to see the probe's output and error",
+            )
+        ]
     checks = [_packages_check(probe, packages)]
     if probe.reboot_required:
         checks.append(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from autoglm_infra.doctor_probe import (
+    END_MARK,
     DoctorProbe,
     as_user_prefix,
     cache_entries_section,
@@ -22,6 +23,7 @@ from autoglm_infra.doctor_probe import (
     paths_section,
     reach_section,
     unit_section,
+    user_section,
     venv_section,
 )
 from autoglm_infra.model_state import listing_script
@@ -62,11 +64,12 @@ def doctor_script(
         reach_section(targets, dict(env)),
         lsm_section(unit),
         paths_section(as_user, path_roles),
+        user_section(access_user or user),
         model_access_section(as_user, model_dir),
         cache_entries_section(user, stamp, compile_caches, cache_home) if cache_home else "true",
         # the heredoc must end on its own line, so the group closes on the next one
         f"{{ {smoke_command(smoke_args)}\n}} | sed 's/^/SM /'",
-        "true",
+        f"echo {END_MARK}",
     ]
     return "\n".join(sections)
 

@@ -46,6 +46,16 @@ def test_read_only_deploys_print_a_table_without_traceback_at_local(deploy: str)
     assert "An exception occurred" not in output, output[-3000:]
     if deploy != "preflight.py":
         assert "status  evidence / fix" in output, output[-3000:]
+    if deploy == "doctor.py":
+        rows = {
+            line.split()[0] + " " + line.split()[1]: line
+            for line in output.splitlines()
+            if line.startswith("  ") and len(line.split()) > 2
+        }
+        assert "Secure Boot unknown" not in output
+        if "AutoGLM-Phone-9B does not exist" in output:  # the usual test machine
+            for name in ("model access", "context length"):
+                assert " ok " not in rows.get(name, ""), rows.get(name)
 
 
 def test_every_fact_is_typed_when_its_command_prints_nothing() -> None:
