@@ -13,7 +13,7 @@ from pathlib import Path
 from autoglm_infra import docker_files
 from autoglm_infra import python_env as pe
 from autoglm_infra import service_unit as su
-from autoglm_infra.checks import Check
+from autoglm_infra.checks import Check, Status
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.docker_args import CONTAINER_NAME, api_key_path
 from autoglm_infra.doctor import exposure_check, host_checks, parse_listeners
@@ -39,9 +39,10 @@ from autoglm_infra.doctor_probe import DoctorProbe
 from autoglm_infra.doctor_service import containers_check, health_check, unit_check
 from autoglm_infra.gpu_checks import GpuProbe, evaluate_gpu
 from autoglm_infra.host_profile import HostProfile
+from autoglm_infra.installed_stack import installed_stack
 from autoglm_infra.preflight import Minimums
 from autoglm_infra.stack.resolver import StackPlan
-from autoglm_infra.stack_request import plan_for_host, plan_packages
+from autoglm_infra.stack_adopt import KEEP, REFUSE, HostPlan, host_plan
 
 
 @dataclass(frozen=True)
@@ -88,12 +89,13 @@ def gpu_rows(
 ) -> tuple[list[Check], StackPlan | None]:
     """The GPU acceptance rows (gpu_check and the doctor) and the plan they compare with."""
     try:
-        plan = plan_for_host(settings, profile)
+        host = host_plan(settings, profile, installed_stack(probe))
     except ValueError as exc:  # StackError: the configuration cannot work on this host
         return [Check("stack plan", "fail", str(exc), "fix the nvidia_* / cuda_* keys")], None
-    checks = evaluate_gpu(
-        profile, probe, plan.driver_version, plan.cuda_version, plan_packages(plan)
-    )
+    plan = host.plan
+    checks = evaluate_gpu(profile, probe, plan.driver_version, plan.cuda_version, host.packages)
+    if probe.read:
+        checks = [*component_checks(host), *checks]
     if not profile.gpus and not settings.nvidia_require_gpu:
         # A GPU-less host by configuration: its missing GPU is expected, not a failure.
         checks = [
@@ -103,6 +105,17 @@ def gpu_rows(
             for c in checks
         ]
     return checks, plan
+
+
+def component_checks(host: HostPlan) -> list[Check]:
+    """One row per component: keep (read on the host), install/upgrade (a converge does
+    it) or refuse (the NVIDIA stage stops; the reason says how to go on)."""
+    rows = []
+    for c in host.components:
+        status: Status = "ok" if c.action == KEEP else "fail" if c.action == REFUSE else "warn"
+        fix = "" if c.action == REFUSE else "converge deploys/nvidia.py"
+        rows.append(Check(f"{c.name}: {c.action}", status, c.why, fix or c.why))
+    return rows
 
 
 def doctor_checks(
