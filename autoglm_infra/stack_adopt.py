@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from packaging.version import InvalidVersion, Version
+
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.host_profile import HostProfile
 from autoglm_infra.installed_stack import DPKG, InstalledStack
-from autoglm_infra.stack.facts_table import parse_version
+from autoglm_infra.stack.facts_table import default_stack_table, parse_version
 from autoglm_infra.stack.resolver import (
     AptPackage,
     StackError,
@@ -68,15 +70,27 @@ def _adoptable(settings: Settings, profile: HostProfile, found: InstalledStack) 
 def _request(
     settings: Settings, profile: HostProfile, found: InstalledStack, branch: str
 ) -> StackRequest:
-    prefer = tuple(v for v, _ in found.cuda_toolkits)
-    if found.cuda_supported and found.cuda_supported not in prefer:
-        prefer += (found.cuda_supported,)  # the driver's own CUDA capability
+    prefer = [v for v, _ in found.cuda_toolkits]
+    if ceiling := _version(found.cuda_supported):  # the driver's own CUDA capability
+        below = [c.version for c in default_stack_table().cuda_toolkits]
+        prefer += sorted(
+            (v for v in below if (ver := _version(v)) and ver <= ceiling and v not in prefer),
+            key=parse_version,
+            reverse=True,
+        )
     return replace(
         stack_request(settings, profile),
         driver_branch=branch,
         adopted_driver=found.driver_version,
-        prefer_cuda=prefer,
+        prefer_cuda=tuple(prefer),
     )
+
+
+def _version(text: str) -> Version | None:
+    try:
+        return Version(text) if text else None
+    except InvalidVersion:
+        return None
 
 
 def host_plan(settings: Settings, profile: HostProfile, found: InstalledStack) -> HostPlan:

@@ -135,3 +135,30 @@ def test_holds_of_the_host_are_respected_and_reported() -> None:
     driver = decided.components[0]
     assert driver.action == REFUSE and "apt-mark unhold nvidia-driver-580-open" in driver.why
     assert UPGRADE in driver.why and decided.packages == []
+
+
+def _driver_host(version: str, cuda: str) -> list[str]:
+    """A probe of a host running `version` from a vendor image (outside apt), no toolkit."""
+    return [
+        "probe=gpu", "smi=installed",
+        f"gpu=0, 00000000:00:06.0, NVIDIA H200, {version}, Enabled, 143771",
+        f"cuda={cuda}", f"module={version}", "uvm=loaded",
+    ]  # fmt: skip
+
+
+def test_current_branches_595_and_620_are_known_and_adopted() -> None:
+    for version, cuda in (("595.71.05", "13.2"), ("620.70.06", "13.2")):
+        found = installed_stack(parse_probe(_driver_host(version, cuda)))
+        decided = host_plan(Settings(), H200_HOST, found)
+        assert decided.components[0].action == KEEP, decided.components[0]
+        # the newest CUDA at or below the driver's own that has an engine wheel
+        assert (decided.plan.driver_version, decided.plan.cuda_version) == (version, "13.0")
+        assert decided.plan.driver_packages == () and decided.refusal == ""
+
+
+def test_a_driver_branch_the_table_does_not_know_is_not_stacked_over() -> None:
+    found = installed_stack(parse_probe(_driver_host("610.57.04", "13.2")))
+    decided = host_plan(Settings(), H200_HOST, found)
+    assert decided.components[0].action == REFUSE
+    assert not [n for n, _ in decided.packages if n.startswith(("nvidia-", "cuda-drivers"))]
+    assert "cannot be kept" in decided.refusal and "nvidia-uninstall" in decided.refusal
