@@ -19,7 +19,7 @@ from autoglm_infra.nvidia_files import REBOOT_REQUIRED
 
 # Open-AutoGLM recommends 24 GB or more of GPU memory for the 9B model.
 RECOMMENDED_VRAM_MIB = 24 * 1024
-_SMI_QUERY = "index,pci.bus_id,name,driver_version,persistence_mode,memory.total"
+SMI_QUERY = "index,pci.bus_id,name,driver_version,persistence_mode,memory.total"
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def probe_script(package_patterns: Sequence[str]) -> str:
             "export LC_ALL=C",
             "echo probe=gpu",
             "if command -v nvidia-smi >/dev/null 2>&1; then echo smi=installed",
-            f"  if out=$(nvidia-smi --query-gpu={_SMI_QUERY} --format=csv,noheader,nounits 2>&1)",
+            f"  if out=$(nvidia-smi --query-gpu={SMI_QUERY} --format=csv,noheader,nounits 2>&1)",
             '  then printf "%s\\n" "$out" | sed "s/^/gpu=/"',
             "    nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\\([0-9.]*\\).*/cuda=\\1/p'",
             '  else printf "%s\\n" "$out" | head -n1 | sed "s/^/smi_error=/"; fi',
