@@ -96,8 +96,9 @@ def _version(text: str) -> Version | None:
 def host_plan(settings: Settings, profile: HostProfile, found: InstalledStack) -> HostPlan:
     """Raises StackError (a ValueError) when the configuration cannot work on this host."""
     policy = settings.nvidia_driver_policy
-    why_not = _adoptable(settings, profile, found) if policy == ADOPT else "policy manage"
-    if policy == ADOPT and not why_not:
+    why_not = _adoptable(settings, profile, found) if policy == ADOPT else ""
+    adopted = policy == ADOPT and not why_not
+    if adopted:
         plan = resolve_stack(_request(settings, profile, found, str(found.branch)))
         driver = Component(
             "driver",
@@ -108,8 +109,11 @@ def host_plan(settings: Settings, profile: HostProfile, found: InstalledStack) -
     else:
         plan = resolve_stack(stack_request(settings, profile))
         driver = _driver_component(plan, found, policy, why_not)
+        if driver.action == KEEP and found.driver_version != plan.driver_version:
+            # a newer point release kept: the plan follows the driver that stays
+            plan = resolve_stack(_request(settings, profile, found, str(found.branch)))
     refusal = ""
-    if found.unmanaged and (policy == MANAGE or driver.action != KEEP or why_not):
+    if found.unmanaged and not adopted:
         refusal = (
             f"nvidia_driver_policy={policy}, but {found.describe_driver()}"
             + ("" if policy == MANAGE else f" cannot be kept ({why_not})")

@@ -8,16 +8,12 @@ driver too old for the planned CUDA, packages not pinned, a pending reboot.
 Set AUTOGLM_CHECKS_JSON=<dir> to also write <dir>/<host>.gpu_check.json.
 """
 
-from pyinfra import host
-
-from autoglm_infra import nvidia_files as nf
 from autoglm_infra.doctor_table import gpu_rows
-from autoglm_infra.pyinfra_ext.facts import GpuProbeFact
 from autoglm_infra.pyinfra_ext.report import report_checks
-from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
+from autoglm_infra.pyinfra_ext.settings import host_gpu_probe, host_profile, host_settings
 
 settings = host_settings()
 profile = host_profile(settings.model_dir)
-probe = host.get_fact(GpuProbeFact, package_patterns=list(nf.PACKAGE_PATTERNS))
+probe = host_gpu_probe()
 checks, _ = gpu_rows(settings, profile, probe)
 report_checks("gpu_check", checks)

@@ -10,7 +10,6 @@ from pyinfra.operations import server
 
 from autoglm_infra import nvidia_files as nf
 from autoglm_infra.installed_stack import installed_stack
-from autoglm_infra.pyinfra_ext.facts import GpuProbeFact
 from autoglm_infra.pyinfra_ext.nvidia_ops import (
     PERSISTENCED_ENABLED,
     driver_reboot,
@@ -19,12 +18,12 @@ from autoglm_infra.pyinfra_ext.nvidia_ops import (
 )
 from autoglm_infra.pyinfra_ext.operations import SnapshotFact, apt_pinned, put_file
 from autoglm_infra.pyinfra_ext.repo_key import fetch_trusted_keyring
-from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
+from autoglm_infra.pyinfra_ext.settings import host_gpu_probe, host_profile, host_settings
 from autoglm_infra.stack_adopt import host_plan
 
 settings = host_settings()
 profile = host_profile(settings.model_dir)
-found = host.get_fact(GpuProbeFact, package_patterns=list(nf.PACKAGE_PATTERNS))
+found = host_gpu_probe()
 try:
     decided = host_plan(settings, profile, installed_stack(found))
     plan = decided.plan

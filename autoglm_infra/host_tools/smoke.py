@@ -138,7 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         except SmokeError as exc:  # reported after /health: no listener is the first problem
             key, key_error = None, exc
         started = time.monotonic()
-        with_backoff(lambda: request(f"{base}/health", key, None, 10), args.tries, args.first_delay)
+        try:
+            with_backoff(
+                lambda: request(f"{base}/health", key, None, 10), args.tries, args.first_delay
+            )
+        except SmokeError as exc:  # a /health behind the key: the key file is the problem
+            raise key_error if key_error and exc.kind == KEY_REFUSED else exc from None
         if key_error is not None:
             raise key_error
         models = with_backoff(

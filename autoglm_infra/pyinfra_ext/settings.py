@@ -10,6 +10,7 @@ from pyinfra.api.exceptions import PyinfraError
 from autoglm_infra import nvidia_files as nf
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.config.validate import ConfigError, find_problems
+from autoglm_infra.gpu_checks import GpuProbe
 from autoglm_infra.host_profile import HostProfile
 from autoglm_infra.installed_stack import installed_stack
 from autoglm_infra.pyinfra_ext.facts import GpuProbeFact, HostProfileFact
@@ -23,6 +24,7 @@ class InvalidConfiguration(PyinfraError):
 # Per pyinfra State (one per CLI run, several in tests): validated hosts and cached facts.
 _validated: dict[int, bool] = {}
 _profiles: dict[tuple[int, str], HostProfile] = {}
+_gpu_probes: dict[tuple[int, str], GpuProbe] = {}
 
 
 def _validate_all_hosts() -> None:
@@ -51,7 +53,14 @@ def host_profile(disk_path: str) -> HostProfile:
     return _profiles[key]
 
 
+def host_gpu_probe() -> GpuProbe:
+    """nvidia-smi, modules, NVIDIA packages, holds and the driver's owner, read once per run."""
+    key = (id(state), host.name)
+    if key not in _gpu_probes:
+        _gpu_probes[key] = host.get_fact(GpuProbeFact, package_patterns=list(nf.PACKAGE_PATTERNS))
+    return _gpu_probes[key]
+
+
 def host_plan_for(settings: Settings, profile: HostProfile) -> HostPlan:
     """The stack plan with what the host already has (GPU probe); raises StackError."""
-    found = host.get_fact(GpuProbeFact, package_patterns=list(nf.PACKAGE_PATTERNS))
-    return host_plan(settings, profile, installed_stack(found))
+    return host_plan(settings, profile, installed_stack(host_gpu_probe()))

@@ -120,6 +120,8 @@ def test_a_newer_point_release_from_apt_is_never_downgraded() -> None:
     driver = decided.components[0]
     assert driver.action == KEEP and "never downgraded" in driver.why and not driver.packages
     assert decided.refusal == ""
+    # what stays is what the plan (driver_reboot, verify, gpu_check) compares with
+    assert decided.plan.driver_version == "580.159.04" and decided.plan.driver_packages == ()
 
 
 def test_holds_of_the_host_are_respected_and_reported() -> None:
