@@ -60,6 +60,9 @@ def _adoptable(settings: Settings, profile: HostProfile, found: InstalledStack) 
     branch = found.branch
     if settings.nvidia_driver_branch not in ("auto", str(branch)):
         return f"nvidia_driver_branch={settings.nvidia_driver_branch} asks for another branch"
+    flavour = settings.nvidia_driver_flavour
+    if found.driver_flavour and flavour not in ("auto", found.driver_flavour):
+        return f"nvidia_driver_flavour={flavour}, the loaded module is {found.driver_flavour}"
     try:  # the resolver decides whether that branch serves this GPU, OS and engine
         resolve_stack(_request(settings, profile, found, str(branch)))
     except StackError as exc:
@@ -109,7 +112,8 @@ def host_plan(settings: Settings, profile: HostProfile, found: InstalledStack) -
     else:
         plan = resolve_stack(stack_request(settings, profile))
         driver = _driver_component(plan, found, policy, why_not)
-        if driver.action == KEEP and found.driver_version != plan.driver_version:
+        kept_other = found.driver_version not in ("", plan.driver_version)
+        if driver.action == KEEP and kept_other:
             # a newer point release kept: the plan follows the driver that stays
             plan = resolve_stack(_request(settings, profile, found, str(found.branch)))
     refusal = ""
@@ -135,6 +139,14 @@ def _driver_component(
     plan: StackPlan, found: InstalledStack, policy: str, why_not: str
 ) -> Component:
     packages = plan.driver_packages
+    if not found.driver_version and (ours := _ours(packages, found)):
+        return Component(
+            "driver",
+            KEEP,
+            f"the planned {plan.driver_version} is installed (not loaded: no GPU, or a reboot "
+            "is due)",
+            ours,
+        )
     if not found.driver_version:
         return Component(
             "driver", INSTALL, f"no driver on the host: {plan.driver_version}", packages

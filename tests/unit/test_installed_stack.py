@@ -164,3 +164,20 @@ def test_a_driver_branch_the_table_does_not_know_is_not_stacked_over() -> None:
     assert decided.components[0].action == REFUSE
     assert not [n for n, _ in decided.packages if n.startswith(("nvidia-", "cuda-drivers"))]
     assert "cannot be kept" in decided.refusal and "nvidia-uninstall" in decided.refusal
+
+
+def test_a_driver_of_another_flavour_than_configured_is_not_adopted() -> None:
+    found = installed_stack(parse_probe([*H200_PROBE, f"nvrm={H200_NVRM}"]))
+    decided = host_plan(Settings(nvidia_driver_flavour="proprietary"), H200_HOST, found)
+    assert decided.components[0].action == REFUSE
+    assert "nvidia_driver_flavour=proprietary, the loaded module is open" in decided.refusal
+
+
+def test_planned_driver_packages_installed_but_not_loaded_are_kept_as_planned() -> None:
+    """A GPU-less host (the sandbox) after a converge: packages there, no nvidia-smi."""
+    plan = host_plan(Settings(), H200_HOST, installed_stack(parse_probe(["probe=gpu"]))).plan
+    lines = ["probe=gpu", *(f"pkg={p.name} {p.version}" for p in plan.driver_packages)]
+    decided = host_plan(Settings(), H200_HOST, installed_stack(parse_probe(lines)))
+    driver = decided.components[0]
+    assert driver.action == KEEP and driver.packages == plan.driver_packages
+    assert decided.plan.driver_version == plan.driver_version
