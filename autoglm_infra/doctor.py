@@ -43,6 +43,15 @@ def _is_loopback(address: str) -> bool:
 
 
 def host_checks(profile: HostProfile, minimums: Minimums) -> list[Check]:
+    if not profile.read:
+        return [
+            Check(
+                "host profile",
+                "fail",
+                "the host probe printed nothing: resources, systemd and Secure Boot not read",
+                "check that the login shell runs /bin/sh scripts (pyinfra -vv shows the output)",
+            )
+        ]
     checks = []
     resources = resource_problems(profile, minimums)
     checks.append(
@@ -63,16 +72,38 @@ def host_checks(profile: HostProfile, minimums: Minimums) -> list[Check]:
             "run on a booted systemd host",
         )
     )
-    secure_boot = secure_boot_problem(profile)
-    checks.append(
-        Check(
-            "secure boot",
-            "fail" if secure_boot else "ok",
-            secure_boot or f"Secure Boot {profile.secure_boot}",
-            "enroll a MOK key or disable Secure Boot (see evidence)",
-        )
-    )
+    checks.append(secure_boot_check(profile))
     return checks
+
+
+def secure_boot_check(profile: HostProfile) -> Check:
+    """ok only for a state that was read: the EFI variable, or no EFI at all (legacy boot)."""
+    name = "secure boot"
+    problem = secure_boot_problem(profile)
+    if problem:
+        return Check(
+            name, "fail", problem, "enroll a MOK key or disable Secure Boot (see evidence)"
+        )
+    if profile.efi is False:
+        return Check(name, "ok", "off: booted without EFI (legacy BIOS), no Secure Boot there")
+    if profile.secure_boot == "on":
+        why = (
+            f"the loaded driver {profile.nvidia_module_version} proves its modules are accepted"
+            if profile.nvidia_module_version
+            else f"module signing key {profile.module_signing_key}"
+            if profile.gpus
+            else "no NVIDIA GPU, no module to load"
+        )
+        return Check(name, "ok", f"on (EFI SecureBoot variable); {why}")
+    if profile.secure_boot == "off":
+        return Check(name, "ok", "off (EFI SecureBoot variable is 0)")
+    return Check(
+        name,
+        "warn",
+        "unknown: booted through EFI, but the SecureBoot variable was not readable",
+        "read it as root: `mokutil --sb-state` or "
+        "`od -An -tu1 /sys/firmware/efi/efivars/SecureBoot-*`",
+    )
 
 
 def exposure_check(serve_host: str, serve_port: int, listeners: Sequence[Listener]) -> Check:

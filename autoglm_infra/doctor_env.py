@@ -80,7 +80,10 @@ def cache_checks(caches: Mapping[str, CacheDir], wanted: Sequence[str], user: st
             "cache permissions", "ok", f"{len(wanted)} directories writable by {user}"
         )
     on_root = [p for p in wanted if p in caches and caches[p].mount == "/"]
-    if on_root:
+    mounts = sorted({caches[p].mount for p in wanted if p in caches and caches[p].mount})
+    if not any(caches.get(p, CacheDir(p, False)).exists for p in wanted):
+        where = Check("cache filesystem", "skip", "no cache directory exists yet")
+    elif on_root:
         where = Check(
             "cache filesystem",
             "warn",
@@ -89,9 +92,15 @@ def cache_checks(caches: Mapping[str, CacheDir], wanted: Sequence[str], user: st
             "point python_cache_dir at a data disk: compile caches grow to GBs "
             "and a full / stops the host",
         )
-    else:
-        mounts = sorted({caches[p].mount for p in wanted if p in caches}) or ["?"]
+    elif mounts:
         where = Check("cache filesystem", "ok", f"on {', '.join(mounts)}")
+    else:
+        where = Check(
+            "cache filesystem",
+            "warn",
+            "findmnt named no mount point for the cache directories",
+            "install util-linux (findmnt) on the host",
+        )
     return [permissions, where]
 
 
@@ -125,8 +134,18 @@ def cache_mount_check(paths: Mapping[str, PathAccess], wanted: Sequence[str]) ->
             f"remount read-write and exec (mount -o remount,rw,exec {' '.join(sorted(mounts))}, "
             "and drop ro/noexec in /etc/fstab), or point python_cache_dir at such a filesystem",
         )
-    used = sorted({paths[p].mount for p in wanted if p in paths and paths[p].exists})
-    return Check(name, "ok", f"read-write, exec where kernels load ({', '.join(used) or '?'})")
+    present = [paths[p] for p in wanted if p in paths and paths[p].exists]
+    if not present:
+        return Check(name, "skip", "no cache directory exists yet")
+    used = sorted({p.mount for p in present if p.mount})
+    if not used:
+        return Check(
+            name,
+            "warn",
+            "findmnt named no mount for the cache directories: options not read",
+            "install util-linux (findmnt) on the host",
+        )
+    return Check(name, "ok", f"read-write, exec where kernels load ({', '.join(used)})")
 
 
 def stale_cache_check(venv_built: int | None, entries: Sequence[CacheEntry]) -> Check:
@@ -156,11 +175,15 @@ def stale_cache_check(venv_built: int | None, entries: Sequence[CacheEntry]) -> 
 
 
 def cache_ownership_check(
-    foreign: Sequence[tuple[str, str]], wanted: Sequence[str], user: str
+    foreign: Sequence[tuple[str, str]], wanted: Sequence[str], user: str, *, home_exists: bool
 ) -> Check:
-    """Files inside the caches owned by someone else (e.g. root ran the engine once)."""
+    """Files inside the caches owned by someone else (e.g. root ran the engine once).
+
+    `home_exists`: the tree searched (python_cache_dir) was there to search."""
     name = "cache ownership"
     found = [(owner, path) for owner, path in foreign if path not in wanted]
+    if not home_exists:
+        return Check(name, "skip", "no cache directory exists yet: nothing to own")
     if not found:
         return Check(name, "ok", f"everything below the cache directories is owned by {user}")
     shown = ", ".join(f"{path} ({owner})" for owner, path in found[:4])

@@ -140,11 +140,15 @@ def max_positions(config_text: str | None) -> int | None:
     return None
 
 
-def context_length_check(config_text: str | None, max_model_len: int, engine: str) -> Check:
+def context_length_check(
+    config_text: str | None, max_model_len: int, engine: str, *, model_exists: bool
+) -> Check:
     name = "context length"
     limit = max_positions(config_text)
     if engine != "vllm":
         return Check(name, "skip", f"serve_engine is {engine}: vllm_max_model_len is not used")
+    if not model_exists:
+        return Check(name, "skip", "no model directory: no config.json to compare with")
     if limit is None:
         return Check(
             name,
@@ -165,9 +169,24 @@ def context_length_check(config_text: str | None, max_model_len: int, engine: st
     )
 
 
-def model_access_check(unreadable: Sequence[str], model_dir: str, user: str) -> Check:
-    """The service user can open every model file and traverse every directory."""
+def model_access_check(
+    unreadable: Sequence[str],
+    model_dir: str,
+    user: str,
+    *,
+    model_exists: bool,
+    user_exists: bool,
+) -> Check:
+    """The service user can open every model file and traverse every directory.
+
+    Only vouched for when both were there to try: the directory and the user."""
     name = "model access"
+    if not model_exists:
+        return Check(name, "skip", f"{model_dir} does not exist: nothing to read")
+    if not user_exists:
+        return Check(
+            name, "skip", f"no user {user} on the host (the service stage creates it): not tried"
+        )
     if not unreadable:
         return Check(name, "ok", f"{user} can read every file in {model_dir}")
     return Check(

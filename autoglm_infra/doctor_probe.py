@@ -138,6 +138,8 @@ class DoctorProbe:
     venv_built: int | None = None  # mtime of the venv's lock stamp (when it was built)
     cache_entries: list[CacheEntry] = field(default_factory=list)
     foreign_owned: list[tuple[str, str]] = field(default_factory=list)  # (owner, path)
+    user_exists: bool = False  # the user the engine runs as is known to the host
+    complete: bool = False  # the probe ran to its last line (an empty probe read nothing)
 
 
 def model_section(model_dir: str) -> str:
@@ -231,6 +233,17 @@ def lsm_section(unit: str, root: str = "") -> str:
         "f=$r/proc/$pid/attr/apparmor/current; "  # AppArmor's own label when LSMs are stacked
         "[ -r $f ] && echo \"LS apparmor_label $(tr -d '\\000' < $f 2>/dev/null)\"; fi"
     )
+
+
+END_MARK = "DOCTOR_END"
+
+
+def user_section(user: str) -> str:
+    """`UE yes` when the engine's user exists (Docker's numeric UID:GID needs no entry)."""
+    uid, sep, gid = user.partition(":")
+    if sep and uid.isdigit() and gid.isdigit():
+        return "echo 'UE yes'"
+    return f"id -u {shlex.quote(user)} >/dev/null 2>&1 && echo 'UE yes'"
 
 
 def as_user_prefix(user: str) -> str:
@@ -355,6 +368,7 @@ def parse_probe(lines: Sequence[str]) -> DoctorProbe:
     venv_built = None
     entries: list[CacheEntry] = []
     foreign: list[tuple[str, str]] = []
+    user_exists = complete = False
     for line in rest:
         tag, _, value = line.partition(" ")
         if line.startswith("MT\t"):
@@ -399,6 +413,10 @@ def parse_probe(lines: Sequence[str]) -> DoctorProbe:
             parts = line.split("\t", 3)
             if len(parts) == 4:
                 entries.append(CacheEntry(parts[3], parts[2], parts[1] == "new"))
+        elif line == "UE yes":
+            user_exists = True
+        elif line == END_MARK:
+            complete = True
         elif line.startswith("CO\t"):
             parts = line.split("\t", 2)
             if len(parts) == 3:
@@ -421,4 +439,6 @@ def parse_probe(lines: Sequence[str]) -> DoctorProbe:
         venv_built=venv_built,
         cache_entries=entries,
         foreign_owned=foreign,
+        user_exists=user_exists,
+        complete=complete,
     )

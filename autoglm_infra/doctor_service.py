@@ -50,8 +50,24 @@ def unit_check(unit: str, props: Mapping[str, str]) -> Check:
     return Check(name, "ok", evidence)
 
 
-def health_check(smoke_lines: Sequence[str], unit: str) -> Check:
-    """The smoke tool's result (/health and /v1/models, no chat)."""
+def _health_fix(kind: str, unit: str, key_file: str) -> str:
+    logs = f"journalctl -u {unit} -n 100"
+    return {
+        "no-listener": f"nothing listens: start it (systemctl start {unit}) or converge "
+        f"deploys/full.py; {logs} shows why it stopped",
+        "key-file": f"the API key file is missing or unreadable: converge deploys/service.py "
+        f"(it writes {key_file}, root-only), or restore it",
+        "key-refused": f"the server refused the key in {key_file}: restart the unit so it "
+        f"reads the current key (systemctl restart {unit}), or rewrite the file with "
+        "deploys/service.py",
+    }.get(kind, f"see the service unit check; {logs}")
+
+
+def health_check(
+    smoke_lines: Sequence[str], unit: str, key_file: str = "the API key file"
+) -> Check:
+    """The smoke tool's result (/health and /v1/models, no chat), its kind of failure
+    (no listener, key file, refused key, anything else) choosing the fix."""
     name = "health"
     for line in reversed(smoke_lines):
         try:
@@ -63,19 +79,19 @@ def health_check(smoke_lines: Sequence[str], unit: str) -> Check:
                 return Check(
                     name, "ok", f"/health answers, /v1/models lists {result.get('models')}"
                 )
+            kind = str(result.get("kind", ""))
             return Check(
                 name,
                 "fail",
-                str(result.get("error")),
-                f"see the service unit check; journalctl -u {unit} -n 100",
+                f"{kind or 'failed'}: {result.get('error')}",
+                _health_fix(kind, unit, key_file),
             )
-    tail = " ".join(smoke_lines)[-200:]
-    return Check(
-        name,
-        "fail",
-        f"smoke test printed no result: {tail or 'nothing'}",
-        "python3 must be on the host",
-    )
+    text = " ".join(smoke_lines)
+    if "python3: not found" in text or "python3: command not found" in text:
+        fix = "install python3 on the host: the smoke test runs with it"
+    else:
+        fix = "the smoke tool itself broke (see evidence): report it with the output"
+    return Check(name, "fail", f"smoke test printed no result: {text[-200:] or 'nothing'}", fix)
 
 
 def _exposed(ip: str) -> bool:

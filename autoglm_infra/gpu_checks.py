@@ -19,7 +19,7 @@ from autoglm_infra.nvidia_files import REBOOT_REQUIRED
 
 # Open-AutoGLM recommends 24 GB or more of GPU memory for the 9B model.
 RECOMMENDED_VRAM_MIB = 24 * 1024
-_SMI_QUERY = "index,pci.bus_id,name,driver_version,persistence_mode,memory.total"
+SMI_QUERY = "index,pci.bus_id,name,driver_version,persistence_mode,memory.total"
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class SmiGpu:
 
 @dataclass(frozen=True)
 class GpuProbe:
+    read: bool = False  # the probe ran (its first line); an empty probe read nothing
     smi_installed: bool = False
     smi_error: str = ""  # first line nvidia-smi printed when it failed
     gpus: tuple[SmiGpu, ...] = ()
@@ -43,6 +44,14 @@ class GpuProbe:
     packages: dict[str, str] = field(default_factory=dict)  # name -> installed version
     held: frozenset[str] = frozenset()
     reboot_required: str = ""
+    # Who installed the driver (autoglm_infra/installed_stack.py reads these).
+    nvrm: str = ""  # first line of /proc/driver/nvidia/version
+    smi_path: str = ""
+    smi_owner: str = ""  # dpkg package owning nvidia-smi ("" when none)
+    runfile_log: str = ""  # first line of /var/lib/nvidia/log (NVIDIA's runfile manifest)
+    uninstaller: str = ""  # path of nvidia-uninstall
+    dkms: str = ""  # first `dkms status nvidia` line
+    cuda_dirs: tuple[str, ...] = ()  # /usr/local/cuda-X.Y
 
 
 def probe_script(package_patterns: Sequence[str]) -> str:
@@ -50,8 +59,9 @@ def probe_script(package_patterns: Sequence[str]) -> str:
     return "\n".join(
         [
             "export LC_ALL=C",
+            "echo probe=gpu",
             "if command -v nvidia-smi >/dev/null 2>&1; then echo smi=installed",
-            f"  if out=$(nvidia-smi --query-gpu={_SMI_QUERY} --format=csv,noheader,nounits 2>&1)",
+            f"  if out=$(nvidia-smi --query-gpu={SMI_QUERY} --format=csv,noheader,nounits 2>&1)",
             '  then printf "%s\\n" "$out" | sed "s/^/gpu=/"',
             "    nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\\([0-9.]*\\).*/cuda=\\1/p'",
             '  else printf "%s\\n" "$out" | head -n1 | sed "s/^/smi_error=/"; fi',
@@ -62,6 +72,18 @@ def probe_script(package_patterns: Sequence[str]) -> str:
             " 2>/dev/null | awk '$3 ~ /^.i/ {print $1, $2}'",
             "apt-mark showhold 2>/dev/null | sed 's/^/held=/'",
             f"[ -r {REBOOT_REQUIRED} ] && sed 's/^/reboot=/' {REBOOT_REQUIRED}",
+            # who installed the driver: dpkg, NVIDIA's runfile (its manifest and
+            # nvidia-uninstall), DKMS; and toolkits installed outside dpkg
+            "[ -r /proc/driver/nvidia/version ] && head -n1 /proc/driver/nvidia/version"
+            " | sed 's/^/nvrm=/'",
+            "p=$(command -v nvidia-smi 2>/dev/null) && echo smi_path=$p"
+            ' && dpkg -S "$(readlink -f $p)" "$p" 2>/dev/null | head -n1 | cut -d: -f1'
+            " | sed 's/^/smi_owner=/'",
+            "[ -r /var/lib/nvidia/log ] && head -n1 /var/lib/nvidia/log | sed 's/^/runfile_log=/'",
+            "p=$(command -v nvidia-uninstall 2>/dev/null) && echo uninstaller=$p",
+            "command -v dkms >/dev/null 2>&1 && dkms status nvidia 2>/dev/null | head -n1"
+            " | sed 's/^/dkms=/'",
+            "for d in /usr/local/cuda-[0-9]*; do [ -d $d ] && echo cuda_dir=$d; done",
             "true",
         ]
     )
@@ -75,7 +97,7 @@ def _int(text: str) -> int:
 
 
 def parse_probe(lines: Sequence[str]) -> GpuProbe:
-    gpus, packages, held = [], {}, set()
+    gpus, packages, held, cuda_dirs = [], {}, set(), []
     values: dict[str, str] = {}
     for line in lines:
         key, sep, value = line.strip().partition("=")
@@ -90,9 +112,12 @@ def parse_probe(lines: Sequence[str]) -> GpuProbe:
             packages[name] = version.strip()
         elif key == "held":
             held.add(value.strip())
+        elif key == "cuda_dir":
+            cuda_dirs.append(value.strip())
         else:
             values.setdefault(key, value.strip())
     return GpuProbe(
+        read=bool(values or gpus or packages or held),  # any line: the probe ran
         smi_installed=values.get("smi") == "installed",
         smi_error=values.get("smi_error", ""),
         gpus=tuple(gpus),
@@ -102,6 +127,13 @@ def parse_probe(lines: Sequence[str]) -> GpuProbe:
         packages=packages,
         held=frozenset(held),
         reboot_required=values.get("reboot", ""),
+        nvrm=values.get("nvrm", ""),
+        smi_path=values.get("smi_path", ""),
+        smi_owner=values.get("smi_owner", ""),
+        runfile_log=values.get("runfile_log", ""),
+        uninstaller=values.get("uninstaller", ""),
+        dkms=values.get("dkms", ""),
+        cuda_dirs=tuple(cuda_dirs),
     )
 
 
@@ -128,6 +160,15 @@ def evaluate_gpu(
     packages: Sequence[tuple[str, str]],
 ) -> list[Check]:
     """Every check of the GPU acceptance deploy, in the order an operator reads them."""
+    if not probe.read:
+        return [
+            Check(
+                "gpu probe",
+                "fail",
+                "the GPU probe printed nothing: nvidia-smi, modules and packages not read",
+                "run again with -vv to see the probe's output and error",
+            )
+        ]
     checks = [_packages_check(probe, packages)]
     if probe.reboot_required:
         checks.append(
@@ -174,6 +215,8 @@ def evaluate_gpu(
 
 
 def _packages_check(probe: GpuProbe, packages: Sequence[tuple[str, str]]) -> Check:
+    if not packages:
+        return Check("packages", "ok", "none to install or hold: every component is kept")
     wrong = [
         f"{n} {probe.packages.get(n, 'missing')} (plan {v})"
         for n, v in packages

@@ -35,11 +35,17 @@ class HostProfile:
     disk_free_kib: int = 0
     gpus: tuple[PciGpu, ...] = ()
     nvidia_module_version: str = ""  # loaded kernel module (/sys/module/nvidia/version)
-    secure_boot: str = "unknown"  # on | off | unknown (no EFI)
+    secure_boot: str = "unknown"  # on | off (EFI variable, or no EFI at all) | unknown
+    efi: bool | None = None  # booted through EFI; None: not read
     module_signing_key: str = "none"  # enrolled | not-enrolled | none (no DKMS/MOK key)
     systemd_booted: bool = False
     virtualization: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def read(self) -> bool:
+        """The probe ran: it always prints os_id= and arch=."""
+        return bool(self.arch)
 
     @property
     def mem_gib(self) -> float:
@@ -76,6 +82,8 @@ def probe_script(disk_path: str) -> str:
             f"if [ -r {_EFI_SECURE_BOOT} ]; then"
             f" sb=$(od -An -tu1 {_EFI_SECURE_BOOT} | awk '{{print $NF}}');"
             ' [ "$sb" = 1 ] && echo secure_boot=on || echo secure_boot=off; fi',
+            # Legacy (BIOS) boot has no Secure Boot at all: that is "off", not "unknown".
+            "[ -d /sys/firmware/efi ] && echo efi=yes || echo efi=no",
             # Only asked when Secure Boot is on: mokutil is slow-ish and often missing.
             'if [ "${sb:-0}" = 1 ]; then for k in ' + " ".join(MOK_KEYS) + "; do"
             ' [ -r "$k" ] || continue;'
@@ -122,7 +130,10 @@ def parse_host_profile(lines: list[str]) -> HostProfile:
         "mok",
         "systemd",
         "virt",
+        "efi",
     }
+    efi = {"yes": True, "no": False}.get(values.get("efi", ""))
+    secure_boot = values.get("secure_boot") or ("off" if efi is False else "unknown")
     return HostProfile(
         os_id=values.get("os_id", ""),
         os_version=values.get("os_version", ""),
@@ -134,7 +145,8 @@ def parse_host_profile(lines: list[str]) -> HostProfile:
         disk_free_kib=_int(values.get("disk_free_kib", "0")),
         gpus=tuple(gpus),
         nvidia_module_version=values.get("nvidia_module", ""),
-        secure_boot=values.get("secure_boot", "unknown"),
+        secure_boot=secure_boot,
+        efi=efi,
         module_signing_key=values.get("mok", "none"),
         systemd_booted=values.get("systemd") == "yes",
         virtualization=values.get("virt", ""),

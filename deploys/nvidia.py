@@ -9,6 +9,7 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.operations import server
 
 from autoglm_infra import nvidia_files as nf
+from autoglm_infra.installed_stack import installed_stack
 from autoglm_infra.pyinfra_ext.nvidia_ops import (
     PERSISTENCED_ENABLED,
     driver_reboot,
@@ -17,21 +18,27 @@ from autoglm_infra.pyinfra_ext.nvidia_ops import (
 )
 from autoglm_infra.pyinfra_ext.operations import SnapshotFact, apt_pinned, put_file
 from autoglm_infra.pyinfra_ext.repo_key import fetch_trusted_keyring
-from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
-from autoglm_infra.stack_request import plan_for_host, plan_packages
+from autoglm_infra.pyinfra_ext.settings import host_gpu_probe, host_profile, host_settings
+from autoglm_infra.stack_adopt import host_plan
 
 settings = host_settings()
 profile = host_profile(settings.model_dir)
+found = host_gpu_probe()
 try:
-    plan = plan_for_host(settings, profile)
+    decided = host_plan(settings, profile, installed_stack(found))
+    plan = decided.plan
     keyring = fetch_trusted_keyring(
         plan.repo_url + nf.key_file_name(settings.nvidia_repo_key_fingerprint),
         settings.nvidia_repo_key_fingerprint,
     )
 except ValueError as exc:  # StackError / KeyTrustError: user-facing, no traceback
     raise PyinfraError(f"NVIDIA stage refused {host.name}: {exc}") from None
+if decided.refusal:  # a driver no package manager owns: stop before any change
+    raise PyinfraError(f"NVIDIA stage refused {host.name}: {decided.refusal}")
 for note in plan.notes:
     logger.info(f"{host.print_prefix}stack: {note}")
+for part in decided.components:
+    logger.info(f"{host.print_prefix}{part.name}: {part.action}: {part.why}")
 
 files = nf.stage_files(plan.repo_url, keyring)
 snapshot = host.get_fact(
@@ -53,7 +60,7 @@ for managed in files:
 
 held_state = snapshot.files.get(nf.HELD_STATE)
 previously_held = held_state.text.split() if held_state and held_state.text else []
-packages = plan_packages(plan)
+packages = decided.packages
 install = apt_pinned(
     name="NVIDIA: driver, CUDA and cuDNN at pinned versions, held",
     packages=packages,
@@ -73,6 +80,7 @@ persistence_mode(
     name="NVIDIA: persistence mode",
     gpu_present=bool(profile.gpus),
     enabled=snapshot.files.get(PERSISTENCED_ENABLED),
+    already_on=bool(found.gpus) and all(g.persistence == "Enabled" for g in found.gpus),
 )
 driver_reboot(
     name="NVIDIA: reboot when the driver changed",

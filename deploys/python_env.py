@@ -19,9 +19,8 @@ from autoglm_infra.pyinfra_ext.python_ops import (
     service_user,
     venv_module,
 )
-from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
+from autoglm_infra.pyinfra_ext.settings import host_plan_for, host_profile, host_settings
 from autoglm_infra.pyinfra_ext.stage_changes import PYTHON_ENV, record
-from autoglm_infra.stack_request import plan_for_host
 
 settings = host_settings()
 profile = host_profile(settings.model_dir)
@@ -29,7 +28,8 @@ cache_dirs = [settings.python_cache_dir, *pe.cache_environment(settings.python_c
 try:
     flavour = ""
     if settings.python_profile == pe.AUTO and settings.serve_engine != pe.CPU_PROFILE:
-        flavour = plan_for_host(settings, profile).torch_flavour
+        # the torch wheel follows the driver kept on the host (nvidia_driver_policy=adopt)
+        flavour = host_plan_for(settings, profile).plan.torch_flavour
     name = pe.select_profile(settings.python_profile, settings.serve_engine, flavour)
     locks_dir = Path(settings.python_locks_dir or pe.DEFAULT_LOCKS_DIR)
     pe.load_lock_variants(name, locks_dir, settings.python_profile)  # refuse before any command

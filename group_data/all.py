@@ -114,6 +114,11 @@ docker_registry_mirrors = []
 # three-digit branch (e.g. 570).
 nvidia_driver_branch = "auto"
 
+# adopt keeps a healthy loaded driver of a usable branch, whoever installed it, and resolves
+# CUDA/cuDNN/torch against it; manage installs the planned driver through apt and stops before any
+# change where a driver no package manager owns is loaded. Allowed: adopt | manage.
+nvidia_driver_policy = "adopt"
+
 # Kernel modules: open (Turing and newer) or proprietary; auto picks open when possible. Allowed:
 # auto | open | proprietary.
 nvidia_driver_flavour = "auto"

@@ -34,6 +34,13 @@ class NvidiaKeys(Keys):
         "NVIDIA driver branch; 'auto' picks the newest production branch that fits.",
         "auto | three-digit branch (e.g. 570)",
     )
+    nvidia_driver_policy: Literal["adopt", "manage"] = key(
+        "adopt",
+        "adopt keeps a healthy loaded driver of a usable branch, whoever installed it, and "
+        "resolves CUDA/cuDNN/torch against it; manage installs the planned driver through apt "
+        "and stops before any change where a driver no package manager owns is loaded.",
+        "adopt | manage",
+    )
     nvidia_driver_flavour: Literal["auto", "open", "proprietary"] = key(
         "auto",
         "Kernel modules: open (Turing and newer) or proprietary; auto picks open when possible.",

@@ -24,8 +24,20 @@ MIN_REASONING_CHARS = 40  # a "very short chain of thought" means a broken deplo
 PROMPT = "Reply with one short sentence: what is 2 + 3?"
 
 
+# Why it failed, for the doctor's fix: nothing listens, the key file is missing or
+# unreadable, the server refused the key, or anything else went wrong.
+NO_LISTENER, KEY_FILE, KEY_REFUSED, BROKEN = "no-listener", "key-file", "key-refused", "broken"
+
+
 class SmokeError(Exception):
-    pass
+    def __init__(self, message: str, kind: str = BROKEN) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _refused(exc: BaseException) -> bool:
+    reason = getattr(exc, "reason", exc)
+    return isinstance(reason, ConnectionRefusedError)
 
 
 def with_backoff(call: Callable[[], Any], tries: int, first_delay: float = 1.0) -> Any:
@@ -35,10 +47,12 @@ def with_backoff(call: Callable[[], Any], tries: int, first_delay: float = 1.0) 
             return call()
         except urllib.error.HTTPError as exc:
             if exc.code not in RETRY_STATUS or attempt == tries:
-                raise SmokeError(f"HTTP {exc.code} from {exc.url}") from None
+                kind = KEY_REFUSED if exc.code in (401, 403) else BROKEN
+                raise SmokeError(f"HTTP {exc.code} from {exc.url}", kind) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             if attempt == tries:
-                raise SmokeError(f"no answer: {getattr(exc, 'reason', exc)}") from None
+                kind = NO_LISTENER if _refused(exc) else BROKEN
+                raise SmokeError(f"no answer: {getattr(exc, 'reason', exc)}", kind) from None
         time.sleep(delay)
         delay *= 2
     raise SmokeError("unreachable")
@@ -92,8 +106,11 @@ def check_completion(reply: dict[str, Any], expect_reasoning: bool) -> str:
 
 def read_key(path: str) -> str:
     """A plain key file, or an env file (Docker's --env-file) holding VLLM_API_KEY=..."""
-    with open(path, encoding="utf-8") as handle:
-        text = handle.read().strip()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read().strip()
+    except OSError as exc:
+        raise SmokeError(f"API key file {path}: {exc.strerror or exc}", KEY_FILE) from None
     for line in text.splitlines():
         name, sep, value = line.partition("=")
         if sep and name.strip() == "VLLM_API_KEY":
@@ -113,11 +130,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expect-reasoning", action="store_true")
     parser.add_argument("--no-chat", action="store_true", help="only /health and /v1/models")
     args = parser.parse_args(argv)
-    key = read_key(args.key_file) if args.key_file else None
     base = args.base_url.rstrip("/")
     try:
+        key_error: SmokeError | None = None
+        try:
+            key = read_key(args.key_file) if args.key_file else None
+        except SmokeError as exc:  # reported after /health: no listener is the first problem
+            key, key_error = None, exc
         started = time.monotonic()
-        with_backoff(lambda: request(f"{base}/health", key, None, 10), args.tries, args.first_delay)
+        try:
+            with_backoff(
+                lambda: request(f"{base}/health", key, None, 10), args.tries, args.first_delay
+            )
+        except SmokeError as exc:  # a /health behind the key: the key file is the problem
+            raise key_error if key_error and exc.kind == KEY_REFUSED else exc from None
+        if key_error is not None:
+            raise key_error
         models = with_backoff(
             lambda: request(f"{base}/v1/models", key, None, 10), args.tries, args.first_delay
         )
@@ -142,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         content = check_completion(reply, args.expect_reasoning)
         latency = time.monotonic() - chat_started
     except SmokeError as exc:
-        print(json.dumps({"ok": False, "error": str(exc)}))
+        print(json.dumps({"ok": False, "error": str(exc), "kind": exc.kind}))
         return 1
     result = {
         "ok": True,

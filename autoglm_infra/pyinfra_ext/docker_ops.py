@@ -8,17 +8,18 @@ from typing import Any
 
 import requests
 from pyinfra import host
-from pyinfra.api import FactBase, FileUploadCommand, StringCommand, operation
+from pyinfra.api import FileUploadCommand, StringCommand, operation
 
 from autoglm_infra import docker_files as df
 from autoglm_infra.docker_state import DockerState, parse_docker_state, state_script
 from autoglm_infra.pyinfra_ext.operations import APT_ENV, APT_OPTS
+from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
 from autoglm_infra.remote_state import PackageState
 
 _keys: dict[tuple[str, str], bytes] = {}
 
 
-class DockerStateFact(FactBase[DockerState]):
+class DockerStateFact(TypedFact[DockerState]):
     """Files, packages, images, container label, volume, unit state: one remote command."""
 
     def command(

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pyinfra.api import FactBase
-
 from autoglm_infra.doctor_probe import (
+    END_MARK,
     DoctorProbe,
     as_user_prefix,
     cache_entries_section,
@@ -24,9 +23,11 @@ from autoglm_infra.doctor_probe import (
     paths_section,
     reach_section,
     unit_section,
+    user_section,
     venv_section,
 )
 from autoglm_infra.model_state import listing_script
+from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
 from autoglm_infra.pyinfra_ext.verify_ops import smoke_command
 from autoglm_infra.python_env import STAMP_FILE
 
@@ -63,16 +64,17 @@ def doctor_script(
         reach_section(targets, dict(env)),
         lsm_section(unit),
         paths_section(as_user, path_roles),
+        user_section(access_user or user),
         model_access_section(as_user, model_dir),
         cache_entries_section(user, stamp, compile_caches, cache_home) if cache_home else "true",
         # the heredoc must end on its own line, so the group closes on the next one
         f"{{ {smoke_command(smoke_args)}\n}} | sed 's/^/SM /'",
-        "true",
+        f"echo {END_MARK}",
     ]
     return "\n".join(sections)
 
 
-class DoctorProbeFact(FactBase[DoctorProbe]):
+class DoctorProbeFact(TypedFact[DoctorProbe]):
     """Everything the doctor's stage checks read, in one command."""
 
     def command(self, script: str) -> str:  # type: ignore[override]

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pyinfra.api import FactBase
-
 from autoglm_infra.gpu_checks import GpuProbe
 from autoglm_infra.gpu_checks import parse_probe as parse_gpu_probe
 from autoglm_infra.gpu_checks import probe_script as gpu_probe_script
 from autoglm_infra.host_profile import HostProfile, parse_host_profile, probe_script
+from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
 
 
-class HostProfileFact(FactBase[HostProfile]):
+class HostProfileFact(TypedFact[HostProfile]):
     """OS, CPUs, RAM, free disk at the model directory, NVIDIA GPUs (sysfs) and driver."""
 
     def command(self, disk_path: str) -> str:
@@ -22,7 +21,7 @@ class HostProfileFact(FactBase[HostProfile]):
         return parse_host_profile(output)
 
 
-class GpuProbeFact(FactBase[GpuProbe]):
+class GpuProbeFact(TypedFact[GpuProbe]):
     """nvidia-smi, the loaded modules, NVIDIA packages and holds, in one command."""
 
     def command(self, package_patterns: Sequence[str]) -> str:

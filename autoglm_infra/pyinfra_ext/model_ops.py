@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyinfra import host
-from pyinfra.api import FactBase, StringCommand, operation
+from pyinfra.api import StringCommand, operation
 
 from autoglm_infra.model_state import (
     ModelDirState,
@@ -18,6 +18,7 @@ from autoglm_infra.model_state import (
     parse_listing,
     split_lines,
 )
+from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
 from autoglm_infra.remote_state import Snapshot, parse_snapshot, snapshot_script
 
 
@@ -27,7 +28,7 @@ class ModelSnapshot:
     model: ModelDirState  # size/mtime/inode of every model file, and the stamps
 
 
-class ModelSnapshotFact(FactBase[ModelSnapshot]):
+class ModelSnapshotFact(TypedFact[ModelSnapshot]):
     """Control files plus a stat-only listing of model_dir, in one command; reads no weights."""
 
     def command(self, model_dir: str, files: Sequence[str] = ()) -> str:

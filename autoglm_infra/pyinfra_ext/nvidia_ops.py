@@ -85,10 +85,14 @@ def verify_driver(
 
 
 @operation()
-def persistence_mode(gpu_present: bool, enabled: FileState | None) -> Generator[Any, None, None]:
+def persistence_mode(
+    gpu_present: bool, enabled: FileState | None, already_on: bool = False
+) -> Generator[Any, None, None]:
     """Keep the driver initialised between CUDA clients (nvidia-persistenced), on GPU hosts.
 
     + enabled: the unit's multi-user.target.wants link from this stage's snapshot
+    + already_on: nvidia-smi reports persistence mode on every GPU (a kept driver may have
+      no nvidia-persistenced unit: its installer set the mode its own way)
 
     Started only while the module is loaded: after a fresh install it starts at the reboot.
     """
@@ -97,6 +101,9 @@ def persistence_mode(gpu_present: bool, enabled: FileState | None) -> Generator[
         return
     if enabled is not None:
         host.noop("nvidia-persistenced is enabled")
+        return
+    if already_on:
+        host.noop("persistence mode is on for every GPU (nvidia-smi)")
         return
     yield StringCommand(
         "systemctl enable nvidia-persistenced.service && "

@@ -13,8 +13,9 @@ from io import BytesIO
 from typing import Any
 
 from pyinfra import host
-from pyinfra.api import FactBase, FileUploadCommand, StringCommand, operation
+from pyinfra.api import FileUploadCommand, StringCommand, operation
 
+from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
 from autoglm_infra.remote_state import (
     FileState,
     PackageState,
@@ -30,7 +31,7 @@ APT_OPTS = (
 )
 
 
-class SnapshotFact(FactBase[Snapshot]):
+class SnapshotFact(TypedFact[Snapshot]):
     """Files (sha256, mode, owner), installed packages and commands, in one command."""
 
     def command(

@@ -15,9 +15,10 @@ from io import BytesIO
 from typing import Any
 
 from pyinfra import host
-from pyinfra.api import FactBase, FileUploadCommand, StringCommand, operation
+from pyinfra.api import FileUploadCommand, StringCommand, operation
 
 from autoglm_infra.pyinfra_ext.operations import APT_ENV, APT_OPTS
+from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
 from autoglm_infra.python_env import (
     STAMP_FILE,
     Lock,
@@ -79,7 +80,7 @@ def parse_python_env(lines: Sequence[str]) -> VenvState:
     return VenvState(version, has_venv, user, dirs, link, stamp, parse_dist_info(dists))
 
 
-class PythonEnvFact(FactBase[VenvState]):
+class PythonEnvFact(TypedFact[VenvState]):
     """Interpreter, service user, cache dirs, venv link, lock stamp, installed dists."""
 
     def command(self, interpreter: str, venv_dir: str, user: str, dirs: Sequence[str] = ()) -> str:

@@ -11,8 +11,9 @@ from collections.abc import Generator, Sequence
 from typing import Any
 
 from pyinfra import host
-from pyinfra.api import FactBase, StringCommand, operation
+from pyinfra.api import StringCommand, operation
 
+from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
 from autoglm_infra.service_state import (
     ServiceSnapshot,
     parse_service_snapshot,
@@ -21,7 +22,7 @@ from autoglm_infra.service_state import (
 )
 
 
-class ServiceSnapshotFact(FactBase[ServiceSnapshot]):
+class ServiceSnapshotFact(TypedFact[ServiceSnapshot]):
     """Managed files, unit state, service user and directories, in one command."""
 
     def command(

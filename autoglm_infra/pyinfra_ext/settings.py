@@ -7,10 +7,14 @@ from typing import Any
 from pyinfra import host, state
 from pyinfra.api.exceptions import PyinfraError
 
+from autoglm_infra import nvidia_files as nf
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.config.validate import ConfigError, find_problems
+from autoglm_infra.gpu_checks import GpuProbe
 from autoglm_infra.host_profile import HostProfile
-from autoglm_infra.pyinfra_ext.facts import HostProfileFact
+from autoglm_infra.installed_stack import installed_stack
+from autoglm_infra.pyinfra_ext.facts import GpuProbeFact, HostProfileFact
+from autoglm_infra.stack_adopt import HostPlan, host_plan
 
 
 class InvalidConfiguration(PyinfraError):
@@ -20,6 +24,7 @@ class InvalidConfiguration(PyinfraError):
 # Per pyinfra State (one per CLI run, several in tests): validated hosts and cached facts.
 _validated: dict[int, bool] = {}
 _profiles: dict[tuple[int, str], HostProfile] = {}
+_gpu_probes: dict[tuple[int, str], GpuProbe] = {}
 
 
 def _validate_all_hosts() -> None:
@@ -46,3 +51,16 @@ def host_profile(disk_path: str) -> HostProfile:
     if key not in _profiles:
         _profiles[key] = host.get_fact(HostProfileFact, disk_path=disk_path)
     return _profiles[key]
+
+
+def host_gpu_probe() -> GpuProbe:
+    """nvidia-smi, modules, NVIDIA packages, holds and the driver's owner, read once per run."""
+    key = (id(state), host.name)
+    if key not in _gpu_probes:
+        _gpu_probes[key] = host.get_fact(GpuProbeFact, package_patterns=list(nf.PACKAGE_PATTERNS))
+    return _gpu_probes[key]
+
+
+def host_plan_for(settings: Settings, profile: HostProfile) -> HostPlan:
+    """The stack plan with what the host already has (GPU probe); raises StackError."""
+    return host_plan(settings, profile, installed_stack(host_gpu_probe()))

@@ -83,6 +83,12 @@ class StackRequest:
     cudnn_version: str = AUTO  # "auto" | "none" | "9" | "9.10"
     engine: str = "vllm"
     repo_base_url: str = DEFAULT_REPO_BASE_URL
+    # A healthy driver already loaded on the host and kept (see stack_adopt): the plan is
+    # resolved against its exact version and installs no driver package.
+    adopted_driver: str = ""
+    # CUDA versions to prefer when cuda_version is auto (the host's toolkits, the driver's
+    # own CUDA), best first: a fitting wheel of one of these wins over the engine default.
+    prefer_cuda: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -161,6 +167,26 @@ def resolve_stack(request: StackRequest, table: StackTable | None = None) -> Sta
         branch = branch_req
         if cuda_req is not None:
             _check_driver_for_cuda(branch, cuda_req, facts, target)
+    if request.adopted_driver:
+        branch = branch.model_copy(update={"version": request.adopted_driver})
+        notes.append(
+            f"driver {request.adopted_driver} (branch {branch.branch}) is already loaded and "
+            "kept: CUDA, cuDNN and the torch wheel are resolved against it"
+        )
+    preferred = (
+        [w for c in request.prefer_cuda for w in wheels if w.cuda.version == c]
+        if cuda_req is None
+        else []
+    )
+    fitting = [
+        w for w in preferred if parse_version(branch.version) >= parse_version(w.cuda.min_driver)
+    ]
+    if fitting:
+        notes.append(
+            f"{KEY_CUDA} auto -> {fitting[0].cuda.version}: the CUDA this host already has "
+            f"or its driver reports ({', '.join(request.prefer_cuda)})"
+        )
+        wheels, cuda_req = [fitting[0]], fitting[0].cuda
     wheel = _choose_wheel(wheels, rejected_wheels, engine, torch_release, branch, cuda_req, notes)
     cudnn = _resolve_cudnn(cudnn_req, request.cudnn_version, wheel.cuda, gpus, facts, notes)
 
@@ -170,7 +196,9 @@ def resolve_stack(request: StackRequest, table: StackTable | None = None) -> Sta
     driver_packages = tuple(
         AptPackage(pin.name, pin.version) for pin in family_packages.for_flavour(flavour)
     )
-    if branch.package_scheme == "pinning":
+    if request.adopted_driver:
+        driver_packages = ()
+    elif branch.package_scheme == "pinning":
         notes.append(
             f"R{branch.branch} uses NVIDIA's pinning scheme: install {driver_packages[0].name} "
             "in its own apt transaction before the unversioned driver packages"

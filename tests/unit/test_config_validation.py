@@ -45,6 +45,7 @@ def test_defaults_are_valid() -> None:
         ("model_repo", "AutoGLM-Phone-9B", "owner/name"),
         ("serve_host", "localhost", "not a host name"),
         ("nvidia_driver_branch", "57", "three-digit"),
+        ("nvidia_driver_policy", "keep", "'adopt' or 'manage'"),
         ("cuda_version", "12", "MAJOR.MINOR"),
         ("cudnn_version", "8.9", "'9.MINOR'"),
         ("hub_endpoint", "huggingface.co", "scheme 'none'"),

@@ -5,7 +5,13 @@ from __future__ import annotations
 import socket
 import subprocess
 
-from autoglm_infra.doctor import exposure_check, host_checks, listeners_script, parse_listeners
+from autoglm_infra.doctor import (
+    exposure_check,
+    host_checks,
+    listeners_script,
+    parse_listeners,
+    secure_boot_check,
+)
 from autoglm_infra.host_profile import HostProfile
 from autoglm_infra.preflight import Minimums
 
@@ -50,7 +56,23 @@ def test_listeners_script_sees_a_real_socket() -> None:
 
 
 def test_host_checks_report_resources_and_systemd() -> None:
-    checks = {c.name: c for c in host_checks(HostProfile(cpus=2), Minimums())}
+    checks = {c.name: c for c in host_checks(HostProfile(cpus=2, arch="x86_64"), Minimums())}
     assert checks["host resources"].status == "fail"
     assert "preflight_min_cpus" in checks["host resources"].evidence
     assert checks["systemd"].status == "fail"
+
+
+def test_host_checks_of_an_empty_profile_vouch_for_nothing() -> None:
+    checks = host_checks(HostProfile(), Minimums())
+    assert [(c.name, c.status) for c in checks] == [("host profile", "fail")]
+
+
+def test_secure_boot_is_ok_only_for_a_state_that_was_read() -> None:
+    read = {"arch": "x86_64", "cpus": 64}
+    no_efi = secure_boot_check(HostProfile(**read, efi=False))  # type: ignore[arg-type]
+    assert no_efi.status == "ok" and "without EFI" in no_efi.evidence
+    off = secure_boot_check(HostProfile(**read, efi=True, secure_boot="off"))  # type: ignore[arg-type]
+    assert off.status == "ok" and "variable is 0" in off.evidence
+    unknown = secure_boot_check(HostProfile(**read, efi=True))  # type: ignore[arg-type]
+    assert unknown.status == "warn" and "unknown" in unknown.evidence
+    assert secure_boot_check(HostProfile(**read)).status == "warn"  # type: ignore[arg-type]

@@ -158,6 +158,7 @@ def test_cache_mounts_ro_and_noexec() -> None:
         for p, r in zip(wanted, ["home", "TRITON_CACHE_DIR", "HF_HOME"], strict=True)
     }
     assert cache_mount_check(good, wanted).status == "ok"
+    assert cache_mount_check({}, wanted).status == "skip"  # no cache directory yet
     hf_noexec = {**good, wanted[2]: access(wanted[2], "HF_HOME", options=("rw", "noexec"))}
     assert cache_mount_check(hf_noexec, wanted).status == "ok"  # only data there
     bad = {**good, wanted[1]: access(wanted[1], "TRITON_CACHE_DIR", options=("ro", "noexec"))}
@@ -167,8 +168,15 @@ def test_cache_mounts_ro_and_noexec() -> None:
 
 
 def test_model_access() -> None:
-    assert model_access_check([], MODEL, "autoglm").status == "ok"
-    check = model_access_check([f"{MODEL}/model-00001-of-00004.safetensors"], MODEL, "autoglm")
+    there = {"model_exists": True, "user_exists": True}
+    assert model_access_check([], MODEL, "autoglm", **there).status == "ok"
+    no_dir = model_access_check([], MODEL, "autoglm", model_exists=False, user_exists=True)
+    assert no_dir.status == "skip" and "does not exist" in no_dir.evidence
+    no_user = model_access_check([], MODEL, "autoglm", model_exists=True, user_exists=False)
+    assert no_user.status == "skip" and "no user autoglm" in no_user.evidence
+    check = model_access_check(
+        [f"{MODEL}/model-00001-of-00004.safetensors"], MODEL, "autoglm", **there
+    )
     assert check.status == "fail" and "autoglm cannot read" in check.evidence
     assert f"chmod -R a+rX {MODEL}" in check.fix
 
@@ -183,10 +191,15 @@ def test_stale_caches_against_the_venv_build() -> None:
 
 def test_foreign_owned_cache_files_name_the_topmost_path() -> None:
     wanted = [CACHE, f"{CACHE}/vllm"]
-    assert cache_ownership_check([("root", f"{CACHE}/vllm")], wanted, "autoglm").status == "ok"
+    home = {"home_exists": True}
+    assert (
+        cache_ownership_check([("root", f"{CACHE}/vllm")], wanted, "autoglm", **home).status == "ok"
+    )
+    none = cache_ownership_check([], wanted, "autoglm", home_exists=False)
+    assert none.status == "skip"
     found = [("root", f"{CACHE}/vllm/torch_compile_cache"),
              ("root", f"{CACHE}/vllm/torch_compile_cache/1")]  # fmt: skip
-    check = cache_ownership_check(found, wanted, "autoglm")
+    check = cache_ownership_check(found, wanted, "autoglm", **home)
     assert check.status == "warn"
     assert check.fix.startswith(f"chown -R autoglm:autoglm {CACHE}/vllm/torch_compile_cache (")
 

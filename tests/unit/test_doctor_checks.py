@@ -7,6 +7,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+from autoglm_infra.checks import Check
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.doctor_env import (
     cache_checks,
@@ -107,11 +108,15 @@ def test_index_naming_absent_files_or_corrupted_fails() -> None:
 def test_context_length_against_max_position_embeddings() -> None:
     glm = json.dumps({"text_config": {"max_position_embeddings": 65536}})
     assert max_positions(glm) == 65536
-    assert context_length_check(glm, 25480, "vllm").status == "ok"
-    over = context_length_check(json.dumps({"max_position_embeddings": 2048}), 25480, "vllm")
+    assert context_length_check(glm, 25480, "vllm", model_exists=True).status == "ok"
+    over = context_length_check(
+        json.dumps({"max_position_embeddings": 2048}), 25480, "vllm", model_exists=True
+    )
     assert over.status == "fail" and over.fix == "set vllm_max_model_len to 2048 or less"
-    assert context_length_check(glm, 99999, "cpu").status == "skip"
-    assert context_length_check("{}", 25480, "vllm").status == "warn"
+    assert context_length_check(glm, 99999, "cpu", model_exists=True).status == "skip"
+    assert context_length_check("{}", 25480, "vllm", model_exists=True).status == "warn"
+    absent = context_length_check(None, 25480, "vllm", model_exists=False)
+    assert absent.status == "skip" and "no model directory" in absent.evidence
 
 
 def test_unit_states() -> None:
@@ -140,6 +145,27 @@ def test_health_from_the_smoke_tool() -> None:
     bad = health_check(['{"ok": false, "error": "no answer: Connection refused"}'], "u")
     assert bad.status == "fail" and "Connection refused" in bad.evidence
     assert health_check([], "u").status == "fail"
+
+
+def test_health_tells_apart_listener_key_file_refused_key_and_broken_tool() -> None:
+    def row(kind: str, error: str) -> Check:
+        line = json.dumps({"ok": False, "error": error, "kind": kind})
+        return health_check([line], "autoglm-serve.service", "/etc/autoglm/credentials/api-key")
+
+    fixes = {
+        row("no-listener", "no answer: [Errno 111] Connection refused").fix,
+        row("key-file", "API key file /etc/autoglm/credentials/api-key: No such file").fix,
+        row("key-refused", "HTTP 401 from http://127.0.0.1:8000/v1/models").fix,
+        row("broken", "/v1/models lists [], not the served name").fix,
+    }
+    assert len(fixes) == 4
+    assert "systemctl start" in row("no-listener", "x").fix
+    assert "deploys/service.py" in row("key-file", "x").fix
+    assert "systemctl restart" in row("key-refused", "x").fix
+    crashed = health_check(["Traceback (most recent call last):", "KeyError: 'x'"], "u")
+    assert crashed.status == "fail" and "python3" not in crashed.fix
+    missing = health_check(["sh: 1: python3: not found"], "u")
+    assert "install python3" in missing.fix
 
 
 def test_containers_privileged_exposed_unhealthy() -> None:

@@ -17,6 +17,7 @@ PLAN_DRIVER, PLAN_CUDA = "570.172.08", "12.8"
 PACKAGES = [("cuda-drivers-570", "570.172.08-1"), ("cuda-toolkit-12-8", "12.8.1-1")]
 H100 = HostProfile(gpus=(PciGpu("0000:07:00.0", "0x2330", "0x030200"),), secure_boot="off")
 HEALTHY = [
+    "probe=gpu",
     "smi=installed",
     "gpu=0, 00000000:07:00.0, NVIDIA H100 80GB HBM3, 570.172.08, Enabled, 81559",
     "cuda=12.8",
@@ -100,7 +101,9 @@ def test_pending_reboot_fails() -> None:
 
 
 def test_table_and_json_name_every_failure() -> None:
-    checks = evaluate_gpu(HostProfile(), parse_probe([]), PLAN_DRIVER, PLAN_CUDA, PACKAGES)
+    checks = evaluate_gpu(
+        HostProfile(), parse_probe(["probe=gpu"]), PLAN_DRIVER, PLAN_CUDA, PACKAGES
+    )
     table = format_table("gpu-1", checks)
     assert "gpu present" in table and "fix: attach a GPU" in table
     assert [c.name for c in failed(checks)] == ["packages", "gpu present"]
@@ -112,5 +115,10 @@ def test_probe_runs_here_and_reads_dpkg() -> None:
         ["sh", "-c", probe_script(["libc6", "dpkg"])], capture_output=True, text=True, check=True
     )
     probe = parse_probe(out.stdout.splitlines())
-    assert not probe.smi_installed and not probe.gpus
+    assert probe.read and not probe.smi_installed and not probe.gpus
     assert set(probe.packages) == {"libc6", "dpkg"} and all(probe.packages.values())
+
+
+def test_an_empty_probe_vouches_for_nothing() -> None:
+    checks = evaluate_gpu(H100, parse_probe([]), PLAN_DRIVER, PLAN_CUDA, PACKAGES)
+    assert [(c.name, c.status) for c in checks] == [("gpu probe", "fail")]

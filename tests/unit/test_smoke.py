@@ -140,3 +140,20 @@ def test_result_line_is_found_among_noise() -> None:
     }
     broken = parse_smoke("Traceback (most recent call last):\n  boom")
     assert broken["ok"] is False and "printed no result" in broken["error"]
+
+
+def test_failure_kinds_tell_listener_key_file_refused_key_and_the_rest(
+    endpoint, capsys, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    server, args = endpoint
+    missing = [*args, "--key-file", str(tmp_path / "absent")]  # the last --key-file wins
+    rc, result = run(missing, capsys)
+    assert rc == 1 and result["kind"] == "key-file" and "absent" in result["error"]
+    server.key = "other"
+    assert run(args, capsys)[1]["kind"] == "key-refused"
+    server.key = "k-123"
+    assert run([*args, "--model", "glm"], capsys)[1]["kind"] == "broken"
+    server.shutdown()
+    server.server_close()  # nothing listens on that port now
+    rc, result = run([*missing, "--tries", "1"], capsys)
+    assert rc == 1 and result["kind"] == "no-listener", result

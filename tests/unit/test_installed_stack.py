@@ -1,0 +1,183 @@
+"""What a host already has, read from the recorded real H200 outputs (tests/fixtures/
+recorded, verbatim), and what the NVIDIA stage decides for it (issue 24)."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+from autoglm_infra.config.schema import Settings
+from autoglm_infra.gpu_checks import parse_probe
+from autoglm_infra.host_profile import HostProfile, PciGpu
+from autoglm_infra.installed_stack import DPKG, RUNFILE, UNKNOWN, installed_stack, nvrm_flavour
+from autoglm_infra.stack_adopt import KEEP, REFUSE, UPGRADE, host_plan
+
+RECORDED = Path(__file__).resolve().parents[1] / "fixtures" / "recorded"
+H200_PROBE = (RECORDED / "h200-gpu-probe.txt").read_text().splitlines()
+# The recorded host as the host probe reads it (real-gpu-host-h200.md: Ubuntu 24.04,
+# PCI 0000:00:06.0 device 0x2335 class 0x030200, no /sys/firmware/efi).
+H200_HOST = HostProfile(
+    os_id="ubuntu", os_version="24.04", arch="x86_64", cpus=16, efi=False,
+    gpus=(PciGpu("0000:00:06.0", "0x2335", "0x030200"),), nvidia_module_version="580.159.04",
+)  # fmt: skip
+# The report's quote of that host's /proc/driver/nvidia/version.
+H200_NVRM = "NVIDIA UNIX Open Kernel Module for x86_64 580.159.04"
+# Public real NVRM lines (preinstalled-drivers.md §3: nixGL #186, illinois-scicomp #70).
+OPEN_565 = (
+    "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  565.57.01  Release Build  "
+    "(dvs-builder@U16-A24-9-2)  Thu Oct 10 12:15:00 UTC 2024"
+)
+PROPRIETARY_520 = (
+    "NVRM version: NVIDIA UNIX x86_64 Kernel Module  520.56.06  Thu Oct  6 21:38:55 UTC 2022"
+)
+
+
+def h200() -> tuple[list[str], Settings]:
+    return H200_PROBE, Settings()
+
+
+def test_recorded_probe_parses_into_the_hosts_real_facts() -> None:
+    probe = parse_probe(H200_PROBE)
+    assert probe.read and probe.smi_installed and probe.uvm_loaded
+    assert [(g.name, g.driver_version, g.persistence, g.memory_mib) for g in probe.gpus] == [
+        ("NVIDIA H200", "580.159.04", "Enabled", 143771)
+    ]
+    assert (probe.cuda_supported, probe.module_version) == ("13.0", "580.159.04")
+    found = installed_stack(probe)
+    assert found.driver_version == "580.159.04" and found.driver_healthy
+    assert found.owner == UNKNOWN and "no nvidia-* driver package" in found.owner_detail
+    assert found.cuda_toolkits == (("13.0", "cuda-cudart-13-0 13.0.96-1"),)
+    assert found.cudnn == (("13", "9.14.0.64-1", "libcudnn9-cuda-13"),)
+    assert found.held == {
+        "libcublas-13-0", "libcublas-dev-13-0", "libcudnn9-cuda-13", "libnccl-dev", "libnccl2"
+    }  # fmt: skip
+
+
+def test_recorded_nvidia_smi_gives_the_cuda_version_the_probe_reads() -> None:
+    """The probe's own sed over the recorded plain nvidia-smi output."""
+    out = subprocess.run(
+        ["sed", "-n", "s/.*CUDA Version: *\\([0-9.]*\\).*/cuda=\\1/p"],
+        input=(RECORDED / "h200-nvidia-smi.txt").read_text(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.split() == ["cuda=13.0"]
+    assert (
+        "Driver Version                                         : 580.159.04"
+        in (RECORDED / "h200-nvidia-smi-q.txt").read_text()
+    )
+
+
+def test_nvrm_line_gives_version_and_flavour() -> None:
+    assert nvrm_flavour(H200_NVRM) == ("580.159.04", "open")
+    assert nvrm_flavour(OPEN_565) == ("565.57.01", "open")
+    assert nvrm_flavour(PROPRIETARY_520) == ("520.56.06", "proprietary")
+    assert nvrm_flavour("") == ("", "")
+
+
+def test_owner_dpkg_runfile_or_unknown() -> None:
+    dpkg = parse_probe([*H200_PROBE, "smi_owner=nvidia-utils-580", "pkg=nvidia-utils-580 580.1"])
+    assert installed_stack(dpkg).owner == DPKG
+    runfile = parse_probe([*H200_PROBE, "uninstaller=/usr/bin/nvidia-uninstall"])
+    found = installed_stack(runfile)
+    assert found.owner == RUNFILE and "/usr/bin/nvidia-uninstall" in found.owner_detail
+    assert installed_stack(parse_probe(["probe=gpu"])).driver_version == ""
+
+
+def test_recorded_host_is_adopted_nothing_stacked_or_downgraded() -> None:
+    found = installed_stack(parse_probe([*H200_PROBE, f"nvrm={H200_NVRM}"]))
+    decided = host_plan(Settings(), H200_HOST, found)
+    actions = {c.name: c.action for c in decided.components}
+    assert actions == {"driver": KEEP, "CUDA": KEEP, "cuDNN": KEEP}, decided.components
+    assert decided.packages == [] and decided.refusal == ""
+    plan = decided.plan
+    assert (plan.driver_version, plan.cuda_version, plan.torch_flavour) == (
+        "580.159.04", "13.0", "cu130"
+    )  # fmt: skip
+    assert plan.driver_packages == ()
+    driver = decided.components[0].why
+    assert "open kernel module" in driver and "installed outside apt" in driver
+
+
+def test_manage_on_a_driver_no_package_manager_owns_refuses_with_the_fix() -> None:
+    found = installed_stack(parse_probe([*H200_PROBE, "uninstaller=/usr/bin/nvidia-uninstall"]))
+    decided = host_plan(Settings(nvidia_driver_policy="manage"), H200_HOST, found)
+    assert decided.components[0].action == REFUSE
+    assert (
+        "nvidia-uninstall" in decided.refusal and "nvidia_driver_policy: adopt" in decided.refusal
+    )
+    assert "580.159.04" in decided.refusal and "Nothing was changed" in decided.refusal
+
+
+def test_a_newer_point_release_from_apt_is_never_downgraded() -> None:
+    lines = [*H200_PROBE, "smi_owner=nvidia-driver-580-open",
+             "pkg=nvidia-driver-580-open 580.159.04-0ubuntu1"]  # fmt: skip
+    decided = host_plan(
+        Settings(nvidia_driver_policy="manage"), H200_HOST, installed_stack(parse_probe(lines))
+    )
+    driver = decided.components[0]
+    assert driver.action == KEEP and "never downgraded" in driver.why and not driver.packages
+    assert decided.refusal == ""
+    # what stays is what the plan (driver_reboot, verify, gpu_check) compares with
+    assert decided.plan.driver_version == "580.159.04" and decided.plan.driver_packages == ()
+
+
+def test_holds_of_the_host_are_respected_and_reported() -> None:
+    """An older driver apt owns, whose planned packages the host holds: refused, not unheld."""
+    lines = [
+        ln.replace("580.159.04", "570.172.08") for ln in H200_PROBE if not ln.startswith("cuda=")
+    ]
+    lines += ["cuda=12.8", "smi_owner=nvidia-driver-580-open",
+              "pkg=nvidia-driver-580-open 570.0-1", "held=nvidia-driver-580-open"]  # fmt: skip
+    found = installed_stack(parse_probe(lines))
+    found = replace(found, driver_healthy=False)  # not adoptable: the plan wants 580
+    decided = host_plan(Settings(), H200_HOST, found)
+    driver = decided.components[0]
+    assert driver.action == REFUSE and "apt-mark unhold nvidia-driver-580-open" in driver.why
+    assert UPGRADE in driver.why and decided.packages == []
+
+
+def _driver_host(version: str, cuda: str) -> list[str]:
+    """A probe of a host running `version` from a vendor image (outside apt), no toolkit."""
+    return [
+        "probe=gpu", "smi=installed",
+        f"gpu=0, 00000000:00:06.0, NVIDIA H200, {version}, Enabled, 143771",
+        f"cuda={cuda}", f"module={version}", "uvm=loaded",
+    ]  # fmt: skip
+
+
+def test_current_branches_595_and_620_are_known_and_adopted() -> None:
+    for version, cuda in (("595.71.05", "13.2"), ("620.70.06", "13.2")):
+        found = installed_stack(parse_probe(_driver_host(version, cuda)))
+        decided = host_plan(Settings(), H200_HOST, found)
+        assert decided.components[0].action == KEEP, decided.components[0]
+        # the newest CUDA at or below the driver's own that has an engine wheel
+        assert (decided.plan.driver_version, decided.plan.cuda_version) == (version, "13.0")
+        assert decided.plan.driver_packages == () and decided.refusal == ""
+
+
+def test_a_driver_branch_the_table_does_not_know_is_not_stacked_over() -> None:
+    found = installed_stack(parse_probe(_driver_host("610.57.04", "13.2")))
+    decided = host_plan(Settings(), H200_HOST, found)
+    assert decided.components[0].action == REFUSE
+    assert not [n for n, _ in decided.packages if n.startswith(("nvidia-", "cuda-drivers"))]
+    assert "cannot be kept" in decided.refusal and "nvidia-uninstall" in decided.refusal
+
+
+def test_a_driver_of_another_flavour_than_configured_is_not_adopted() -> None:
+    found = installed_stack(parse_probe([*H200_PROBE, f"nvrm={H200_NVRM}"]))
+    decided = host_plan(Settings(nvidia_driver_flavour="proprietary"), H200_HOST, found)
+    assert decided.components[0].action == REFUSE
+    assert "nvidia_driver_flavour=proprietary, the loaded module is open" in decided.refusal
+
+
+def test_planned_driver_packages_installed_but_not_loaded_are_kept_as_planned() -> None:
+    """A GPU-less host (the sandbox) after a converge: packages there, no nvidia-smi."""
+    plan = host_plan(Settings(), H200_HOST, installed_stack(parse_probe(["probe=gpu"]))).plan
+    lines = ["probe=gpu", *(f"pkg={p.name} {p.version}" for p in plan.driver_packages)]
+    decided = host_plan(Settings(), H200_HOST, installed_stack(parse_probe(lines)))
+    driver = decided.components[0]
+    assert driver.action == KEEP and driver.packages == plan.driver_packages
+    assert decided.plan.driver_version == plan.driver_version
