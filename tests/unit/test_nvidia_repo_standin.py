@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from autoglm_infra.testbed.apt_repo import IsolatedApt, SigningKey, build_repo
