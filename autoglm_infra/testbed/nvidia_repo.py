@@ -155,7 +155,7 @@ class NvidiaRepoStandin(RepoSite):
     name = "nvidia-repo"
 
     def repo_dir(self, repo: str = "debian12") -> Path:
-        return self.www / REPO_PATH / repo_data(repo)["path"]
+        return self.www / REPO_PATH / str(repo_data(repo)["path"])
 
     @property
     def base_url(self) -> str:
