@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
+from autoglm_infra import nvidia_files as nf
+from autoglm_infra.nvidia_apt_check import (
+    POLICY_MARK,
+    SIMULATE_MARK,
+    UPDATE_FAILED,
+    Expectation,
+    Offered,
+    driver_release,
+    judge,
+    parse_policy,
+    stale_closure,
+)
 from autoglm_infra.testbed.apt_repo import IsolatedApt, SigningKey, build_repo
 from autoglm_infra.testbed.nvidia_repo import (
     PublishedDataError,
@@ -66,3 +80,92 @@ def test_newer_releases_and_pinning_packages_are_published(debian12: IsolatedApt
     for version in ("580.95.05-1", "580.126.09-1", "580-5"):
         assert version in policy
     assert "595.71.05-1" in debian12.apt_cache("policy", "nvidia-open").stdout
+
+
+# --- the run-time safety net (autoglm_infra.nvidia_apt_check), on real apt output ---
+
+OPEN_580 = Expectation(
+    packages=(
+        ("nvidia-open-580", "580.95.05-1"),
+        ("cuda-toolkit-12-8", "12.8.1-1"),
+        ("cudnn9-cuda-12", "9.10.2.21-1"),
+        ("libcudnn9-cuda-12", "9.10.2.21-1"),
+    ),
+    driver_version="580.95.05",
+    cudnn_version="9.10.2.21",
+    repo_url="http://repo/debian12/x86_64/",
+)
+
+
+def apt_answer(apt: IsolatedApt, expect: Expectation, closure_pin: bool) -> str:
+    """What check_script prints, produced by real apt against the stand-in."""
+    prefs = apt.workdir / "preferences.d" / "autoglm-nvidia-pin"
+    (apt.workdir / "preferences.d" / "nvidia-driver-pin").unlink(missing_ok=True)
+    if closure_pin:
+        exact = [p for p in expect.packages if not p[0].startswith("nvidia-")]
+        prefs.write_text(nf.closure_preferences(expect.driver_version, exact, expect.cudnn_version))
+    else:
+        prefs.unlink(missing_ok=True)
+    names = [n for n, _ in expect.packages]
+    policy = apt.apt_cache("policy", *names).stdout
+    args = [f"{n}={v}" for n, v in expect.packages]
+    sim = apt.apt_get("-s", "install", "--no-install-recommends", *args, check=False)
+    return f"{POLICY_MARK}\n{policy}{SIMULATE_MARK}\n{sim.stdout}{sim.stderr}"
+
+
+def test_safety_net_passes_when_the_closure_pin_holds(debian12: IsolatedApt) -> None:
+    assert judge(OPEN_580, {}, apt_answer(debian12, OPEN_580, closure_pin=True)) is None
+
+
+def test_safety_net_names_every_package_apt_would_take_newer(debian12: IsolatedApt) -> None:
+    message = judge(OPEN_580, {}, apt_answer(debian12, OPEN_580, closure_pin=False))
+    assert message is not None and "nothing was installed" in message
+    assert "nvidia-kernel-open-dkms: planned 580.95.05-*, apt would land 595.71.05-1" in message
+
+
+def test_safety_net_names_the_newest_release_when_a_version_is_gone(
+    debian12: IsolatedApt,
+) -> None:
+    gone = dataclasses.replace(
+        OPEN_580, packages=(("nvidia-open-580", "580.82.07-1"),), driver_version="580.82.07"
+    )
+    message = judge(gone, {}, apt_answer(debian12, gone, closure_pin=True))
+    assert message is not None
+    assert "nvidia-open-580 580.82.07-1 is not in the repository" in message
+    assert "newest 580.x is 580.126.09" in message and "nvidia_driver_version" in message
+
+
+def test_installed_packages_left_at_another_release_count(debian12: IsolatedApt) -> None:
+    """An upgrade that moves only the meta leaves the old driver underneath: refused."""
+    installed = {"nvidia-open-580": "580.95.05-1", "nvidia-kernel-open-dkms": "580.95.05-1"}
+    newer = dataclasses.replace(
+        OPEN_580, packages=(("nvidia-open-580", "580.126.09-1"),), driver_version="580.126.09"
+    )
+    output = f"{POLICY_MARK}\nnvidia-open-580:\n  Installed: 580.95.05-1\n  Version table:\n"
+    output += "     580.126.09-1 1001\n        500 http://repo Packages\n"
+    output += f"{SIMULATE_MARK}\nInst nvidia-open-580 [580.95.05-1] (580.126.09-1 r [amd64])\n"
+    message = judge(newer, installed, output)
+    assert message is not None and "nvidia-kernel-open-dkms: planned 580.126.09-*" in message
+    assert stale_closure(installed, "580.126.09", "", ["nvidia-open-580"]) == [
+        "nvidia-kernel-open-dkms"
+    ]
+
+
+def test_policy_counts_only_versions_a_repository_offers() -> None:
+    text = (
+        "libcuda1:\n  Installed: 580.95.05-1\n  Candidate: 580.95.05-1\n  Version table:\n"
+        "     595.71.05-1 500\n        500 http://r  Packages\n"
+        " *** 580.95.05-1 1001\n        100 /var/lib/dpkg/status\n"
+    )
+    assert parse_policy(text) == {"libcuda1": Offered("580.95.05-1", ("595.71.05-1",))}
+
+
+def test_container_toolkit_and_other_software_are_not_driver_packages() -> None:
+    installed = {"nvidia-container-toolkit": "1.17.8-1", "libnvidia-ml1": "595.71.05-1"}
+    assert stale_closure(installed, "580.95.05", "", []) == ["libnvidia-ml1"]
+    assert driver_release("cuda-toolkit-12-8", "12.8.1-1") is None
+
+
+def test_update_failure_stops_with_apts_words() -> None:
+    message = judge(OPEN_580, {}, f"{UPDATE_FAILED}\nE: Failed to fetch http://repo 404")
+    assert message is not None and "404" in message
