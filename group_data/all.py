@@ -114,6 +114,10 @@ docker_registry_mirrors = []
 # three-digit branch (e.g. 570).
 nvidia_driver_branch = "auto"
 
+# Exact driver release within the branch; 'auto' takes the release the table pins. Allowed: auto |
+# release (e.g. 580.126.09).
+nvidia_driver_version = "auto"
+
 # Kernel modules: open (Turing and newer) or proprietary; auto picks open when possible. Allowed:
 # auto | open | proprietary.
 nvidia_driver_flavour = "auto"
