@@ -25,20 +25,20 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from autoglm_infra.stack.facts_table import (
+    PINNING_PACKAGE_PREFIX,
     CudaToolkit,
     Cudnn,
     CudnnBuild,
     DriverBranch,
     Engine,
+    EngineFlavour,
     FamilyPackages,
     FlavourPackages,
-    EngineFlavour,
     OsTarget,
     PackagePin,
     StackTable,
     TorchFlavour,
     TorchRelease,
-    PINNING_PACKAGE_PREFIX,
     default_stack_table,
     parse_version,
 )
