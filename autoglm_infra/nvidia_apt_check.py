@@ -124,14 +124,15 @@ def off_plan(name: str, version: str, driver_version: str, cudnn_version: str) -
 
 
 def stale_closure(
-    installed: Mapping[str, str], driver_version: str, cudnn_version: str, planned: Sequence[str]
+    installed: Mapping[str, str], driver_version: str, cudnn_version: str, skip: Sequence[str]
 ) -> list[str]:
     """Installed driver/cuDNN packages at another release: the transaction must move them
-    too (apt leaves a dependency alone while an older version still satisfies ">=")."""
+    too (apt leaves a dependency alone while an older version still satisfies ">=").
+    `skip`: the planned packages and those the transaction removes."""
     return [
         name
         for name, version in sorted(installed.items())
-        if name not in planned and off_plan(name, version, driver_version, cudnn_version)
+        if name not in skip and off_plan(name, version, driver_version, cudnn_version)
     ]
 
 

@@ -64,10 +64,12 @@ packages = plan_packages(plan)
 # NVIDIA's version-locking package goes in first, in its own transaction.
 locking = [p for p in packages if p[0].startswith(PINNING_PACKAGE_PREFIX)]
 installed = {name: state.version for name, state in snapshot.packages.items()}
-# Driver/cuDNN packages left at another release by an earlier plan move with this one.
-stale = stale_closure(installed, plan.driver_version, plan.cudnn_version, [n for n, _ in packages])
 to_install, _ = apt_changes(packages, snapshot.packages)
 to_remove = [n for n in previously_held if n in installed and n not in dict(packages)]
+# Driver/cuDNN packages left at another release by an earlier plan move with this one.
+stale = stale_closure(
+    installed, plan.driver_version, plan.cudnn_version, [*dict(packages), *to_remove]
+)
 nvidia_apt_check(
     name="NVIDIA: apt lands exactly the planned versions (asked before installing)",
     expect=Expectation(tuple(packages), plan.driver_version, plan.cudnn_version, plan.repo_url),
