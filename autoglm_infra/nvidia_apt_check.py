@@ -43,30 +43,35 @@ class Expectation:
 class Offered:
     installed: str  # "" when not installed
     available: tuple[str, ...]  # versions some repository offers (not just dpkg status)
+    candidate: str = ""  # what `apt-get install NAME` would take under the preferences
 
 
 def parse_policy(text: str) -> dict[str, Offered]:
     """`apt-cache policy a b ...` -> per package what is installed and what is offered."""
     result: dict[str, Offered] = {}
-    name, installed, current = "", "", ""
+    name, installed, current, candidate = "", "", "", ""
     versions: list[str] = []
     in_repo: set[str] = set()
 
     def flush() -> None:
         if name:
-            result[name] = Offered(installed, tuple(v for v in versions if v in in_repo))
+            available = tuple(v for v in versions if v in in_repo)
+            result[name] = Offered(installed, available, candidate)
 
     for line in text.splitlines():
         if line and not line[0].isspace() and line.endswith(":"):
             flush()
             name, installed, versions, current, in_repo = line[:-1], "", [], "", set()
+            candidate = ""
             continue
         fields = line.split()
         if not fields or not name:
             continue
         if fields[0] == "Installed:":
             installed = "" if fields[1] == "(none)" else fields[1]
-        elif fields[0] in ("Candidate:", "Version"):
+        elif fields[0] == "Candidate:":
+            candidate = "" if fields[1] == "(none)" else fields[1]
+        elif fields[0] == "Version":
             continue
         elif fields[0] == "***" or (len(fields) == 2 and fields[1].lstrip("-").isdigit()):
             current = fields[-2]
@@ -172,9 +177,14 @@ def wrong_landings(
     installed: Mapping[str, str],
     installs: Mapping[str, str],
     removes: set[str],
+    refreshed: Mapping[str, str] = {},
 ) -> list[str]:
+    """`refreshed`: name -> candidate of the packages moved after the transaction."""
     final = {n: v for n, v in installed.items() if n not in removes}
     final.update(installs)
+    for name, candidate in refreshed.items():
+        if name in final and candidate:
+            final[name] = candidate
     problems = []
     for name, version in expect.packages:
         landed = final.get(name)
@@ -188,8 +198,13 @@ def wrong_landings(
     return problems
 
 
-def judge(expect: Expectation, installed: Mapping[str, str], output: str) -> str | None:
-    """None when apt would land exactly the plan; else the message to stop with."""
+def judge(
+    expect: Expectation, installed: Mapping[str, str], output: str, refresh: Sequence[str] = ()
+) -> str | None:
+    """None when apt would land exactly the plan; else the message to stop with.
+
+    `refresh`: installed packages moved to their candidate after the transaction (those it
+    did not remove), read from the policy part of `output`."""
     if UPDATE_FAILED in output:
         tail = output.split(UPDATE_FAILED, 1)[1].strip()
         return f"apt-get update failed for {expect.repo_url}: {tail[-600:]}"
@@ -206,7 +221,8 @@ def judge(expect: Expectation, installed: Mapping[str, str], output: str) -> str
     installs, removes, errors = parse_simulation(simulation)
     if errors:
         return "apt cannot install the plan (nothing was installed): " + " ".join(errors)
-    wrong = wrong_landings(expect, installed, installs, removes)
+    refreshed = {n: offered[n].candidate for n in refresh if n in offered}
+    wrong = wrong_landings(expect, installed, installs, removes, refreshed)
     if wrong:
         return (
             "apt would install NVIDIA packages at other versions than planned (nothing was "

@@ -110,6 +110,7 @@ def nvidia_apt_check(
     expect: Expectation,
     installed: Mapping[str, str],
     install_args: Sequence[str],
+    refresh: Sequence[str],
     prefs_name: str,
     prefs_text: str,
     needed: bool,
@@ -118,7 +119,8 @@ def nvidia_apt_check(
 
     + expect: the planned packages, driver release and cuDNN
     + installed: name -> version from this stage's snapshot
-    + install_args: the transaction about to run (name=version, refreshed names, name-)
+    + install_args: the transaction about to run (name=version, name- to remove)
+    + refresh: installed packages moved to their pinned candidate after it
     + prefs_name/prefs_text: the closure pin about to be written (simulated from a scratch
       copy of /etc/apt/preferences.d)
     + needed: False on a converged host, which then costs no command
@@ -127,9 +129,9 @@ def nvidia_apt_check(
     if not needed:
         host.noop("NVIDIA packages at their planned versions: apt not asked")
         return
-    names = [name for name, _ in expect.packages]
+    names = [*(name for name, _ in expect.packages), *refresh]
     output = host.get_fact(Command, check_script(names, install_args, prefs_name, prefs_text))
-    problem = judge(expect, installed, str(output or ""))
+    problem = judge(expect, installed, str(output or ""), refresh)
     if problem:
         yield fail_host(f"NVIDIA stage stopped before installing: {problem}")
         return

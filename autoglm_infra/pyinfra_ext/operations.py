@@ -151,8 +151,8 @@ def apt_pinned(
     + state_file: where the names of the packages we hold are recorded (for the next plan)
     + first: pairs installed in their own transaction before `packages` (a version-locking
       package must be in place before apt resolves the driver), held like them
-    + refresh: installed dependencies moved to their (pinned) candidate in the same
-      transaction, kept marked as automatically installed
+    + refresh: installed dependencies moved to their (pinned) candidate right after the
+      transaction (those it did not remove), kept marked as automatically installed
     + update: False when the caller already ran apt-get update for this change
     """
     every = [*first, *packages]
@@ -175,16 +175,19 @@ def apt_pinned(
         early = {f"{n}={v}" for n, v in first}
         transactions = [
             [s for s in to_install if s in early],
-            [*(s for s in to_install if s not in early), *refresh, *(f"{n}-" for n in to_remove)],
+            [*(s for s in to_install if s not in early), *(f"{n}-" for n in to_remove)],
         ]
+        install = f"{APT_ENV} apt-get install {APT_OPTS} --allow-downgrades"
         for args in filter(None, transactions):
-            yield StringCommand(
-                f"{APT_ENV} apt-get install {APT_OPTS} --allow-downgrades "
-                + " ".join(map(shlex.quote, args))
-            )
+            yield StringCommand(f"{install} " + " ".join(map(shlex.quote, args)))
         if refresh:
+            # Only those still installed: the transaction may have replaced some (e.g.
+            # the open kernel module by the proprietary one).
+            names_q = " ".join(map(shlex.quote, refresh))
             yield StringCommand(
-                "apt-mark auto " + " ".join(map(shlex.quote, refresh)) + " >/dev/null"
+                "R=$(dpkg-query -W -f='${db:Status-Abbrev} ${Package}\\n' "
+                f"{names_q} 2>/dev/null | awk '$1 ~ /^.i/ {{print $2}}'); "
+                f'[ -z "$R" ] || {{ {install} $R && apt-mark auto $R >/dev/null; }}'
             )
         to_hold = names
     yield StringCommand("apt-mark hold " + " ".join(map(shlex.quote, to_hold)) + " >/dev/null")

@@ -127,8 +127,10 @@ def test_apt_pinned_locking_package_first_then_driver_with_stale_closure() -> No
     )  # fmt: skip
     assert changed
     installs = [c for c in commands if "apt-get install" in c]
-    assert len(installs) == 2 and not any("apt-get update" in c for c in commands)
+    assert len(installs) == 3 and not any("apt-get update" in c for c in commands)
     assert installs[0].endswith("--allow-downgrades nvidia-driver-pinning-590.48.01=590.48.01-1")
-    assert installs[1].endswith("nvidia-open=590.48.01-1 nvidia-kernel-open-dkms nvidia-open-580-")
-    assert "apt-mark auto nvidia-kernel-open-dkms >/dev/null" in commands
-    assert commands[-1] == ("apt-mark hold nvidia-driver-pinning-590.48.01 nvidia-open >/dev/null")
+    assert installs[1].endswith("--allow-downgrades nvidia-open=590.48.01-1 nvidia-open-580-")
+    # then whatever of the old closure is still installed, to its pinned candidate
+    assert "dpkg-query" in installs[2] and "nvidia-kernel-open-dkms" in installs[2]
+    assert "apt-mark auto $R" in installs[2]
+    assert commands[-1] == "apt-mark hold nvidia-driver-pinning-590.48.01 nvidia-open >/dev/null"

@@ -146,6 +146,14 @@ def test_installed_packages_left_at_another_release_count(debian12: IsolatedApt)
     output += f"{SIMULATE_MARK}\nInst nvidia-open-580 [580.95.05-1] (580.126.09-1 r [amd64])\n"
     message = judge(newer, installed, output)
     assert message is not None and "nvidia-kernel-open-dkms: planned 580.126.09-*" in message
+    # moved after the transaction: fine when its candidate (under the pin) is the release
+    candidate = "nvidia-kernel-open-dkms:\n  Installed: 580.95.05-1\n  Candidate: {}\n"
+    moved = output.replace(SIMULATE_MARK, candidate.format("580.126.09-1") + SIMULATE_MARK)
+    assert judge(newer, installed, moved, ["nvidia-kernel-open-dkms"]) is None
+    stuck = output.replace(SIMULATE_MARK, candidate.format("595.71.05-1") + SIMULATE_MARK)
+    assert "apt would land 595.71.05-1" in str(
+        judge(newer, installed, stuck, ["nvidia-kernel-open-dkms"])
+    )
     assert stale_closure(installed, "580.126.09", "", ["nvidia-open-580"]) == [
         "nvidia-kernel-open-dkms"
     ]
@@ -157,7 +165,9 @@ def test_policy_counts_only_versions_a_repository_offers() -> None:
         "     595.71.05-1 500\n        500 http://r  Packages\n"
         " *** 580.95.05-1 1001\n        100 /var/lib/dpkg/status\n"
     )
-    assert parse_policy(text) == {"libcuda1": Offered("580.95.05-1", ("595.71.05-1",))}
+    assert parse_policy(text) == {
+        "libcuda1": Offered("580.95.05-1", ("595.71.05-1",), "580.95.05-1")
+    }
 
 
 def test_container_toolkit_and_other_software_are_not_driver_packages() -> None:
