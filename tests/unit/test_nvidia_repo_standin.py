@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -28,15 +29,18 @@ from autoglm_infra.testbed.nvidia_repo import (
 )
 
 
-@pytest.fixture(scope="module")
-def debian12(tmp_path_factory: pytest.TempPathFactory) -> IsolatedApt:
-    work = tmp_path_factory.mktemp("nvidia-standin")
+def standin_apt(work: Path, name: str) -> IsolatedApt:
     key = SigningKey.load_or_create(work / "key")
-    repo = build_repo(work / "repo", repo_specs("debian12"), key, origin="NVIDIA")
+    repo = build_repo(work / "repo", repo_specs(name), key, origin="NVIDIA")
     apt = IsolatedApt(work / "apt")
     apt.add_source(repo.source_line(f"file://{work / 'repo'}", key.dearmored_path))
     apt.apt_get("update")
     return apt
+
+
+@pytest.fixture(scope="module")
+def debian12(tmp_path_factory: pytest.TempPathFactory) -> IsolatedApt:
+    return standin_apt(tmp_path_factory.mktemp("nvidia-standin"), "debian12")
 
 
 def simulate(apt: IsolatedApt, *args: str, pin: str | None = None) -> dict[str, str]:
@@ -179,3 +183,17 @@ def test_container_toolkit_and_other_software_are_not_driver_packages() -> None:
 def test_update_failure_stops_with_apts_words() -> None:
     message = judge(OPEN_580, {}, f"{UPDATE_FAILED}\nE: Failed to fetch http://repo 404")
     assert message is not None and "404" in message
+
+
+def test_ubuntu_shapes_unsuffixed_590_and_the_r580_open_recipe(tmp_path: Path) -> None:
+    """nvidia-open (>= floor) takes the newest branch; nvidia-open-580 excludes cuda-drivers-580."""
+    apt = standin_apt(tmp_path, "ubuntu2404")
+    landed = simulate(apt, "nvidia-open=590.48.01-0ubuntu1")
+    assert landed["nvidia-driver-open"] == "595.71.05-1ubuntu1"
+    pinned = simulate(apt, "nvidia-open=590.48.01-0ubuntu1", pin="590.48.01-*")
+    assert set(pinned.values()) == {"590.48.01-0ubuntu1"}
+    both = apt.apt_get(
+        "-s", "install", "nvidia-open-580=580.95.05-0ubuntu1",
+        "cuda-drivers-580=580.95.05-0ubuntu1", check=False,
+    )  # fmt: skip
+    assert both.returncode != 0 and "Conflicts: cuda-drivers-580" in both.stdout
