@@ -12,11 +12,24 @@ UNATTENDED_BLACKLIST = "/etc/apt/apt.conf.d/51autoglm-nvidia-no-unattended-upgra
 NOUVEAU_BLACKLIST = "/etc/modprobe.d/autoglm-blacklist-nouveau.conf"
 UVM_AT_BOOT = "/etc/modules-load.d/autoglm-nvidia-uvm.conf"
 HELD_STATE = "/var/lib/autoglm/nvidia-held-packages"
+# Pins the whole driver closure, the toolkit and cuDNN to the plan (see closure_preferences).
+CLOSURE_PIN = "/etc/apt/preferences.d/autoglm-nvidia-pin"
+# Above the 1000 of NVIDIA's own nvidia-driver-pinning-* files, so another branch's pinning
+# package left on the host cannot outvote the plan; > 1000 also allows the downgrade back.
+PIN_PRIORITY = 1001
 REBOOT_REQUIRED = "/var/lib/autoglm/reboot-required"
 # What unattended-upgrades must never touch: a driver swapped under a running service
 # is the classic "Driver/library version mismatch".
 UNATTENDED_PATTERNS = ("nvidia-", "libnvidia-", "cuda-", "libcuda", "cudnn", "libcudnn")
-PACKAGE_PATTERNS = ("nvidia-*", "libnvidia-*", "cuda-*", "cudnn*", "libcudnn*")
+PACKAGE_PATTERNS = (
+    "nvidia-*", "libnvidia-*", "cuda-*", "cudnn*", "libcudnn*", "libcuda*", "firmware-nvidia-*",
+)  # fmt: skip
+# Every binary built from NVIDIA's driver sources, Debian and Ubuntu names (apt regex).
+DRIVER_PACKAGES_REGEX = (
+    "/^(nvidia-|libnvidia-|libcuda|cuda-drivers|firmware-nvidia-|xserver-xorg-video-nvidia"
+    "|libnvcuvid|libnvoptix|libxnvctrl|libegl-nvidia|libgl1-nvidia|libgles-nvidia"
+    "|libglx-nvidia)/"
+)
 
 
 class KeyTrustError(ValueError):
@@ -70,6 +83,26 @@ def nouveau_blacklist() -> str:
 def uvm_at_boot() -> str:
     # Loaded at boot so the hardened service never needs the setuid nvidia-modprobe.
     return "# Managed by autoglm-infra.\nnvidia_uvm\n"
+
+
+def closure_preferences(
+    driver_version: str, exact: list[tuple[str, str]], cudnn_version: str
+) -> str:
+    """apt preferences holding every package of the plan's closure at the planned release.
+
+    NVIDIA's metas depend on ">=" floors, so without this apt fills the closure with the
+    newest driver in the repository. The version glob binds only packages that publish
+    the planned release (the container toolkit's 1.x versions never match).
+    """
+    stanzas = [(DRIVER_PACKAGES_REGEX, f"{driver_version}-*")]
+    stanzas += [(name, version) for name, version in exact]
+    if cudnn_version:
+        stanzas.append(("/^(lib)?cudnn[0-9]/", f"{cudnn_version}-*"))
+    body = "\n".join(
+        f"Package: {package}\nPin: version {version}\nPin-Priority: {PIN_PRIORITY}\n"
+        for package, version in stanzas
+    )
+    return "# Managed by autoglm-infra: the planned NVIDIA stack and nothing newer.\n" + body
 
 
 @dataclass(frozen=True)

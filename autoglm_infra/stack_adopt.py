@@ -50,6 +50,30 @@ class HostPlan:
         """(name, version) the stage installs and holds, driver first."""
         return [(p.name, p.version) for c in self.components for p in c.packages]
 
+    def ours(self, name: str) -> bool:
+        """Whether the stage manages this component's packages (not a host's own, kept)."""
+        return any(c.name == name and c.packages for c in self.components)
+
+    @property
+    def pin_driver_version(self) -> str:
+        """The driver release apt may install: the planned or the kept one, never another."""
+        return self.plan.driver_version
+
+    @property
+    def pin_cuda_packages(self) -> list[tuple[str, str]]:
+        return [(p.name, p.version) for c in self.components if c.name == "CUDA"
+                for p in c.packages]  # fmt: skip
+
+    @property
+    def pin_cudnn_version(self) -> str:
+        """The planned cuDNN, or "" where the host's own build is kept (never moved)."""
+        return self.plan.cudnn_version if self.ours("cuDNN") else ""
+
+    @property
+    def moving_driver_version(self) -> str:
+        """The release other installed driver packages move to ("" : a kept driver stays)."""
+        return self.plan.driver_version if self.ours("driver") else ""
+
 
 def _adoptable(settings: Settings, profile: HostProfile, found: InstalledStack) -> str:
     """Why the loaded driver cannot be kept ("" when it can)."""
@@ -60,6 +84,8 @@ def _adoptable(settings: Settings, profile: HostProfile, found: InstalledStack) 
     branch = found.branch
     if settings.nvidia_driver_branch not in ("auto", str(branch)):
         return f"nvidia_driver_branch={settings.nvidia_driver_branch} asks for another branch"
+    if settings.nvidia_driver_version not in ("auto", found.driver_version):
+        return f"nvidia_driver_version={settings.nvidia_driver_version} pins another release"
     flavour = settings.nvidia_driver_flavour
     if found.driver_flavour and flavour not in ("auto", found.driver_flavour):
         return f"nvidia_driver_flavour={flavour}, the loaded module is {found.driver_flavour}"
@@ -111,7 +137,8 @@ def host_plan(settings: Settings, profile: HostProfile, found: InstalledStack) -
         )
     else:
         plan = resolve_stack(stack_request(settings, profile))
-        driver = _driver_component(plan, found, policy, why_not)
+        pinned = settings.nvidia_driver_version != "auto"
+        driver = _driver_component(plan, found, policy, why_not, pinned)
         kept_other = found.driver_version not in ("", plan.driver_version)
         if driver.action == KEEP and kept_other:
             # a newer point release kept: the plan follows the driver that stays
@@ -136,7 +163,7 @@ def host_plan(settings: Settings, profile: HostProfile, found: InstalledStack) -
 
 
 def _driver_component(
-    plan: StackPlan, found: InstalledStack, policy: str, why_not: str
+    plan: StackPlan, found: InstalledStack, policy: str, why_not: str, pinned: bool = False
 ) -> Component:
     packages = plan.driver_packages
     if not found.driver_version and (ours := _ours(packages, found)):
@@ -152,7 +179,16 @@ def _driver_component(
             "driver", INSTALL, f"no driver on the host: {plan.driver_version}", packages
         )
     same_branch = found.branch == plan.driver_branch
-    if same_branch and parse_version(found.driver_version) > parse_version(plan.driver_version):
+    newer = parse_version(found.driver_version) > parse_version(plan.driver_version)
+    if same_branch and newer and pinned:
+        return Component(
+            "driver",
+            UPGRADE,
+            f"DOWNGRADE {found.describe_driver()} -> {plan.driver_version}: "
+            f"nvidia_driver_version={plan.driver_version} pins that release",
+            packages,
+        )
+    if same_branch and newer:
         return Component(
             "driver",
             KEEP,

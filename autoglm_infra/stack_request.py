@@ -20,6 +20,7 @@ def stack_request(settings: Settings, profile: HostProfile) -> StackRequest:
         os=OsInfo(distro=profile.os_id, version=profile.os_version, arch=profile.arch),
         gpus=tuple(GpuDevice(NVIDIA_VENDOR, g.device_id) for g in profile.gpus),
         driver_branch=settings.nvidia_driver_branch,
+        driver_version=settings.nvidia_driver_version,
         driver_flavour=settings.nvidia_driver_flavour,
         cuda_version=settings.cuda_version,
         cudnn_version=settings.cudnn_version,

@@ -10,15 +10,18 @@ from pyinfra.operations import server
 
 from autoglm_infra import nvidia_files as nf
 from autoglm_infra.installed_stack import installed_stack
+from autoglm_infra.nvidia_apt_check import Expectation, stale_closure
 from autoglm_infra.pyinfra_ext.nvidia_ops import (
     PERSISTENCED_ENABLED,
     driver_reboot,
+    nvidia_apt_check,
     persistence_mode,
     verify_driver,
 )
-from autoglm_infra.pyinfra_ext.operations import SnapshotFact, apt_pinned, put_file
+from autoglm_infra.pyinfra_ext.operations import SnapshotFact, apt_changes, apt_pinned, put_file
 from autoglm_infra.pyinfra_ext.repo_key import fetch_trusted_keyring
 from autoglm_infra.pyinfra_ext.settings import host_gpu_probe, host_profile, host_settings
+from autoglm_infra.stack.facts_table import PINNING_PACKAGE_PREFIX
 from autoglm_infra.stack_adopt import host_plan
 
 settings = host_settings()
@@ -41,9 +44,14 @@ for part in decided.components:
     logger.info(f"{host.print_prefix}{part.name}: {part.action}: {part.why}")
 
 files = nf.stage_files(plan.repo_url, keyring)
+# The pin covers what the stage manages; a host's own kept toolkit or cuDNN is not moved.
+closure_pin = nf.closure_preferences(
+    decided.pin_driver_version, decided.pin_cuda_packages, decided.pin_cudnn_version
+)
 snapshot = host.get_fact(
     SnapshotFact,
-    files=[f.path for f in files] + [nf.HELD_STATE, nf.REBOOT_REQUIRED, PERSISTENCED_ENABLED],
+    files=[f.path for f in files]
+    + [nf.CLOSURE_PIN, nf.HELD_STATE, nf.REBOOT_REQUIRED, PERSISTENCED_ENABLED],
     package_patterns=list(nf.PACKAGE_PATTERNS),
     read_text=[nf.HELD_STATE],
     commands=["update-initramfs"],
@@ -61,12 +69,45 @@ for managed in files:
 held_state = snapshot.files.get(nf.HELD_STATE)
 previously_held = held_state.text.split() if held_state and held_state.text else []
 packages = decided.packages
-install = apt_pinned(
+# NVIDIA's version-locking package goes in first, in its own transaction.
+locking = [p for p in packages if p[0].startswith(PINNING_PACKAGE_PREFIX)]
+installed = {name: state.version for name, state in snapshot.packages.items()}
+to_install, _ = apt_changes(packages, snapshot.packages)
+to_remove = [n for n in previously_held if n in installed and n not in dict(packages)]
+# Driver/cuDNN packages left at another release by an earlier plan move with this one.
+stale = stale_closure(
+    installed,
+    decided.moving_driver_version,
+    decided.pin_cudnn_version,
+    [*dict(packages), *to_remove],
+)
+nvidia_apt_check(
+    name="NVIDIA: apt lands exactly the planned versions (asked before installing)",
+    expect=Expectation(
+        tuple(packages), decided.pin_driver_version, decided.pin_cudnn_version, plan.repo_url
+    ),
+    installed=installed,
+    install_args=[*to_install, *(f"{n}-" for n in to_remove)],
+    refresh=stale,
+    prefs_name=nf.CLOSURE_PIN.rsplit("/", 1)[1],
+    prefs_text=closure_pin,
+    needed=bool(to_install or to_remove or stale),
+)
+put_file(
+    name=f"NVIDIA: {nf.CLOSURE_PIN} (the planned release of every NVIDIA package)",
+    path=nf.CLOSURE_PIN,
+    content=closure_pin.encode(),
+    current=snapshot.files.get(nf.CLOSURE_PIN),
+)
+apt_pinned(
     name="NVIDIA: driver, CUDA and cuDNN at pinned versions, held",
-    packages=packages,
+    first=locking,
+    packages=[p for p in packages if p not in locking],
     installed=snapshot.packages,
     remove=previously_held,
     state_file=nf.HELD_STATE,
+    refresh=stale,
+    update=False,  # nvidia_apt_check ran it for this change
 )
 
 if snapshot.commands.get("update-initramfs"):

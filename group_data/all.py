@@ -119,6 +119,10 @@ nvidia_driver_branch = "auto"
 # change where a driver no package manager owns is loaded. Allowed: adopt | manage.
 nvidia_driver_policy = "adopt"
 
+# Exact driver release within the branch; 'auto' takes the release the table pins. Allowed: auto |
+# release (e.g. 580.126.09).
+nvidia_driver_version = "auto"
+
 # Kernel modules: open (Turing and newer) or proprietary; auto picks open when possible. Allowed:
 # auto | open | proprietary.
 nvidia_driver_flavour = "auto"

@@ -16,6 +16,12 @@ def check_driver_branch(value: str) -> str:
     return value
 
 
+def check_driver_version(value: str) -> str:
+    if value != "auto" and not re.fullmatch(r"[1-9][0-9]{2}\.[0-9]{1,3}(\.[0-9]{1,3})?", value):
+        raise ValueError("must be 'auto' or a driver release such as '580.126.09'")
+    return value
+
+
 def check_cuda_version(value: str) -> str:
     if value != "auto" and not re.fullmatch(r"1[1-9]\.[0-9]", value):
         raise ValueError("must be 'auto' or MAJOR.MINOR such as '12.8'")
@@ -40,6 +46,11 @@ class NvidiaKeys(Keys):
         "resolves CUDA/cuDNN/torch against it; manage installs the planned driver through apt "
         "and stops before any change where a driver no package manager owns is loaded.",
         "adopt | manage",
+    )
+    nvidia_driver_version: Annotated[str, Text, AfterValidator(check_driver_version)] = key(
+        "auto",
+        "Exact driver release within the branch; 'auto' takes the release the table pins.",
+        "auto | release (e.g. 580.126.09)",
     )
     nvidia_driver_flavour: Literal["auto", "open", "proprietary"] = key(
         "auto",

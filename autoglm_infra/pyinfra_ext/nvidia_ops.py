@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shlex
-from collections.abc import Generator
+from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
 from pyinfra import host, logger
@@ -11,6 +11,7 @@ from pyinfra.api import StringCommand, operation
 from pyinfra.facts.server import Command
 from pyinfra.operations import server
 
+from autoglm_infra.nvidia_apt_check import Expectation, check_script, judge
 from autoglm_infra.pyinfra_ext.operations import fail_host
 from autoglm_infra.remote_state import FileState
 
@@ -109,3 +110,36 @@ def persistence_mode(
         "systemctl enable nvidia-persistenced.service && "
         "{ [ ! -e /sys/module/nvidia ] || systemctl start nvidia-persistenced.service; }"
     )
+
+
+@operation()
+def nvidia_apt_check(
+    expect: Expectation,
+    installed: Mapping[str, str],
+    install_args: Sequence[str],
+    refresh: Sequence[str],
+    prefs_name: str,
+    prefs_text: str,
+    needed: bool,
+) -> Generator[Any, None, None]:
+    """Before any package changes, ask apt whether the plan lands exactly; stop if not.
+
+    + expect: the planned packages, driver release and cuDNN
+    + installed: name -> version from this stage's snapshot
+    + install_args: the transaction about to run (name=version, name- to remove)
+    + refresh: installed packages moved to their pinned candidate after it
+    + prefs_name/prefs_text: the closure pin about to be written (simulated from a scratch
+      copy of /etc/apt/preferences.d)
+    + needed: False on a converged host, which then costs no command
+    """
+    yield from ()  # a check: it never changes the host
+    if not needed:
+        host.noop("NVIDIA packages at their planned versions: apt not asked")
+        return
+    names = [*(name for name, _ in expect.packages), *refresh]
+    output = host.get_fact(Command, check_script(names, install_args, prefs_name, prefs_text))
+    problem = judge(expect, installed, str(output or ""), refresh)
+    if problem:
+        yield fail_host(f"NVIDIA stage stopped before installing: {problem}")
+        return
+    host.noop(f"apt lands every NVIDIA package at the plan (driver {expect.driver_version})")

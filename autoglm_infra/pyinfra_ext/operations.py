@@ -137,6 +137,9 @@ def apt_pinned(
     installed: dict[str, PackageState],
     remove: Sequence[str] = (),
     state_file: str | None = None,
+    first: Sequence[tuple[str, str]] = (),
+    refresh: Sequence[str] = (),
+    update: bool = True,
 ) -> Generator[Any, None, None]:
     """Install packages at exact versions and apt-mark hold them; remove `remove`.
 
@@ -147,25 +150,46 @@ def apt_pinned(
     + installed: from this stage's snapshot
     + remove: installed packages of a previous plan that the new plan replaces
     + state_file: where the names of the packages we hold are recorded (for the next plan)
+    + first: pairs installed in their own transaction before `packages` (a version-locking
+      package must be in place before apt resolves the driver), held like them
+    + refresh: installed dependencies moved to their (pinned) candidate right after the
+      transaction (those it did not remove), kept marked as automatically installed
+    + update: False when the caller already ran apt-get update for this change
     """
-    to_install, to_hold = apt_changes(packages, installed)
-    to_remove = [n for n in remove if n in installed and n not in dict(packages)]
-    if not to_install and not to_hold and not to_remove:
-        host.noop(f"{len(packages)} packages at their pinned versions and held")
+    every = [*first, *packages]
+    to_install, to_hold = apt_changes(every, installed)
+    to_remove = [n for n in remove if n in installed and n not in dict(every)]
+    if not to_install and not to_hold and not to_remove and not refresh:
+        host.noop(f"{len(every)} packages at their pinned versions and held")
         return
-    names = [n for n, _ in packages]
-    if to_install or to_remove:
+    names = [n for n, _ in every]
+    if to_install or to_remove or refresh:
         release = [
-            n for n in [*names, *to_remove] if installed.get(n, PackageState("", False)).held
+            n
+            for n in [*names, *to_remove, *refresh]
+            if installed.get(n, PackageState("", False)).held
         ]
         if release:
             yield StringCommand("apt-mark unhold " + " ".join(map(shlex.quote, release)))
-        yield StringCommand(f"{APT_ENV} apt-get update -q")
-        args = [*to_install, *(f"{n}-" for n in to_remove)]
-        yield StringCommand(
-            f"{APT_ENV} apt-get install {APT_OPTS} --allow-downgrades "
-            + " ".join(map(shlex.quote, args))
-        )
+        if update:
+            yield StringCommand(f"{APT_ENV} apt-get update -q")
+        early = {f"{n}={v}" for n, v in first}
+        transactions = [
+            [s for s in to_install if s in early],
+            [*(s for s in to_install if s not in early), *(f"{n}-" for n in to_remove)],
+        ]
+        install = f"{APT_ENV} apt-get install {APT_OPTS} --allow-downgrades"
+        for args in filter(None, transactions):
+            yield StringCommand(f"{install} " + " ".join(map(shlex.quote, args)))
+        if refresh:
+            # Only those still installed: the transaction may have replaced some (e.g.
+            # the open kernel module by the proprietary one).
+            names_q = " ".join(map(shlex.quote, refresh))
+            yield StringCommand(
+                "R=$(dpkg-query -W -f='${db:Status-Abbrev} ${Package}\\n' "
+                f"{names_q} 2>/dev/null | awk '$1 ~ /^.i/ {{print $2}}'); "
+                f'[ -z "$R" ] || {{ {install} $R && apt-mark auto $R >/dev/null; }}'
+            )
         to_hold = names
     yield StringCommand("apt-mark hold " + " ".join(map(shlex.quote, to_hold)) + " >/dev/null")
     if state_file:

@@ -200,26 +200,47 @@ class DriverBranch(_SourcedRow):
 
     def _check_pins(self, family: str, flavour: str, pins: tuple[PackagePin, ...]) -> None:
         where = f"packages.{family}.{flavour}"
-        pinning_name = f"{PINNING_PACKAGE_PREFIX}{self.branch}"
-        for pin in pins:
+        # NVIDIA's version-locking packages: per branch (<branch>-<n>) or per release
+        # (<version>-<rev>); either may lead the list (installed in its own transaction).
+        pinning = {
+            f"{PINNING_PACKAGE_PREFIX}{self.branch}": str(self.branch),
+            f"{PINNING_PACKAGE_PREFIX}{self.version}": f"{self.version}-",
+        }
+        for index, pin in enumerate(pins):
             if pin.name.startswith(PINNING_PACKAGE_PREFIX):
-                if pin.name != pinning_name or not pin.version.startswith(str(self.branch)):
-                    raise ValueError(f"{where}: pinning package must be {pinning_name}=<branch>-…")
+                prefix = pinning.get(pin.name)
+                if index != 0 or prefix is None or not pin.version.startswith(prefix):
+                    raise ValueError(
+                        f"{where}: a pinning package comes first, named "
+                        f"{PINNING_PACKAGE_PREFIX}<branch>=<branch>-… or "
+                        f"{PINNING_PACKAGE_PREFIX}<version>=<version>-…"
+                    )
             elif not pin.version.startswith(f"{self.version}-"):
                 raise ValueError(
                     f"{where}: {pin.name}={pin.version} is not the pinned driver {self.version}"
                 )
+        drivers = [p for p in pins if not p.name.startswith(PINNING_PACKAGE_PREFIX)]
+        if not drivers:
+            raise ValueError(f"{where}: lists no driver package")
         branch_tag = str(self.branch)
-        if self.package_scheme == "branch_suffixed":
-            for pin in pins:
-                if branch_tag not in pin.name or pin.name.startswith(PINNING_PACKAGE_PREFIX):
-                    raise ValueError(f"{where}: {pin.name} is not a branch-suffixed package")
-        else:
-            if pins[0].name != pinning_name:
-                raise ValueError(f"{where}: the pinning scheme must start with {pinning_name}")
-            for pin in pins[1:]:
-                if branch_tag in pin.name:
-                    raise ValueError(f"{where}: {pin.name} should be unversioned under pinning")
+        for pin in drivers:
+            suffixed = branch_tag in pin.name
+            if suffixed != (self.package_scheme == "branch_suffixed"):
+                kind = "branch-suffixed" if suffixed else "unversioned"
+                raise ValueError(f"{where}: {pin.name} is {kind}, not {self.package_scheme}")
+
+
+class DriverRevision(_SourcedRow):
+    """The Debian revision NVIDIA's driver builds carry from `from_version` on."""
+
+    family: PackageFamily
+    from_version: str
+    revision: str
+
+    @field_validator("from_version")
+    @classmethod
+    def _numeric(cls, value: str) -> str:
+        return _check_numeric(value)
 
 
 class CudaToolkit(_SourcedRow):
@@ -363,6 +384,7 @@ class StackTable(_Frozen):
     cudnn: tuple[Cudnn, ...]
     torch: tuple[TorchRelease, ...] = Field(min_length=1)
     engines: tuple[Engine, ...] = Field(min_length=1)
+    driver_revisions: tuple[DriverRevision, ...] = ()
 
     # -- lookups -------------------------------------------------------------------------
     def architecture(self, name: str) -> Architecture | None:
@@ -373,6 +395,17 @@ class StackTable(_Frozen):
 
     def branch(self, number: int) -> DriverBranch | None:
         return next((b for b in self.driver_branches if b.branch == number), None)
+
+    def driver_revision(self, family: str, version: str) -> str | None:
+        """Revision of NVIDIA's `family` build of driver `version` (None: unknown)."""
+        rows = [
+            r
+            for r in self.driver_revisions
+            if r.family == family and parse_version(r.from_version) <= parse_version(version)
+        ]
+        if not rows:
+            return None
+        return max(rows, key=lambda r: parse_version(r.from_version)).revision
 
     def cuda(self, version: str) -> CudaToolkit | None:
         return next((c for c in self.cuda_toolkits if c.version == version), None)

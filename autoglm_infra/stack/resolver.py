@@ -20,17 +20,22 @@ Never imports pyinfra: deploy code turns the plan into operations.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from autoglm_infra.stack.facts_table import (
+    PINNING_PACKAGE_PREFIX,
     CudaToolkit,
     Cudnn,
     CudnnBuild,
     DriverBranch,
     Engine,
     EngineFlavour,
+    FamilyPackages,
+    FlavourPackages,
     OsTarget,
+    PackagePin,
     StackTable,
     TorchFlavour,
     TorchRelease,
@@ -43,6 +48,7 @@ from autoglm_infra.stack.gpus import GpuDevice, GpuInfo, identify_gpu, is_nvidia
 KEY_OS = "os"
 KEY_GPUS = "gpus"
 KEY_BRANCH = "nvidia_driver_branch"
+KEY_VERSION = "nvidia_driver_version"
 KEY_FLAVOUR = "nvidia_driver_flavour"
 KEY_CUDA = "cuda_version"
 KEY_CUDNN = "cudnn_version"
@@ -78,6 +84,7 @@ class StackRequest:
     os: OsInfo
     gpus: tuple[GpuDevice, ...] = ()  # empty: GPU-less host (sandbox), packages still resolve
     driver_branch: str = AUTO  # "auto" or e.g. "580"
+    driver_version: str = AUTO  # "auto" (the branch's pinned release) or e.g. "580.126.09"
     driver_flavour: str = AUTO  # "auto" | "open" | "proprietary"
     cuda_version: str = AUTO  # "auto" or e.g. "12.8"
     cudnn_version: str = AUTO  # "auto" | "none" | "9" | "9.10"
@@ -147,7 +154,9 @@ def resolve_stack(request: StackRequest, table: StackTable | None = None) -> Sta
     repo_url = _repo_url(request.repo_base_url, target)
     gpus = _identify_gpus(request.gpus, facts, notes)
     engine, torch_release = _resolve_engine(request.engine, facts)
-    branch_req = _parse_branch(request.driver_branch, facts)
+    branch_req = _apply_release(
+        request.driver_version, _parse_branch(request.driver_branch, facts), facts, notes
+    )
     flavour_req = _parse_flavour(request.driver_flavour)
     cuda_req = _parse_cuda(request.cuda_version, facts)
     cudnn_req = _parse_cudnn(request.cudnn_version, facts)
@@ -198,10 +207,10 @@ def resolve_stack(request: StackRequest, table: StackTable | None = None) -> Sta
     )
     if request.adopted_driver:
         driver_packages = ()
-    elif branch.package_scheme == "pinning":
+    elif driver_packages[0].name.startswith(PINNING_PACKAGE_PREFIX):
         notes.append(
-            f"R{branch.branch} uses NVIDIA's pinning scheme: install {driver_packages[0].name} "
-            "in its own apt transaction before the unversioned driver packages"
+            f"{driver_packages[0].name} (NVIDIA's version-locking package) is installed in its "
+            "own apt transaction before the driver"
         )
     cuda_packages = (AptPackage(wheel.cuda.package, wheel.cuda.package_version),)
     cudnn_packages: tuple[AptPackage, ...] = ()
@@ -324,6 +333,61 @@ def _parse_branch(value: str, facts: StackTable) -> DriverBranch | None:
             [KEY_BRANCH],
         )
     return branch
+
+
+def _apply_release(
+    value: str, branch: DriverBranch | None, facts: StackTable, notes: list[str]
+) -> DriverBranch | None:
+    """The branch row moved to the release `nvidia_driver_version` names (same package set,
+    that release's names and Debian revisions)."""
+    text = value.strip().lower()
+    if text == AUTO:
+        return branch
+    if not re.fullmatch(r"[1-9][0-9]{2}\.[0-9]+(\.[0-9]+)?", text):
+        raise StackError(
+            f"{KEY_VERSION}={value!r} is not a driver release: use auto or e.g. 580.126.09",
+            [KEY_VERSION],
+        )
+    number = int(text.split(".", 1)[0])
+    if branch is None:
+        branch = facts.branch(number)
+        if branch is None:
+            known = ", ".join(str(b.branch) for b in _branches_ascending(facts))
+            raise StackError(
+                f"{KEY_VERSION}={text} is a release of branch {number}, which the table does "
+                f"not know: use a release of {known}",
+                [KEY_VERSION],
+            )
+    elif branch.branch != number:
+        raise StackError(
+            f"{KEY_VERSION}={text} is not a release of {KEY_BRANCH}={branch.branch}: use a "
+            f"{branch.branch}.x release or set {KEY_BRANCH}={number}",
+            [KEY_VERSION, KEY_BRANCH],
+        )
+    if text == branch.version:
+        return branch
+    pinned = branch.version
+
+    def moved(pin: PackagePin, family: str) -> PackagePin:
+        version = pin.version
+        if version.startswith(f"{pinned}-"):
+            revision = facts.driver_revision(family, text) or version[len(pinned) + 1 :]
+            version = f"{text}-{revision}"
+        return PackagePin(name=pin.name.replace(pinned, text), version=version)
+
+    families: dict[str, FlavourPackages] = {}
+    for family in ("ubuntu", "debian"):
+        pkgs = branch.packages.for_family(family)
+        if pkgs is not None:
+            families[family] = FlavourPackages(
+                open=tuple(moved(p, family) for p in pkgs.open),
+                proprietary=tuple(moved(p, family) for p in pkgs.proprietary),
+            )
+    notes.append(
+        f"{KEY_VERSION}={text}: branch {branch.branch} at this release instead of its "
+        f"pinned {pinned} (package revisions from driver_revisions in data/nvidia_stack.yaml)"
+    )
+    return branch.model_copy(update={"version": text, "packages": FamilyPackages(**families)})
 
 
 def _parse_flavour(value: str) -> str | None:

@@ -112,3 +112,25 @@ def test_persistence_mode_enabled_once_on_gpu_hosts_only() -> None:
     assert commands[0].startswith("systemctl enable nvidia-persistenced.service")
     assert run_op(persistence_mode, gpu_present=True, enabled=GOOD) == (False, [])
     assert run_op(persistence_mode, gpu_present=False, enabled=None) == (False, [])
+
+
+def test_apt_pinned_locking_package_first_then_driver_with_stale_closure() -> None:
+    """Branch change 580 -> 590: pinning package alone, then the driver moving the leaves."""
+    installed = {
+        "nvidia-open-580": PackageState("580.95.05-1", True),
+        "nvidia-kernel-open-dkms": PackageState("580.95.05-1", False),
+    }
+    changed, commands = run_op(
+        apt_pinned, first=[("nvidia-driver-pinning-590.48.01", "590.48.01-1")],
+        packages=[("nvidia-open", "590.48.01-1")], installed=installed,
+        remove=["nvidia-open-580"], refresh=["nvidia-kernel-open-dkms"], update=False,
+    )  # fmt: skip
+    assert changed
+    installs = [c for c in commands if "apt-get install" in c]
+    assert len(installs) == 3 and not any("apt-get update" in c for c in commands)
+    assert installs[0].endswith("--allow-downgrades nvidia-driver-pinning-590.48.01=590.48.01-1")
+    assert installs[1].endswith("--allow-downgrades nvidia-open=590.48.01-1 nvidia-open-580-")
+    # then whatever of the old closure is still installed, to its pinned candidate
+    assert "dpkg-query" in installs[2] and "nvidia-kernel-open-dkms" in installs[2]
+    assert "apt-mark auto $R" in installs[2]
+    assert commands[-1] == "apt-mark hold nvidia-driver-pinning-590.48.01 nvidia-open >/dev/null"

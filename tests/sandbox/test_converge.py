@@ -1,7 +1,9 @@
 """A real converge of sandbox hosts: NVIDIA stack from the signed stand-in repository.
 
-One host is converged once for the module; the scenarios that need an untouched host
-boot their own (2 s each).
+The stand-in (data/nvidia_repo_packages.yaml) carries NVIDIA's dependency shapes and newer
+releases and branches (580.126.09, 590.48.01, 595.71.05), so an unpinned closure would
+land on them. One host is converged and then moved between plans for the module; the
+scenarios that need an untouched host boot their own (2 s each).
 """
 
 from __future__ import annotations
@@ -12,14 +14,20 @@ from pathlib import Path
 
 import pytest
 
+from autoglm_infra.nvidia_apt_check import driver_release
 from autoglm_infra.testbed.converge import converge_twice, describe_failure, run_pyinfra
 from autoglm_infra.testbed.hosts import SandboxHost
-from autoglm_infra.testbed.nvidia_repo import NvidiaRepoStandin, planned_packages
+from autoglm_infra.testbed.nvidia_repo import NvidiaRepoStandin
 from autoglm_infra.testbed.world import sandbox_group_data
 
 MANAGED = (
     "/etc/apt/keyrings/autoglm-nvidia-cuda.gpg /etc/apt/sources.list.d/autoglm-nvidia-cuda.sources"
 )
+CLOSURE_PIN = "/etc/apt/preferences.d/autoglm-nvidia-pin"
+# What the default plan (Debian 12, no GPU -> open, R580) installs: the table's pinned
+# versions, written out here so the test does not agree with the resolver by construction.
+TOOLKIT = ("cuda-toolkit-12-8", "12.8.1-1")
+CUDNN = "9.10.2.21-1"
 
 # preflight + nvidia only: the later stages are converged by test_full.py
 DEPLOY = "tests/sandbox/deploys/preflight_nvidia.py"
@@ -28,7 +36,7 @@ DEPLOY = "tests/sandbox/deploys/preflight_nvidia.py"
 def held_versions(host: SandboxHost) -> dict[str, tuple[str, bool]]:
     out = host.ssh(
         "dpkg-query -W -f='${db:Status-Abbrev} ${Package} ${Version}\\n' "
-        "'nvidia-*' 'cuda-*' 'cudnn*' 'libcudnn*' 2>/dev/null || true"
+        "'nvidia-*' 'libnvidia-*' 'libcuda*' 'cuda-*' 'cudnn*' 'libcudnn*' 2>/dev/null || true"
     ).stdout
     result = {}
     for line in out.splitlines():
@@ -39,6 +47,30 @@ def held_versions(host: SandboxHost) -> dict[str, tuple[str, bool]]:
         if status[1] == "i":
             result[name] = (version, status[0] == "h")
     return result
+
+
+def assert_stack(host: SandboxHost, release: str, planned: dict[str, str]) -> None:
+    """Every NVIDIA package on the host is at the planned release, planned ones held."""
+    installed = held_versions(host)
+    for name, version in planned.items():
+        assert installed.get(name) == (version, True), (name, installed)
+    drivers = {n: v for n, (v, _) in installed.items() if driver_release(n, v)}
+    assert len(drivers) >= 5, installed  # the closure, not just the meta package
+    assert {driver_release(n, v) for n, v in drivers.items()} == {release}, drivers
+    cudnn = {v for n, (v, _) in installed.items() if "cudnn" in n}
+    assert cudnn == {CUDNN}, installed
+    assert installed[TOOLKIT[0]] == (TOOLKIT[1], True)
+
+
+def upgrades_offered(host: SandboxHost) -> list[str]:
+    """NVIDIA packages `apt-get -s dist-upgrade` would touch (the repository offers newer)."""
+    out = host.ssh("apt-get update -q >/dev/null && apt-get -s -q dist-upgrade", timeout=300)
+    return [
+        line
+        for line in out.stdout.splitlines()
+        if line.startswith(("Inst", "Remv"))
+        and any(k in line.split()[1] for k in ("nvidia", "cuda", "cudnn"))
+    ]
 
 
 def nothing_written(host: SandboxHost) -> bool:
@@ -59,20 +91,15 @@ def world(
     return host, inventory
 
 
-def planned_toolkit() -> str:
-    """cuda-toolkit-12-8 with the default plan (its CUDA follows the torch flavour)."""
-    return next(name for name in planned_packages() if name.startswith("cuda-toolkit-"))
-
-
-def test_converge_installs_plan_and_second_run_changes_nothing(
+def test_converge_installs_exactly_the_plan_and_second_run_changes_nothing(
     world: tuple[SandboxHost, Path],
 ) -> None:
     host, inventory = world
     first, second = converge_twice(inventory, DEPLOY)
     assert first.changed(), "a fresh host must change on its first converge"
-    installed = held_versions(host)
-    for name in ("nvidia-open-580", planned_toolkit(), "cudnn9-cuda-12"):
-        assert installed[name] == (planned_packages()[name], True), installed
+    assert_stack(host, "580.95.05", {"nvidia-open-580": "580.95.05-1"})
+    assert upgrades_offered(host) == []  # the repository offers 580.126.09, 590, 595
+    assert "Pin: version 580.95.05-*" in host.ssh(f"cat {CLOSURE_PIN}").stdout
     assert host.ssh("stat -c %a /etc/apt/keyrings/autoglm-nvidia-cuda.gpg").stdout.strip() == "644"
     unattended = host.ssh("cat /etc/apt/apt.conf.d/51autoglm-nvidia-no-unattended-upgrades").stdout
     assert '"nvidia-";' in unattended and '"libcudnn";' in unattended
@@ -80,36 +107,49 @@ def test_converge_installs_plan_and_second_run_changes_nothing(
     assert "no NVIDIA GPU" in second.stderr or second.returncode == 0
 
 
-def test_held_packages_survive_apt_upgrade(
-    world: tuple[SandboxHost, Path], nvidia_repo: NvidiaRepoStandin
+def test_point_release_upgrade_ends_pinned_and_a_missing_release_changes_nothing(
+    world: tuple[SandboxHost, Path],
 ) -> None:
+    """580.95.05 -> 580.126.09 moves the whole closure; a release the repository lacks stops
+    before any package changes, naming what it offers."""
     host, inventory = world
     run_pyinfra(inventory, DEPLOY)  # converged, whatever ran before
-    before = held_versions(host)
-    nvidia_repo.build(extra_newer=("nvidia-open-580", planned_toolkit()))
-    try:
-        host.ssh("apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get upgrade -y -q",
-                 timeout=300)  # fmt: skip
-        newer = host.ssh("apt-cache policy nvidia-open-580").stdout
-        assert "580.95.05-9" in newer, "the newer build must be visible to apt"
-        assert held_versions(host) == before
-        again = run_pyinfra(inventory, DEPLOY)
-        assert again.returncode == 0 and again.changed() == [], describe_failure(again)
-    finally:
-        nvidia_repo.build()
+    up = run_pyinfra(inventory, DEPLOY, "--data", "nvidia_driver_version=580.126.09")
+    assert up.returncode == 0, describe_failure(up)
+    assert_stack(host, "580.126.09", {"nvidia-open-580": "580.126.09-1"})
+    assert upgrades_offered(host) == []
+    before = (held_versions(host), host.ssh(f"cat {CLOSURE_PIN}").stdout)
+    gone = run_pyinfra(inventory, DEPLOY, "--data", "nvidia_driver_version=580.82.07")
+    assert gone.returncode != 0
+    for text in ("nvidia-open-580 580.82.07-1 is not in the repository",
+                 "newest 580.x is 580.126.09", "nvidia_driver_version"):  # fmt: skip
+        assert text in gone.stderr, gone.stderr[-2000:]
+    assert "Traceback" not in gone.stderr
+    assert (held_versions(host), host.ssh(f"cat {CLOSURE_PIN}").stdout) == before
 
 
-def test_branch_change_upgrades_cleanly_and_reholds(world: tuple[SandboxHost, Path]) -> None:
+def test_branch_change_to_590_and_the_volta_plan_stay_pinned(
+    world: tuple[SandboxHost, Path],
+) -> None:
+    """580 -> 590 (unsuffixed names, NVIDIA's version-locking package first), then the plan a
+    Volta/Pascal host gets (proprietary R580, whose cuda-drivers-580 depends on >= only)."""
     host, inventory = world
-    to_570 = run_pyinfra(inventory, DEPLOY, "--data", "nvidia_driver_branch=570")
-    assert to_570.returncode == 0, describe_failure(to_570)
+    to_590 = run_pyinfra(inventory, DEPLOY, "--data", "nvidia_driver_branch=590")
+    assert to_590.returncode == 0, describe_failure(to_590)
+    assert_stack(
+        host,
+        "590.48.01",
+        {"nvidia-driver-pinning-590.48.01": "590.48.01-1", "nvidia-open": "590.48.01-1"},
+    )
+    assert "nvidia-open-580" not in held_versions(host)
+    assert upgrades_offered(host) == []
+    volta = run_pyinfra(inventory, DEPLOY, "--data", "nvidia_driver_flavour=proprietary")
+    assert volta.returncode == 0, describe_failure(volta)
+    assert_stack(host, "580.95.05", {"cuda-drivers-580": "580.95.05-1"})
     installed = held_versions(host)
-    assert installed["nvidia-open-570"] == (planned_packages(("570",))["nvidia-open-570"], True)
-    assert "nvidia-open-580" not in installed
-    back = run_pyinfra(inventory, DEPLOY)
-    assert back.returncode == 0, describe_failure(back)
-    installed = held_versions(host)
-    assert installed["nvidia-open-580"][1] and "nvidia-open-570" not in installed
+    assert "nvidia-kernel-dkms" in installed and "nvidia-kernel-open-dkms" not in installed
+    assert not any(n.startswith(("nvidia-open", "nvidia-driver-pinning")) for n in installed)
+    assert upgrades_offered(host) == []
 
 
 @pytest.mark.parametrize(

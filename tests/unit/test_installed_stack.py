@@ -10,7 +10,16 @@ from pathlib import Path
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.gpu_checks import parse_probe
 from autoglm_infra.host_profile import HostProfile, PciGpu
-from autoglm_infra.installed_stack import DPKG, RUNFILE, UNKNOWN, installed_stack, nvrm_flavour
+from autoglm_infra.installed_stack import (
+    DPKG,
+    RUNFILE,
+    UNKNOWN,
+    InstalledStack,
+    installed_stack,
+    nvrm_flavour,
+)
+from autoglm_infra.nvidia_apt_check import stale_closure
+from autoglm_infra.nvidia_files import closure_preferences
 from autoglm_infra.stack_adopt import KEEP, REFUSE, UPGRADE, host_plan
 
 RECORDED = Path(__file__).resolve().parents[1] / "fixtures" / "recorded"
@@ -129,13 +138,14 @@ def test_holds_of_the_host_are_respected_and_reported() -> None:
     lines = [
         ln.replace("580.159.04", "570.172.08") for ln in H200_PROBE if not ln.startswith("cuda=")
     ]
-    lines += ["cuda=12.8", "smi_owner=nvidia-driver-580-open",
-              "pkg=nvidia-driver-580-open 570.0-1", "held=nvidia-driver-580-open"]  # fmt: skip
+    bare = installed_stack(parse_probe(["probe=gpu"]))
+    meta = host_plan(Settings(), H200_HOST, bare).plan.driver_packages[-1].name  # nvidia-open-580
+    lines += ["cuda=12.8", f"smi_owner={meta}", f"pkg={meta} 570.0-1", f"held={meta}"]
     found = installed_stack(parse_probe(lines))
     found = replace(found, driver_healthy=False)  # not adoptable: the plan wants 580
     decided = host_plan(Settings(), H200_HOST, found)
     driver = decided.components[0]
-    assert driver.action == REFUSE and "apt-mark unhold nvidia-driver-580-open" in driver.why
+    assert driver.action == REFUSE and f"apt-mark unhold {meta}" in driver.why
     assert UPGRADE in driver.why and decided.packages == []
 
 
@@ -181,3 +191,43 @@ def test_planned_driver_packages_installed_but_not_loaded_are_kept_as_planned() 
     driver = decided.components[0]
     assert driver.action == KEEP and driver.packages == plan.driver_packages
     assert decided.plan.driver_version == plan.driver_version
+
+
+def test_a_pinned_older_release_says_it_downgrades() -> None:
+    """Only an exact nvidia_driver_version may replace a newer point release, and says so."""
+    lines = [*H200_PROBE, "smi_owner=nvidia-driver-580-open",
+             "pkg=nvidia-driver-580-open 580.159.04-0ubuntu1"]  # fmt: skip
+    settings = Settings(nvidia_driver_policy="manage", nvidia_driver_version="580.126.09")
+    decided = host_plan(settings, H200_HOST, installed_stack(parse_probe(lines)))
+    driver = decided.components[0]
+    assert driver.action == UPGRADE and driver.packages
+    assert driver.why.startswith("DOWNGRADE driver 580.159.04")
+    assert "nvidia_driver_version=580.126.09 pins that release" in driver.why
+    assert decided.plan.driver_version == "580.126.09"
+    # adopt does not keep a driver the user pinned away from either
+    adopt = host_plan(
+        Settings(nvidia_driver_version="580.126.09"), H200_HOST, installed_stack(parse_probe(lines))
+    )
+    assert adopt.components[0].action == UPGRADE
+
+
+def test_the_closure_pin_leaves_the_hosts_own_toolkit_and_cudnn_alone() -> None:
+    """On the recorded host (cuDNN 9.14 held, CUDA 13.0 kept) the pin names only the kept
+    driver's release: no stanza would move the host's own cuDNN or toolkit, and nothing is
+    stale."""
+    found = installed_stack(parse_probe([*H200_PROBE, f"nvrm={H200_NVRM}"]))
+    decided = host_plan(Settings(), H200_HOST, found)
+    assert decided.pin_driver_version == "580.159.04"
+    assert decided.pin_cuda_packages == [] and decided.pin_cudnn_version == ""
+    assert decided.moving_driver_version == ""
+    pin = closure_preferences(
+        decided.pin_driver_version, decided.pin_cuda_packages, decided.pin_cudnn_version
+    )
+    assert "cudnn" not in pin and "Pin: version 580.159.04-*" in pin
+    installed = dict(line.split()[0:2] for line in found_packages(found))
+    assert stale_closure(installed, decided.moving_driver_version,
+                         decided.pin_cudnn_version, []) == []  # fmt: skip
+
+
+def found_packages(found: InstalledStack) -> list[str]:
+    return [f"{name} {version}" for name, version in found.packages.items()]

@@ -76,8 +76,8 @@ def test_debian12_h100_auto_gets_lts_580_open_and_engine_default_cu128(table: St
     assert (plan.cuda_version, plan.torch_flavour) == ("12.8", "cu128")
     assert (plan.engine, plan.engine_version, plan.torch_version) == ("vllm", "0.12.0", "2.9.0")
     assert [p.spec for p in plan.cudnn_packages] == [
-        "cudnn9-cuda-12=9.17.1.4-1",
-        "libcudnn9-cuda-12=9.17.1.4-1",
+        "cudnn9-cuda-12=9.10.2.21-1",
+        "libcudnn9-cuda-12=9.10.2.21-1",
     ]
     assert any("nvidia_driver_branch auto -> 580" in n and "LTS" in n for n in plan.notes)
     assert any("nvidia_driver_flavour auto -> open" in n for n in plan.notes)
@@ -89,10 +89,8 @@ def test_ubuntu2404_rtx4090_with_cuda_128_pins_toolkit_and_cu128_wheel(table: St
 
     assert plan.repo_url.endswith("/ubuntu2404/x86_64/")
     assert plan.driver_flavour == "open"
-    assert [p.spec for p in plan.driver_packages] == [
-        "nvidia-driver-580-open=580.95.05-0ubuntu1",
-        "cuda-drivers-580=580.95.05-0ubuntu1",
-    ]
+    # NVIDIA's R580 open recipe; nvidia-open-580 conflicts with cuda-drivers-580
+    assert [p.spec for p in plan.driver_packages] == ["nvidia-open-580=580.95.05-0ubuntu1"]
     assert [p.spec for p in plan.cuda_packages] == ["cuda-toolkit-12-8=12.8.1-1"]
     assert (plan.cuda_version, plan.torch_flavour) == ("12.8", "cu128")
     # PyPI's vllm 0.12.0 + torch 2.9.0 pairing is a verified row: no caveat in the plan.
@@ -130,16 +128,18 @@ def test_branch_590_installs_pinning_package_first_then_unversioned_open(
 ) -> None:
     plan = resolve(table, UBUNTU_2404, gpus=(H100_SXM,), driver_branch="590")
 
-    assert [p.name for p in plan.driver_packages] == ["nvidia-driver-pinning-590", "nvidia-open"]
-    assert plan.driver_packages[1].version == "590.48.01-0ubuntu1"
-    assert any("pinning scheme" in n for n in plan.notes)
+    assert [p.spec for p in plan.driver_packages] == [
+        "nvidia-driver-pinning-590.48.01=590.48.01-0ubuntu1",  # PR 6049: published
+        "nvidia-open=590.48.01-0ubuntu1",
+    ]
+    assert any("own apt transaction before the driver" in n for n in plan.notes)
 
 
 def test_branch_590_proprietary_uses_unversioned_cuda_drivers(table: StackTable) -> None:
     plan = resolve(table, DEBIAN_12, gpus=(T4,), driver_branch="590", driver_flavour="proprietary")
 
     assert [p.spec for p in plan.driver_packages] == [
-        "nvidia-driver-pinning-590=590-1",
+        "nvidia-driver-pinning-590.48.01=590.48.01-1",
         "cuda-drivers=590.48.01-1",
     ]
 
@@ -321,7 +321,7 @@ def test_cudnn_without_a_build_for_the_cuda_is_refused(table: StackTable) -> Non
 
 
 def test_cudnn_that_dropped_the_gpu_is_refused(table: StackTable) -> None:
-    with pytest.raises(StackError, match=r"9.17 .*compute capability >= 7.5.*V100"):
+    with pytest.raises(StackError, match=r"9.17 has builds for CUDA 13.0-13.1 only"):
         resolve(table, gpus=(V100,), cudnn_version="9.17")
 
 
@@ -375,3 +375,39 @@ def test_resolver_does_not_import_pyinfra() -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=root, check=False)
 
     assert result.returncode == 0
+
+
+def test_driver_version_moves_names_and_revisions_to_that_release(table: StackTable) -> None:
+    """Ubuntu's revision scheme changes inside R580 (-0ubuntu1 -> -1ubuntu1 at 580.126.09)."""
+    plan = resolve(table, UBUNTU_2404, gpus=(H100_SXM,), driver_version="580.126.09")
+    assert plan.driver_version == "580.126.09"
+    assert [p.spec for p in plan.driver_packages] == ["nvidia-open-580=580.126.09-1ubuntu1"]
+    debian = resolve(table, DEBIAN_12, gpus=(T4,), driver_branch="590", driver_version="590.48.01")
+    assert debian.driver_packages[0].spec == "nvidia-driver-pinning-590.48.01=590.48.01-1"
+    newer = resolve(table, DEBIAN_12, driver_version="590.50.1")
+    assert newer.driver_branch == 590  # the branch follows the release
+    assert newer.driver_packages[0].spec == "nvidia-driver-pinning-590.50.1=590.50.1-1"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"driver_version": "580"}, r"nvidia_driver_version='580' is not a driver release"),
+        (
+            {"driver_branch": "570", "driver_version": "580.126.09"},
+            r"not a release of nvidia_driver_branch=570: .*nvidia_driver_branch=580",
+        ),
+        ({"driver_version": "600.1.2"}, r"branch 600, which the table does not know"),
+    ],
+)
+def test_driver_version_errors_name_the_keys(
+    table: StackTable, kwargs: dict[str, str], expected: str
+) -> None:
+    with pytest.raises(StackError, match=expected):
+        resolve(table, **kwargs)
+
+
+def test_volta_stays_on_580_proprietary_even_with_newer_branches(table: StackTable) -> None:
+    plan = resolve(table, DEBIAN_12, gpus=(V100,))
+    assert (plan.driver_branch, plan.driver_flavour) == (580, "proprietary")
+    assert [p.spec for p in plan.driver_packages] == ["cuda-drivers-580=580.95.05-1"]
