@@ -15,7 +15,7 @@ from packaging.version import InvalidVersion, Version
 
 from autoglm_infra.checks import Check
 from autoglm_infra.host_profile import HostProfile
-from autoglm_infra.nvidia_files import REBOOT_REQUIRED
+from autoglm_infra.nvidia_files import HELD_STATE, REBOOT_REQUIRED
 
 # Open-AutoGLM recommends 24 GB or more of GPU memory for the 9B model.
 RECOMMENDED_VRAM_MIB = 24 * 1024
@@ -43,6 +43,7 @@ class GpuProbe:
     uvm_loaded: bool = False
     packages: dict[str, str] = field(default_factory=dict)  # name -> installed version
     held: frozenset[str] = frozenset()
+    own_held: frozenset[str] = frozenset()  # the NVIDIA stage's own holds (its state file)
     reboot_required: str = ""
     # Who installed the driver (autoglm_infra/installed_stack.py reads these).
     nvrm: str = ""  # first line of /proc/driver/nvidia/version
@@ -71,6 +72,7 @@ def probe_script(package_patterns: Sequence[str]) -> str:
             f"dpkg-query -W -f='pkg=${{Package}} ${{Version}} ${{db:Status-Abbrev}}\\n' {patterns}"
             " 2>/dev/null | awk '$3 ~ /^.i/ {print $1, $2}'",
             "apt-mark showhold 2>/dev/null | sed 's/^/held=/'",
+            f"[ -r {HELD_STATE} ] && tr -s ' ' '\\n' < {HELD_STATE} | sed '/^$/d; s/^/own_held=/'",
             f"[ -r {REBOOT_REQUIRED} ] && sed 's/^/reboot=/' {REBOOT_REQUIRED}",
             # who installed the driver: dpkg, NVIDIA's runfile (its manifest and
             # nvidia-uninstall), DKMS; and toolkits installed outside dpkg
@@ -97,7 +99,7 @@ def _int(text: str) -> int:
 
 
 def parse_probe(lines: Sequence[str]) -> GpuProbe:
-    gpus, packages, held, cuda_dirs = [], {}, set(), []
+    gpus, packages, held, own_held, cuda_dirs = [], {}, set(), set(), []
     values: dict[str, str] = {}
     for line in lines:
         key, sep, value = line.strip().partition("=")
@@ -112,6 +114,8 @@ def parse_probe(lines: Sequence[str]) -> GpuProbe:
             packages[name] = version.strip()
         elif key == "held":
             held.add(value.strip())
+        elif key == "own_held":
+            own_held.add(value.strip())
         elif key == "cuda_dir":
             cuda_dirs.append(value.strip())
         else:
@@ -126,6 +130,7 @@ def parse_probe(lines: Sequence[str]) -> GpuProbe:
         uvm_loaded=values.get("uvm") == "loaded",
         packages=packages,
         held=frozenset(held),
+        own_held=frozenset(own_held),
         reboot_required=values.get("reboot", ""),
         nvrm=values.get("nvrm", ""),
         smi_path=values.get("smi_path", ""),

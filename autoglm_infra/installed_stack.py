@@ -127,6 +127,6 @@ def installed_stack(probe: GpuProbe) -> InstalledStack:
         owner_detail=detail,
         cuda_toolkits=tuple(newest_first),
         cudnn=cudnn,
-        held=probe.held,
+        held=probe.held - probe.own_held,  # the host's holds; the stage's own are not
         packages=dict(probe.packages),
     )

@@ -231,3 +231,12 @@ def test_the_closure_pin_leaves_the_hosts_own_toolkit_and_cudnn_alone() -> None:
 
 def found_packages(found: InstalledStack) -> list[str]:
     return [f"{name} {version}" for name, version in found.packages.items()]
+
+
+def test_the_stages_own_holds_are_not_the_hosts() -> None:
+    """A converged host holds the planned packages itself (recorded in its state file):
+    those are not the user's holds that would make a component "refuse"."""
+    lines = [*H200_PROBE, "held=nvidia-open-580", "own_held=nvidia-open-580"]
+    found = installed_stack(parse_probe(lines))
+    assert "nvidia-open-580" not in found.held and "libcudnn9-cuda-13" in found.held
+    assert "nvidia-open-580" in parse_probe(lines).held  # gpu_check's "held" row sees all
