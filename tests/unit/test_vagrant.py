@@ -137,3 +137,13 @@ def test_vm_state_carries_the_world_and_what_a_vm_allows(tmp_path: Path) -> None
     state = local_state(ProbeResult("qemu", "why"), net, "pool", tmp_path / "c", data)
     assert json.loads(json.dumps(state))["network_address"] == "10.231.3.0/24"
     assert state["driver"] == "qemu" and state["boot_timeout"] == 600
+
+
+def test_vagrant_errors_show_the_last_lines_without_the_progress_bar() -> None:
+    from autoglm_infra.testbed.vagrant_vm import readable_tail
+
+    log = "==> local: Uploading\n\x1b[KProgress: 1%\rProgress: 99%\n" + "x" * 500 + "\n"
+    log += "Timed out while waiting for the machine to boot.\n"
+    tail = readable_tail(log, lines=3, width=40)
+    assert tail.splitlines() == ["==> local: Uploading", "x" * 40, tail.splitlines()[-1]]
+    assert "Timed out while waiting" in tail and "Progress" not in tail
