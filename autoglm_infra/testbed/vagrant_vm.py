@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoglm_infra.nvidia_files import NOUVEAU_BLACKLIST
 from autoglm_infra.testbed.converge import ConvergeResult, describe_failure, run_pyinfra
 from autoglm_infra.testbed.hosts import (
     Sandbox,
@@ -57,6 +58,7 @@ POOL_DIR = Path("/var/lib/libvirt/images/autoglm-vagrant")
 # Bounded waits: TCG on a loaded 2-core machine boots in ~1-2 min; SSH must follow.
 BOOT_TIMEOUT = {"kvm": 180, "qemu": 600}
 UP_TIMEOUT = {"kvm": 600, "qemu": 1200}
+REBOOT_TIMEOUT = {"kvm": 300, "qemu": 600}
 VM_MEMORY_MIB = 3072
 VM_CPUS = 2
 
@@ -310,17 +312,81 @@ def up(sandbox: Sandbox) -> int:
     if second.changed():
         print("    NOT idempotent, changed on the second run:", *second.changed(), sep="\n      ")
         return 1
+    print("==> reboot through pyinfra (server.reboot), then converge 3 (must change nothing)")
+    before = kernel_facts()
+    reboot = run_pyinfra(INVENTORY, "server.reboot", timeout=REBOOT_TIMEOUT[probe.driver])
+    if not _report(reboot, "reboot"):
+        return 1
+    after = kernel_facts()
+    problems = reboot_problems(before, after)
+    third = run_pyinfra(INVENTORY, timeout=1800)
+    if not _report(third, "third"):
+        return 1
+    problems += [f"changed after the reboot: {op}" for op in third.changed()]
     print("==> summary")
-    print(
-        f"    VM `{MACHINE}` ({probe.driver}) on {net.name}, "
-        f"total {time.monotonic() - started:.0f} s"
-    )
+    print(f"    VM `{MACHINE}` ({probe.driver}) on {net.name}: kernel {after.get('kernel', '?')} "
+          f"under {after.get('virt', '?')}")  # fmt: skip
+    print(f"    boots recorded {before.get('boots', '?')} -> {after.get('boots', '?')}; nouveau "
+          f"blacklist in the running kernel's initramfs: {after.get('blacklist_in_initramfs')}; "
+          f"nouveau loaded: {after.get('nouveau_loaded', '?')}")  # fmt: skip
     print(f"    boot to SSH {boot_seconds:.0f} s, first converge {first.seconds:.0f} s, "
-          f"no-op re-run {second.seconds:.0f} s")  # fmt: skip
+          f"no-op re-run {second.seconds:.0f} s, reboot {reboot.seconds:.0f} s, "
+          f"no-op after the reboot {third.seconds:.0f} s; total "
+          f"{time.monotonic() - started:.0f} s")  # fmt: skip
+    if problems:
+        print("error: after the reboot:", *problems, sep="\n    ", file=sys.stderr)
+        return 1
     print("    ssh:      vagrant ssh")
     print(f"    try:      .venv/bin/pyinfra {shown} deploys/doctor.py -y")
     print("    teardown: make vagrant-down   (the VM and the stand-ins stay up until then)")
     return 0
+
+
+def reboot_problems(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """What is wrong after one reboot: boot count not +1, blacklist missing, nouveau loaded."""
+    problems = []
+    try:
+        boots = int(after["boots"]) - int(before["boots"])
+    except (KeyError, ValueError):
+        boots = None
+    if boots != 1:
+        problems.append(
+            f"journalctl --list-boots went from {before.get('boots')} to {after.get('boots')}, "
+            "expected exactly one more boot"
+        )
+    if after.get("blacklist_in_initramfs", "0") in ("0", ""):
+        problems.append("the nouveau blacklist is not in the running kernel's initramfs")
+    if after.get("nouveau_loaded") != "0":
+        problems.append(f"nouveau loaded: {after.get('nouveau_loaded')!r}")
+    return problems
+
+
+# Read on the VM after the converges: what only a VM with its own kernel can show.
+KERNEL_FACTS_SCRIPT = (
+    "echo virt=$(systemd-detect-virt --vm); echo kernel=$(uname -r); "
+    "echo boots=$(sudo journalctl --list-boots --no-pager -q | wc -l); "
+    "echo blacklist_in_initramfs=$(sudo lsinitramfs /boot/initrd.img-$(uname -r) "
+    f"| grep -c '{NOUVEAU_BLACKLIST.lstrip('/')}$'); "
+    "echo nouveau_loaded=$(grep -c '^nouveau ' /proc/modules)"
+)
+
+
+def parse_kernel_facts(text: str) -> dict[str, str]:
+    """key=value lines of KERNEL_FACTS_SCRIPT; other lines (ssh banners) are ignored."""
+    facts: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key.isidentifier():
+            facts[key] = value
+    return facts
+
+
+def kernel_facts() -> dict[str, str]:
+    out = subprocess.run(
+        ["vagrant", "ssh", MACHINE, "-c", KERNEL_FACTS_SCRIPT], cwd=ROOT, capture_output=True,
+        text=True, timeout=180, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    return parse_kernel_facts(out.stdout)
 
 
 def _report(result: ConvergeResult, which: str) -> bool:

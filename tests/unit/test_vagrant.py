@@ -147,3 +147,32 @@ def test_vagrant_errors_show_the_last_lines_without_the_progress_bar() -> None:
     tail = readable_tail(log, lines=3, width=40)
     assert tail.splitlines() == ["==> local: Uploading", "x" * 40, tail.splitlines()[-1]]
     assert "Timed out while waiting" in tail and "Progress" not in tail
+
+
+def test_kernel_facts_are_read_from_key_value_lines() -> None:
+    from autoglm_infra.testbed.vagrant_vm import KERNEL_FACTS_SCRIPT, parse_kernel_facts
+
+    out = "Connection to 10.231.3.142 closed.\nvirt=qemu\nkernel=6.1.0-57-cloud-amd64\nboots=2\n"
+    assert parse_kernel_facts(out) == {
+        "virt": "qemu",
+        "kernel": "6.1.0-57-cloud-amd64",
+        "boots": "2",
+    }
+    assert "lsinitramfs /boot/initrd.img-$(uname -r)" in KERNEL_FACTS_SCRIPT
+    assert "etc/modprobe.d/autoglm-blacklist-nouveau.conf$" in KERNEL_FACTS_SCRIPT
+
+
+def test_a_reboot_counts_once_and_boots_with_the_blacklist() -> None:
+    from autoglm_infra.testbed.vagrant_vm import reboot_problems
+
+    before = {"boots": "1", "blacklist_in_initramfs": "1", "nouveau_loaded": "0"}
+    good = {"boots": "2", "blacklist_in_initramfs": "1", "nouveau_loaded": "0"}
+    assert reboot_problems(before, good) == []
+    twice = reboot_problems(before, {**good, "boots": "3"})
+    assert twice == ["journalctl --list-boots went from 1 to 3, expected exactly one more boot"]
+    assert (
+        "not in the running kernel's initramfs"
+        in reboot_problems(before, {**good, "blacklist_in_initramfs": "0"})[0]
+    )
+    assert reboot_problems(before, {**good, "nouveau_loaded": "1"}) == ["nouveau loaded: '1'"]
+    assert len(reboot_problems(before, {})) == 3  # the VM answered nothing
