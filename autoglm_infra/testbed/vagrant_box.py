@@ -109,6 +109,14 @@ def box_prep_files(public_key: str) -> dict[str, tuple[str, int]]:
     }
 
 
+# Written after the kernel is installed: the box's first initramfs is generic (MODULES=most,
+# built in the chroot where `dep` cannot see a disk); rebuilds inside the VM (the nouveau
+# blacklist, a kernel upgrade) then take only the VM's own drivers, much faster under TCG.
+LATE_FILES: dict[str, tuple[str, int]] = {
+    "/etc/initramfs-tools/conf.d/autoglm-modules.conf": ("MODULES=dep\n", 0o644),
+}
+
+
 def box_cache_key(
     public_key: str,
     base_key: str,
@@ -122,6 +130,7 @@ def box_cache_key(
         "base": base_key,
         "packages": sorted(packages),
         "files": {k: list(v) for k, v in sorted(box_prep_files(public_key).items())},
+        "late_files": {k: list(v) for k, v in sorted(LATE_FILES.items())},
         "disk_gib": DISK_GIB,
         "week": week or iso_week(),
         "version": version,
@@ -173,18 +182,23 @@ def _chroot(root: Path, *argv: str, logfile: Path, timeout: float = 900) -> None
         raise SandboxError(f"`chroot {' '.join(argv)}` exited {rc}; {logfile}:\n{_tail(logfile)}")
 
 
+def _write_files(root: Path, files: dict[str, tuple[str, int]]) -> None:
+    for rel, (content, mode) in files.items():
+        target = root / rel.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+        target.chmod(mode)
+
+
 def _prepare_rootfs(root: Path, public_key: str, logfile: Path) -> None:
     with _chroot_mounts(root):
         _chroot(root, "useradd", "-m", "-s", "/bin/bash", "-G", "sudo", "vagrant", logfile=logfile)
         # before the install: kernel-img.conf decides whether the kernel's postinst links /vmlinuz
-        for rel, (content, mode) in box_prep_files(public_key).items():
-            target = root / rel.lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(content)
-            target.chmod(mode)
+        _write_files(root, box_prep_files(public_key))
         _chroot(root, "apt-get", "update", "-q", logfile=logfile)
         _chroot(root, "apt-get", "install", "-y", "-q", "--no-install-recommends", *BOX_PACKAGES,
                 logfile=logfile)  # fmt: skip
+        _write_files(root, LATE_FILES)
         _chroot(root, "chown", "-R", "vagrant:vagrant", "/home/vagrant", logfile=logfile)
         _chroot(root, "chmod", "700", "/home/vagrant/.ssh", logfile=logfile)
         _chroot(root, "systemctl", "enable", "systemd-networkd", "systemd-resolved",

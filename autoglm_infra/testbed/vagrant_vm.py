@@ -111,13 +111,18 @@ def vm_host_data(group_data: dict[str, object], known_hosts: Path) -> dict[str, 
 
 
 def local_state(
-    probe: ProbeResult, net: Net, pool: str, console: Path, host_data: dict[str, object]
+    probe: ProbeResult,
+    net: Net,
+    pool: str,
+    console: Path,
+    host_data: dict[str, object],
+    boot_timeout: int | None = None,
 ) -> dict[str, object]:
     """What the Vagrantfile and inventories/vagrant.py read (.vagrant/autoglm-local.json)."""
     return {
         "driver": probe.driver,
         "driver_reason": probe.reason,
-        "boot_timeout": BOOT_TIMEOUT[probe.driver],
+        "boot_timeout": boot_timeout or BOOT_TIMEOUT[probe.driver],
         "memory": VM_MEMORY_MIB,
         "cpus": VM_CPUS,
         "network": net.name,
@@ -255,7 +260,8 @@ def vagrant(*args: str, timeout: float, log_file: Path | None = None) -> None:
     raise SandboxError(f"`{' '.join(argv)}` {what}\n{detail}")
 
 
-def up(sandbox: Sandbox) -> int:
+def up(sandbox: Sandbox, boot_timeout: int | None = None) -> int:
+    """Everything `make vagrant` does; boot_timeout overrides vagrant's wait for SSH."""
     state = sandbox.state_dir
     state.mkdir(parents=True, exist_ok=True)
     net = net_for(sandbox)
@@ -278,11 +284,14 @@ def up(sandbox: Sandbox) -> int:
     known_hosts = state / "vagrant_known_hosts"
     console = state / "console.log"
     host_data = vm_host_data(full_group_data(standins), known_hosts)
-    _atomic_write(LOCAL_STATE, json.dumps(local_state(probe, net, pool, console, host_data)))
+    _atomic_write(
+        LOCAL_STATE, json.dumps(local_state(probe, net, pool, console, host_data, boot_timeout))
+    )
 
     print(
         f"==> vagrant up {MACHINE} (driver {probe.driver}; bounded by {UP_TIMEOUT[probe.driver]} s)"
     )
+    console.unlink(missing_ok=True)  # virtlogd appends: keep only this boot's lines
     boot_started = time.monotonic()
     up_log = state / "vagrant-up.log"
     try:
@@ -430,11 +439,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--down", action="store_true", help="destroy the VM and its network")
     parser.add_argument("--name", default="vagrant", help="sandbox name (default vagrant)")
     parser.add_argument("--net", type=int, default=3, help="10.231.<net>.0/24 (default 3)")
+    parser.add_argument(
+        "--boot-timeout", type=int, help="seconds vagrant waits for SSH (default 180 KVM, 600 TCG)"
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="    %(message)s")
     try:
         sandbox = Sandbox(args.name, net=args.net, state_dir=ROOT / ".sandbox" / args.name)
-        return down(sandbox) if args.down else up(sandbox)
+        return down(sandbox) if args.down else up(sandbox, args.boot_timeout)
     except SandboxError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
