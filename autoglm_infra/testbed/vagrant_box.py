@@ -32,6 +32,7 @@ from autoglm_infra.testbed.hosts import (
     Sandbox,
     SandboxError,
     _flock,
+    _mounts_under,
     _run,
     _tail,
     iso_week,
@@ -246,6 +247,16 @@ def _pack_box(raw: Path, out: Path, key: str) -> None:
     os.replace(tmp, out)
 
 
+def _remove_build_dir(work: Path) -> None:
+    """rm -rf a build dir, never through a mount left in it (a bind of /dev would go too)."""
+    for point in sorted(_mounts_under(work), key=len, reverse=True):
+        _run(["umount", "-l", point], check=False)
+    left = _mounts_under(work)
+    if left:
+        raise SandboxError(f"still mounted under {work}: {left}; unmount them, then retry")
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def ensure_box(sandbox: Sandbox, cache_dir: Path = BOX_CACHE_DIR) -> Box:
     """The box file for the current key: from the cache, or built (about 2-4 min) and cached."""
     public_key = insecure_public_key()
@@ -261,7 +272,7 @@ def ensure_box(sandbox: Sandbox, cache_dir: Path = BOX_CACHE_DIR) -> Box:
         if box.is_file() and kernel.is_file():
             return Box(box, key, kernel, None)
         work = cache_dir / f".build-{key}"
-        shutil.rmtree(work, ignore_errors=True)
+        _remove_build_dir(work)
         (work / "root").parent.mkdir(parents=True)
         logfile = work / "build.log"
         log.info("building the Vagrant box %s from %s (a few minutes)", key, base)
@@ -271,7 +282,7 @@ def ensure_box(sandbox: Sandbox, cache_dir: Path = BOX_CACHE_DIR) -> Box:
         entry.mkdir(parents=True, exist_ok=True)
         shutil.copy(work / "root" / "vmlinuz", kernel)  # follows the link
         _pack_box(work / "disk.raw", box, key)
-        shutil.rmtree(work, ignore_errors=True)
+        _remove_build_dir(work)
         for old in cache_dir.iterdir():
             if old.is_dir() and old.name != key and not old.name.startswith("."):
                 shutil.rmtree(old, ignore_errors=True)  # one box is enough
