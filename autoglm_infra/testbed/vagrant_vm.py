@@ -260,6 +260,15 @@ def vagrant(*args: str, timeout: float, log_file: Path | None = None) -> None:
     raise SandboxError(f"`{' '.join(argv)}` {what}\n{detail}")
 
 
+def existing_vm_state() -> dict[str, object] | None:
+    """The state of the VM vagrant created earlier (None: there is none)."""
+    created = (ROOT / ".vagrant" / "machines" / MACHINE / "libvirt" / "id").is_file()
+    if not (created and LOCAL_STATE.is_file()):
+        return None
+    state = json.loads(LOCAL_STATE.read_text())
+    return state if isinstance(state, dict) and state.get("driver") in BOOT_TIMEOUT else None
+
+
 def up(sandbox: Sandbox, boot_timeout: int | None = None) -> int:
     """Everything `make vagrant` does; boot_timeout overrides vagrant's wait for SSH."""
     state = sandbox.state_dir
@@ -268,14 +277,22 @@ def up(sandbox: Sandbox, boot_timeout: int | None = None) -> int:
     pool = f"autoglm-{sandbox.name}"
     started = time.monotonic()
     ensure_libvirtd(state)
-    print("==> box: Debian 12 + linux-image-cloud-amd64 + extlinux (built once, cached)")
-    box = ensure_box(sandbox)
-    how = "from the cache" if box.built_seconds is None else f"built in {box.built_seconds:.0f} s"
-    print(f"    {box.path} ({how})")
-    ensure_pool(pool, POOL_DIR)
-    if add_box(box, BOX_NAME, pool):
-        print(f"    `vagrant box add {BOX_NAME}` done")
-    probe = probe_kvm(box.kernel)
+    previous = existing_vm_state()
+    if previous is not None:
+        # Re-adding the box would delete the image volume the running VM's disk sits on.
+        probe = ProbeResult(str(previous["driver"]), "as when the VM was created")
+        print("==> the VM exists: keeping its box and driver (`make vagrant-down` for a new one)")
+    else:
+        print("==> box: Debian 12 + linux-image-cloud-amd64 + extlinux (built once, cached)")
+        box = ensure_box(sandbox)
+        how = (
+            "from the cache" if box.built_seconds is None else f"built in {box.built_seconds:.0f} s"
+        )
+        print(f"    {box.path} ({how})")
+        ensure_pool(pool, POOL_DIR)
+        if add_box(box, BOX_NAME, pool):
+            print(f"    `vagrant box add {BOX_NAME}` done")
+        probe = probe_kvm(box.kernel)
     print(f"==> hypervisor: {probe.driver} ({probe.reason})")
 
     print(f"==> network {net.name}: {net.bridge} {net.address}, stand-ins at {net.gateway}")
@@ -291,7 +308,8 @@ def up(sandbox: Sandbox, boot_timeout: int | None = None) -> int:
     print(
         f"==> vagrant up {MACHINE} (driver {probe.driver}; bounded by {UP_TIMEOUT[probe.driver]} s)"
     )
-    console.unlink(missing_ok=True)  # virtlogd appends: keep only this boot's lines
+    if previous is None:
+        console.unlink(missing_ok=True)  # virtlogd appends: keep only this boot's lines
     boot_started = time.monotonic()
     up_log = state / "vagrant-up.log"
     try:
@@ -365,13 +383,18 @@ def reboot_problems(before: dict[str, str], after: dict[str, str]) -> list[str]:
         )
     if after.get("blacklist_in_initramfs", "0") in ("0", ""):
         problems.append("the nouveau blacklist is not in the running kernel's initramfs")
+    if after.get("state") not in ("running", "degraded"):
+        problems.append(f"systemctl is-system-running after the reboot: {after.get('state')!r}")
     if after.get("nouveau_loaded") != "0":
         problems.append(f"nouveau loaded: {after.get('nouveau_loaded')!r}")
     return problems
 
 
 # Read on the VM after the converges: what only a VM with its own kernel can show.
+# `is-system-running --wait` first: after a boot, wait until every start job (the model
+# service's health gate included) has finished, so nothing below reads a starting system.
 KERNEL_FACTS_SCRIPT = (
+    "echo state=$(timeout 900 systemctl is-system-running --wait); "
     "echo virt=$(systemd-detect-virt --vm); echo kernel=$(uname -r); "
     "echo boots=$(sudo journalctl --list-boots --no-pager -q | wc -l); "
     "echo blacklist_in_initramfs=$(sudo lsinitramfs /boot/initrd.img-$(uname -r) "
@@ -393,7 +416,7 @@ def parse_kernel_facts(text: str) -> dict[str, str]:
 def kernel_facts() -> dict[str, str]:
     out = subprocess.run(
         ["vagrant", "ssh", MACHINE, "-c", KERNEL_FACTS_SCRIPT], cwd=ROOT, capture_output=True,
-        text=True, timeout=180, stdin=subprocess.DEVNULL,
+        text=True, timeout=1000, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     return parse_kernel_facts(out.stdout)
 

@@ -166,7 +166,7 @@ def test_a_reboot_counts_once_and_boots_with_the_blacklist() -> None:
     from autoglm_infra.testbed.vagrant_vm import reboot_problems
 
     before = {"boots": "1", "blacklist_in_initramfs": "1", "nouveau_loaded": "0"}
-    good = {"boots": "2", "blacklist_in_initramfs": "1", "nouveau_loaded": "0"}
+    good = {"state": "running", **before, "boots": "2"}
     assert reboot_problems(before, good) == []
     twice = reboot_problems(before, {**good, "boots": "3"})
     assert twice == ["journalctl --list-boots went from 1 to 3, expected exactly one more boot"]
@@ -175,4 +175,7 @@ def test_a_reboot_counts_once_and_boots_with_the_blacklist() -> None:
         in reboot_problems(before, {**good, "blacklist_in_initramfs": "0"})[0]
     )
     assert reboot_problems(before, {**good, "nouveau_loaded": "1"}) == ["nouveau loaded: '1'"]
-    assert len(reboot_problems(before, {})) == 3  # the VM answered nothing
+    assert reboot_problems(before, {**good, "state": "starting"}) == [
+        "systemctl is-system-running after the reboot: 'starting'"
+    ]
+    assert len(reboot_problems(before, {})) == 4  # the VM answered nothing
