@@ -272,7 +272,7 @@ def existing_vm_state() -> dict[str, object] | None:
 def up(sandbox: Sandbox, boot_timeout: int | None = None) -> int:
     """Everything `make vagrant` does; boot_timeout overrides vagrant's wait for SSH."""
     state = sandbox.state_dir
-    state.mkdir(parents=True, exist_ok=True)
+    sandbox._init_state_dir()  # marks it as a sandbox state dir before anything is written
     net = net_for(sandbox)
     pool = f"autoglm-{sandbox.name}"
     started = time.monotonic()
