@@ -9,13 +9,14 @@ SANDBOX := $(PY) -m autoglm_infra.testbed.hosts
 APT_PACKAGES := debootstrap systemd-container iptables zstd openssh-client gnupg dpkg-dev apt-utils vagrant busybox-static apt-cacher-ng openssl curl systemd python3-pip
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: help deps venv lint typecheck unit integration test test-under-load slow demo sandbox sandbox-down bench docs clean
+.PHONY: help deps venv lint typecheck unit integration test test-under-load slow demo sandbox sandbox-down vagrant vagrant-deps vagrant-down bench docs clean
 
 help:
 	@echo "make demo          converge two throw-away sandbox hosts end to end, twice"
 	@echo "make test          lint, type check, unit and sandbox integration tests"
 	@echo "make test-under-load   make test with every core kept busy by stress-ng"
 	@echo "make sandbox HOSTS=n / make sandbox-down   boot / remove sandbox hosts"
+	@echo "make vagrant       a real VM (locally built box), converged twice; make vagrant-down"
 	@echo "make bench         no-op re-run and fan-out benchmarks"
 	@echo "make docs          regenerate the README variable table and group_data/all.py"
 
@@ -69,6 +70,21 @@ sandbox: venv deps
 
 sandbox-down: venv
 	$(PY) -m autoglm_infra.testbed.demo --down
+
+# The VM scenario (README "Test VMs"): outside `make test`, see the README for why.
+VAGRANT_PACKAGES := vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base parted
+.make/vagrant-deps-$(shell echo '$(VAGRANT_PACKAGES)' | sha1sum | cut -c1-12):
+	@mkdir -p .make
+	@missing=$$(for p in $(VAGRANT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then echo "installing: $$missing"; apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; fi
+	@touch $@
+vagrant-deps: .make/vagrant-deps-$(shell echo '$(VAGRANT_PACKAGES)' | sha1sum | cut -c1-12)
+
+vagrant: venv deps vagrant-deps
+	$(PY) -m autoglm_infra.testbed.vagrant_vm
+
+vagrant-down: venv
+	$(PY) -m autoglm_infra.testbed.vagrant_vm --down
 
 bench: venv deps
 	$(PY) bench/noop_rerun.py

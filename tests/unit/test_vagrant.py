@@ -1,10 +1,11 @@
-"""The Vagrantfile is valid for Vagrant and the inventory targets its boxes.
+"""The Vagrantfile, the vagrant inventory, the local box's build inputs and the KVM probe.
 
-Our machines cannot run VMs (no usable KVM), so this is what can be checked here.
+The VM scenario itself is `make vagrant` (README: Test VMs); these are its pure parts.
 """
 
 from __future__ import annotations
 
+import json
 import runpy
 import shutil
 import subprocess
@@ -12,7 +13,18 @@ from pathlib import Path
 
 import pytest
 
+from autoglm_infra.testbed.kvm_probe import decide, probe_argv
+from autoglm_infra.testbed.vagrant_box import (
+    BOX_PACKAGES,
+    ROOT_LABEL,
+    box_cache_key,
+    box_metadata,
+    box_prep_files,
+)
+from autoglm_infra.testbed.vagrant_vm import Net, local_state, network_xml, vm_host_data
+
 ROOT = Path(__file__).resolve().parents[2]
+KEY = "ssh-rsa AAAAB3Nza vagrant insecure public key\n"
 
 
 def test_vagrantfile_validates() -> None:
@@ -26,12 +38,144 @@ def test_vagrantfile_validates() -> None:
     assert "validated successfully" in out.stdout
 
 
-def test_vagrant_inventory_targets_every_box() -> None:
-    boxes = set(runpy.run_path(str(ROOT / "inventories" / "vagrant.py"))["vagrant"])
-    defined = {
-        line.split('"')[1]
-        for line in (ROOT / "Vagrantfile").read_text().splitlines()
+def vagrantfile_machines() -> dict[str, str]:
+    """machine -> box, from the Vagrantfile's LOCAL_BOX and PUBLIC_BOXES table."""
+    text = (ROOT / "Vagrantfile").read_text()
+    machines = {
+        line.split('"')[1]: line.split('"')[3]
+        for line in text.splitlines()
         if line.strip().startswith('"') and "=>" in line
     }
-    assert boxes == {f"@vagrant/{name}" for name in defined}
-    assert defined == {"ubuntu2204", "ubuntu2404", "debian12"}
+    local_box = next(ln.split('"')[1] for ln in text.splitlines() if ln.startswith("LOCAL_BOX"))
+    return {"local": local_box, **machines}
+
+
+def test_local_machine_is_the_default_and_public_boxes_are_explicit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    machines = vagrantfile_machines()
+    assert machines["local"] == "autoglm/debian12-local"
+    assert set(machines) == {"local", "ubuntu2204", "ubuntu2404", "debian12"}
+    text = (ROOT / "Vagrantfile").read_text()
+    assert 'config.vm.define "local", primary: true' in text
+    assert "config.vm.define name, autostart: false" in text
+    monkeypatch.delenv("AUTOGLM_VAGRANT_MACHINES", raising=False)
+    default = runpy.run_path(str(ROOT / "inventories" / "vagrant.py"))["vagrant"]
+    assert [name for name, _ in default] == ["@vagrant/local"]
+
+
+def test_inventory_names_public_machines_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOGLM_VAGRANT_MACHINES", "ubuntu2204,debian12")
+    hosts = runpy.run_path(str(ROOT / "inventories" / "vagrant.py"))["vagrant"]
+    assert hosts == [
+        ("@vagrant/ubuntu2204", {"_sudo": True}),
+        ("@vagrant/debian12", {"_sudo": True}),
+    ]
+    assert {name.split("/")[1] for name, _ in hosts} <= set(vagrantfile_machines())
+
+
+def test_box_key_changes_with_every_input() -> None:
+    key = box_cache_key(KEY, "base1", week="2026-W49")
+    assert key == box_cache_key(KEY, "base1", week="2026-W49")
+    others = {
+        box_cache_key(KEY, "base2", week="2026-W49"),
+        box_cache_key(KEY.replace("insecure", "other"), "base1", week="2026-W49"),
+        box_cache_key(KEY, "base1", week="2026-W50"),
+        box_cache_key(KEY, "base1", packages=(*BOX_PACKAGES, "vim"), week="2026-W49"),
+        box_cache_key(KEY, "base1", week="2026-W49", version=99),
+    }
+    assert key not in others and len(others) == 5
+
+
+def test_box_boots_its_installed_kernel_from_the_labelled_root() -> None:
+    files = box_prep_files(KEY)
+    boot = files["/boot/extlinux/extlinux.conf"][0]
+    # Debian's kernel postinst keeps /vmlinuz on the newest kernel: an upgrade boots it.
+    assert "LINUX /vmlinuz\n" in boot and "INITRD /initrd.img\n" in boot
+    assert f"root=LABEL={ROOT_LABEL}" in boot and "console=ttyS0" in boot
+    assert "do_symlinks = yes" in files["/etc/kernel-img.conf"][0]
+    assert files["/etc/fstab"][0].startswith(f"LABEL={ROOT_LABEL} / ext4")
+    assert files["/home/vagrant/.ssh/authorized_keys"] == (KEY, 0o600)
+    assert files["/etc/sudoers.d/vagrant"] == ("vagrant ALL=(ALL) NOPASSWD:ALL\n", 0o440)
+    assert {"linux-image-cloud-amd64", "extlinux", "udev"} <= set(BOX_PACKAGES)
+
+
+def test_box_metadata_is_vagrant_libvirt_s_format() -> None:
+    assert box_metadata(12) == {"provider": "libvirt", "format": "qcow2", "virtual_size": 12}
+
+
+def test_probe_uses_kvm_only_when_the_guest_kernel_ran() -> None:
+    booted = "[    1.9] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown"
+    assert decide(True, 0, booted, 2.1).driver == "kvm"
+    stalled = decide(True, None, "SeaBIOS\nBooting from ROM..", 30)
+    assert stalled.driver == "qemu" and "no visible progress in 30 s" in stalled.reason
+    aborted = decide(True, -6, "kvm_buf_set_msrs: Assertion failed.", 0.3)
+    assert aborted.driver == "qemu" and "exited -6: kvm_buf_set_msrs" in aborted.reason
+    assert decide(False, None, "", 0).driver == "qemu"
+
+
+def test_probe_boots_the_kernel_under_kvm_and_exits_at_its_panic() -> None:
+    argv = probe_argv(Path("/k"))
+    assert argv[argv.index("-accel") + 1] == "kvm" and "-no-reboot" in argv
+    assert "panic=-1" in argv[argv.index("-append") + 1] and argv[argv.index("-kernel") + 1] == "/k"
+
+
+def test_network_is_the_sandbox_bridge_with_dhcp_above_the_hosts() -> None:
+    xml = network_xml(Net("autoglm-vagrant", "ag-vagrant-br", "10.231.3.1", "10.231.3"))
+    assert "<bridge name='ag-vagrant-br'" in xml and "<forward mode='nat'/>" in xml
+    assert "address='10.231.3.1' netmask='255.255.255.0'" in xml
+    assert "start='10.231.3.100' end='10.231.3.199'" in xml
+
+
+def test_vm_state_carries_the_world_and_what_a_vm_allows(tmp_path: Path) -> None:
+    from autoglm_infra.testbed.kvm_probe import ProbeResult
+
+    data = vm_host_data({"nvidia_reboot": "never", "hub_endpoint": "http://h"}, tmp_path / "kh")
+    assert data["nvidia_reboot"] == "if-needed" and data["_sudo"] is True
+    assert data["hub_endpoint"] == "http://h" and data["serve_mode"] == "venv"
+    net = Net("autoglm-vagrant", "ag-vagrant-br", "10.231.3.1", "10.231.3")
+    state = local_state(ProbeResult("qemu", "why"), net, "pool", tmp_path / "c", data)
+    assert json.loads(json.dumps(state))["network_address"] == "10.231.3.0/24"
+    assert state["driver"] == "qemu" and state["boot_timeout"] == 600
+
+
+def test_vagrant_errors_show_the_last_lines_without_the_progress_bar() -> None:
+    from autoglm_infra.testbed.vagrant_vm import readable_tail
+
+    log = "==> local: Uploading\n\x1b[KProgress: 1%\rProgress: 99%\n" + "x" * 500 + "\n"
+    log += "Timed out while waiting for the machine to boot.\n"
+    tail = readable_tail(log, lines=3, width=40)
+    assert tail.splitlines() == ["==> local: Uploading", "x" * 40, tail.splitlines()[-1]]
+    assert "Timed out while waiting" in tail and "Progress" not in tail
+
+
+def test_kernel_facts_are_read_from_key_value_lines() -> None:
+    from autoglm_infra.testbed.vagrant_vm import KERNEL_FACTS_SCRIPT, parse_kernel_facts
+
+    out = "Connection to 10.231.3.142 closed.\nvirt=qemu\nkernel=6.1.0-57-cloud-amd64\nboots=2\n"
+    assert parse_kernel_facts(out) == {
+        "virt": "qemu",
+        "kernel": "6.1.0-57-cloud-amd64",
+        "boots": "2",
+    }
+    assert "lsinitramfs /boot/initrd.img-$(uname -r)" in KERNEL_FACTS_SCRIPT
+    assert "etc/modprobe.d/autoglm-blacklist-nouveau.conf$" in KERNEL_FACTS_SCRIPT
+
+
+def test_a_reboot_counts_once_and_boots_with_the_blacklist() -> None:
+    from autoglm_infra.testbed.vagrant_vm import reboot_problems
+
+    before = {"boots": "1", "blacklist_in_initramfs": "1", "nouveau_loaded": "0"}
+    good = {"state": "running", **before, "boots": "2"}
+    assert reboot_problems(before, good) == []
+    twice = reboot_problems(before, {**good, "boots": "3"})
+    assert twice == ["journalctl --list-boots went from 1 to 3, expected exactly one more boot"]
+    assert (
+        "not in the running kernel's initramfs"
+        in reboot_problems(before, {**good, "blacklist_in_initramfs": "0"})[0]
+    )
+    assert reboot_problems(before, {**good, "nouveau_loaded": "1"}) == ["nouveau loaded: '1'"]
+    assert reboot_problems(before, {**good, "state": "starting"}) == [
+        "systemctl is-system-running after the reboot: 'starting'"
+    ]
+    assert len(reboot_problems(before, {})) == 4  # the VM answered nothing
