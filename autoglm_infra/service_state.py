@@ -115,6 +115,16 @@ def record_inputs_command(paths: Sequence[str], record: str = INPUTS_RECORD) -> 
     )
 
 
+# A unit already starting with the current configuration (a converge right after boot, or
+# while the engine loads the model) is waited for: a restart would throw that work away.
+JOIN_START = "service is starting with the current configuration: its start is awaited"
+
+
+def start_verb(reasons: Sequence[str]) -> str:
+    """`start` joins a start job already under way (and waits for it); else `restart`."""
+    return "start" if list(reasons) == [JOIN_START] else "restart"
+
+
 def restart_reasons(
     unit: UnitState,
     recorded_inputs: str | None,
@@ -123,6 +133,8 @@ def restart_reasons(
 ) -> list[str]:
     """Why the service must be (re)started now; empty when it is running as configured."""
     reasons: list[str] = []
+    if unit.active == "activating" and recorded_inputs == expected and not upstream_changes:
+        return [JOIN_START]
     if unit.active != "active":
         reasons.append(f"service is {unit.active}")
     elif recorded_inputs != expected:

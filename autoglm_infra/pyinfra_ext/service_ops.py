@@ -19,6 +19,7 @@ from autoglm_infra.service_state import (
     parse_service_snapshot,
     record_inputs_command,
     service_snapshot_script,
+    start_verb,
 )
 
 
@@ -107,7 +108,7 @@ def run_service(
     why = shlex.quote(f"(re)starting {unit_name}: " + "; ".join(reasons))
     failed = shlex.quote(f"{unit_name} did not start or did not become healthy. Last log lines:")
     yield StringCommand(
-        f"echo {why}; systemctl restart {unit} || {{ rc=$?; echo {failed} >&2; "
+        f"echo {why}; systemctl {start_verb(reasons)} {unit} || {{ rc=$?; echo {failed} >&2; "
         f"journalctl -u {unit} -n {log_lines} --no-pager -o short-iso >&2; exit $rc; }}"
     )
     yield StringCommand(record_inputs_command(inputs))

@@ -9,6 +9,7 @@ that crash-loops into `failed` and fails the converge.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import re
 import shlex
@@ -202,6 +203,45 @@ def test_unit_change_reloads_and_restarts_once(
     assert "--default-seed 7" in host.ssh(f"systemctl show -p ExecStart {UNIT}").stdout
     back = converge(inventory, deploy=SERVICE)
     assert back.returncode == 0, describe_failure(back)
+
+
+def test_converge_while_the_service_starts_joins_that_start(
+    world: tuple[SandboxHost, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A converge right after boot (or while the engine loads) waits for the start under
+    way instead of restarting it. A drop-in holds the start until the converge is inside
+    `systemctl start`, so the unit is `activating` for certain when the converge reads it."""
+    host, inventory = world
+    monkeypatch.setenv("AUTOGLM_API_KEY", KEY)
+    gate, drop_in = "/run/autoglm-test-go", f"/etc/systemd/system/{UNIT}.d/zz-hold-start.conf"
+    host.ssh(
+        f"rm -f {gate} && mkdir -p $(dirname {drop_in}) && printf '[Service]\\n"
+        f"ExecStartPre=/bin/sh -c \\x27until [ -e {gate} ]; do sleep 0.2; done\\x27\\n' "
+        f"> {drop_in} && systemctl daemon-reload && systemctl restart --no-block {UNIT}"
+    )
+    try:
+        starting = wait_until(
+            lambda: unit_show(host, "ActiveState", "InvocationID"),
+            lambda u: u["ActiveState"] == "activating" and u["InvocationID"] != "",
+            f"{UNIT} activating (held by the drop-in)",
+        )
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            running = pool.submit(run_pyinfra, inventory, SERVICE, env={"AUTOGLM_API_KEY": KEY})
+            wait_until(
+                lambda: host.ssh(f"pgrep -af 'systemctl (re)?start {UNIT}' || true").stdout,
+                lambda out: f"start {UNIT}" in out or running.done(),
+                "the converge to reach its systemctl (re)start",
+            )
+            host.ssh(f"touch {gate}")
+            joined = running.result(timeout=900)
+    finally:
+        host.ssh(f"touch {gate}; rm -f {drop_in} && systemctl daemon-reload")
+    assert joined.returncode == 0, describe_failure(joined)
+    assert any(op.startswith("Service: run") for op in joined.changed()), joined.changed()
+    after = unit_show(host, "ActiveState", "InvocationID")
+    assert after == {"ActiveState": "active", "InvocationID": starting["InvocationID"]}, (
+        "the start under way was restarted"
+    )
 
 
 def test_key_generated_once_on_host_when_controller_has_none(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from autoglm_infra.remote_state import FileState, Snapshot
 from autoglm_infra.service_state import (
+    JOIN_START,
     UnitState,
     expected_inputs,
     inputs_text,
@@ -15,6 +16,7 @@ from autoglm_infra.service_state import (
     record_inputs_command,
     restart_reasons,
     service_snapshot_script,
+    start_verb,
 )
 
 ACTIVE = UnitState("active", "enabled", True)
@@ -86,3 +88,14 @@ def test_start_when_not_active_or_never_recorded() -> None:
 def test_restart_when_an_earlier_stage_changes_venv_or_model() -> None:
     reasons = restart_reasons(ACTIVE, "/u 1\n", "/u 1\n", ["Model: x@abc in /srv/m"])
     assert reasons == ["this run changes: Model: x@abc in /srv/m"]
+
+
+def test_a_start_under_way_with_the_current_configuration_is_joined_not_restarted() -> None:
+    starting = UnitState("activating", "enabled", True)
+    reasons = restart_reasons(starting, "/u 1\n", "/u 1\n")
+    assert reasons == [JOIN_START] and start_verb(reasons) == "start"
+    # a start with an older configuration, or one this run's venv/model change, restarts
+    assert start_verb(restart_reasons(starting, "/u 1\n", "/u 2\n")) == "restart"
+    assert start_verb(restart_reasons(starting, "/u 1\n", "/u 1\n", ["Model: x"])) == "restart"
+    failed = restart_reasons(UnitState("failed", "enabled", True), "/u 1\n", "/u 1\n")
+    assert start_verb(failed) == "restart"
