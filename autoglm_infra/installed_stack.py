@@ -39,7 +39,8 @@ class InstalledStack:
     owner_detail: str = ""  # the package, manifest or tool that shows it
     cuda_toolkits: tuple[tuple[str, str], ...] = ()  # (X.Y, evidence), newest first
     cudnn: tuple[tuple[str, str, str], ...] = ()  # (cuda major, version, package)
-    held: frozenset[str] = frozenset()
+    held: frozenset[str] = frozenset()  # the host's own holds (apt-mark), not the stage's
+    own_held: frozenset[str] = frozenset()  # what the NVIDIA stage holds (its record)
     packages: dict[str, str] = field(default_factory=dict)  # NVIDIA packages: name -> version
 
     @property
@@ -128,5 +129,6 @@ def installed_stack(probe: GpuProbe) -> InstalledStack:
         cuda_toolkits=tuple(newest_first),
         cudnn=cudnn,
         held=probe.held - probe.own_held,  # the host's holds; the stage's own are not
+        own_held=probe.own_held,
         packages=dict(probe.packages),
     )

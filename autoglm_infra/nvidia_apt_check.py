@@ -245,10 +245,9 @@ def check_script(
     args = " ".join(q(a) for a in install_args)
     return (
         "export LC_ALL=C DEBIAN_FRONTEND=noninteractive; "
-        f"if ! apt-get update -q >/tmp/.autoglm-apt-update 2>&1; then echo {UPDATE_FAILED}; "
-        "tail -5 /tmp/.autoglm-apt-update; rm -f /tmp/.autoglm-apt-update; exit 0; fi; "
-        "rm -f /tmp/.autoglm-apt-update; "
         "T=$(mktemp -d) && trap 'rm -rf \"$T\"' EXIT && "
+        f'if ! apt-get update -q >"$T/update.log" 2>&1; then echo {UPDATE_FAILED}; '
+        'tail -5 "$T/update.log"; exit 0; fi; rm -f "$T/update.log"; '
         '{ [ ! -d /etc/apt/preferences.d ] || cp -a /etc/apt/preferences.d/. "$T/"; } && '
         f'printf %s {q(prefs_text)} > "$T"/{q(prefs_name)}; '
         f'O="-o Dir::Etc::PreferencesParts=$T"; echo {POLICY_MARK}; '

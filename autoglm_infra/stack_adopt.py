@@ -17,7 +17,12 @@ from packaging.version import InvalidVersion, Version
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.host_profile import HostProfile
 from autoglm_infra.installed_stack import DPKG, InstalledStack
-from autoglm_infra.stack.facts_table import default_stack_table, parse_version
+from autoglm_infra.nvidia_apt_check import driver_release
+from autoglm_infra.stack.facts_table import (
+    PINNING_PACKAGE_PREFIX,
+    default_stack_table,
+    parse_version,
+)
 from autoglm_infra.stack.resolver import (
     AptPackage,
     StackError,
@@ -134,6 +139,7 @@ def host_plan(settings: Settings, profile: HostProfile, found: InstalledStack) -
             KEEP,
             f"{found.describe_driver()}: loaded and healthy, branch {found.branch} serves "
             f"this host (nvidia_driver_policy=adopt)",
+            _own_driver_packages(found),
         )
     else:
         plan = resolve_stack(stack_request(settings, profile))
@@ -154,12 +160,14 @@ def host_plan(settings: Settings, profile: HostProfile, found: InstalledStack) -
             + (", or set nvidia_driver_policy: adopt to keep it" if policy == MANAGE else "")
         )
         driver = Component("driver", REFUSE, refusal)
-    components = (
-        driver,
-        _cuda_component(plan, found),
-        _cudnn_component(plan, found),
+    components = tuple(
+        _respect_holds(c, found)
+        for c in (driver, _cuda_component(plan, found), _cudnn_component(plan, found))
     )
-    return HostPlan(plan, tuple(_respect_holds(c, found) for c in components), refusal)
+    if not refusal and (refused := [c for c in components if c.action == REFUSE]):
+        # a host's hold: nothing is installed, pinned or rebooted for a plan it blocks
+        refusal = "; ".join(f"{c.name}: {c.why}" for c in refused) + ". Nothing was changed."
+    return HostPlan(plan, components, refusal)
 
 
 def _driver_component(
@@ -194,6 +202,7 @@ def _driver_component(
             KEEP,
             f"{found.describe_driver()} is a newer point release of branch "
             f"{plan.driver_branch} than the plan's {plan.driver_version}: never downgraded",
+            _own_driver_packages(found),
         )
     if found.driver_version == plan.driver_version and found.owner == DPKG:
         return Component(
@@ -208,6 +217,17 @@ def _driver_component(
         UPGRADE,
         f"{found.describe_driver()} -> {plan.driver_version} ({reason})",
         packages,
+    )
+
+
+def _own_driver_packages(found: InstalledStack) -> tuple[AptPackage, ...]:
+    """The driver packages an earlier converge installed and holds, at their versions: a
+    kept driver keeps them (held, never removed as "the previous plan's")."""
+    return tuple(
+        AptPackage(name, version)
+        for name, version in sorted(found.packages.items())
+        if name in found.own_held
+        and (driver_release(name, version) is not None or name.startswith(PINNING_PACKAGE_PREFIX))
     )
 
 

@@ -28,7 +28,8 @@ settings = host_settings()
 profile = host_profile(settings.model_dir)
 found = host_gpu_probe()
 try:
-    decided = host_plan(settings, profile, installed_stack(found))
+    on_host = installed_stack(found)
+    decided = host_plan(settings, profile, on_host)
     plan = decided.plan
     keyring = fetch_trusted_keyring(
         plan.repo_url + nf.key_file_name(settings.nvidia_repo_key_fingerprint),
@@ -75,11 +76,12 @@ installed = {name: state.version for name, state in snapshot.packages.items()}
 to_install, _ = apt_changes(packages, snapshot.packages)
 to_remove = [n for n in previously_held if n in installed and n not in dict(packages)]
 # Driver/cuDNN packages left at another release by an earlier plan move with this one.
+# (a package the host itself holds is never moved behind the user's back)
 stale = stale_closure(
     installed,
     decided.moving_driver_version,
     decided.pin_cudnn_version,
-    [*dict(packages), *to_remove],
+    [*dict(packages), *to_remove, *on_host.held],
 )
 nvidia_apt_check(
     name="NVIDIA: apt lands exactly the planned versions (asked before installing)",

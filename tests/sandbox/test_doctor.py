@@ -119,7 +119,8 @@ def crash_loop(converged: tuple[SandboxHost, Path]) -> Iterator[None]:
     drop_in = f"/etc/systemd/system/{UNIT}.d/zz-doctor-test.conf"
     host.ssh(
         f"mkdir -p $(dirname {drop_in}) && "
-        f"printf '[Service]\\nExecStart=\\nExecStart=/bin/false\\n' > {drop_in} && "
+        # RestartSec=1h holds the unit in auto-restart however long the doctor takes
+        f"printf '[Service]\\nExecStart=\\nExecStart=/bin/false\\nRestartSec=1h\\n' > {drop_in} && "
         f"systemctl daemon-reload && systemctl restart --no-block {UNIT}"
     )
     # the state the doctor must name: waiting to restart after a crash

@@ -240,3 +240,35 @@ def test_the_stages_own_holds_are_not_the_hosts() -> None:
     found = installed_stack(parse_probe(lines))
     assert "nvidia-open-580" not in found.held and "libcudnn9-cuda-13" in found.held
     assert "nvidia-open-580" in parse_probe(lines).held  # gpu_check's "held" row sees all
+
+
+def test_a_kept_driver_keeps_the_packages_the_stage_installed_and_holds() -> None:
+    """After the first converge and its reboot, the planned driver is loaded: adopting it
+    must keep (and hold) the stage's own driver packages, never remove them as the previous
+    plan's, so the second converge changes nothing."""
+    bare = installed_stack(parse_probe(["probe=gpu"]))
+    planned = host_plan(Settings(), H200_HOST, bare).plan
+    version = planned.driver_version
+    lines = [ln for ln in _driver_host(version, "13.0")]
+    lines += [f"smi_owner={planned.driver_packages[-1].name}"]
+    for p in planned.driver_packages:
+        lines += [f"pkg={p.name} {p.version}", f"held={p.name}", f"own_held={p.name}"]
+    decided = host_plan(Settings(), H200_HOST, installed_stack(parse_probe(lines)))
+    driver = decided.components[0]
+    assert driver.action == KEEP, driver
+    assert [(p.name, p.version) for p in driver.packages] == [
+        (p.name, p.version) for p in planned.driver_packages
+    ]
+    assert all(p in decided.packages for p in [(p.name, p.version) for p in driver.packages])
+
+
+def test_a_component_the_hosts_hold_refuses_stops_the_whole_stage() -> None:
+    bare = installed_stack(parse_probe(["probe=gpu"]))
+    meta = host_plan(Settings(), H200_HOST, bare).plan.driver_packages[-1].name
+    lines = [*_driver_host("570.172.08", "12.8"), f"smi_owner={meta}", f"pkg={meta} 570.0-1",
+             f"held={meta}"]  # fmt: skip
+    found = replace(installed_stack(parse_probe(lines)), driver_healthy=False)
+    decided = host_plan(Settings(), H200_HOST, found)
+    assert decided.components[0].action == REFUSE
+    assert f"apt-mark unhold {meta}" in decided.refusal
+    assert decided.refusal.endswith("Nothing was changed.")

@@ -20,6 +20,7 @@ from autoglm_infra.testbed.servers import (
     free_port,
     stop_pidfile,
 )
+from autoglm_infra.testbed.waiting import wait_until as wait_for_state
 
 PY = sys.executable
 
@@ -153,9 +154,14 @@ def test_stop_terminates_every_process_of_the_group(tmp_path: Path) -> None:
 
 
 def test_sigterm_ignoring_server_is_killed_after_grace(tmp_path: Path) -> None:
-    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"
-    srv = LoopbackServer([PY, "-c", code], log_path=tmp_path / "k.log", stop_grace=0.5).start()
-    time.sleep(0.3)  # let it install the handler
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('handler' + '-installed', flush=True); time.sleep(300)"  # argv is logged too
+    )
+    log = tmp_path / "k.log"
+    srv = LoopbackServer([PY, "-c", code], log_path=log, stop_grace=0.5).start()
+    wait_for_state(lambda: log.read_text(), lambda text: "handler-installed" in text,
+               "the server to ignore SIGTERM", timeout=60, step=0.02)  # fmt: skip
     started = time.monotonic()
     assert srv.stop() == -9
     assert 0.4 <= time.monotonic() - started < 5
