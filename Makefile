@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 HOSTS ?= 2
-SANDBOX := $(PY) -m autoglm_infra.testbed.hosts
+SANDBOX := $(PY) -m autoglm_testbed.hosts
 APT_PACKAGES := debootstrap systemd-container iptables zstd openssh-client gnupg dpkg-dev apt-utils vagrant busybox-static apt-cacher-ng openssl curl systemd python3-pip
 export DEBIAN_FRONTEND := noninteractive
 
@@ -33,6 +33,8 @@ deps: .make/deps-$(shell echo '$(APT_PACKAGES)' | sha1sum | cut -c1-12)
 $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@# the testbed is not packaged (users never install it): import it from this checkout
+	@echo '$(CURDIR)' > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/autoglm-testbed.pth"
 	@rm -f $(VENV)/.installed-*; touch $@
 venv: $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
@@ -63,13 +65,13 @@ slow: venv
 	$(VENV)/bin/pytest -m slow tests/slow
 
 demo: venv deps
-	$(PY) -m autoglm_infra.testbed.demo
+	$(PY) -m autoglm_testbed.demo
 
 sandbox: venv deps
 	$(SANDBOX) up --name demo --net 1 --hosts $(HOSTS) --inventory inventories/sandbox.py
 
 sandbox-down: venv
-	$(PY) -m autoglm_infra.testbed.demo --down
+	$(PY) -m autoglm_testbed.demo --down
 
 # The VM scenario (README "Test VMs"): outside `make test`, see the README for why.
 VAGRANT_PACKAGES := vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base parted
@@ -81,10 +83,10 @@ VAGRANT_PACKAGES := vagrant vagrant-libvirt libvirt-daemon-system libvirt-client
 vagrant-deps: .make/vagrant-deps-$(shell echo '$(VAGRANT_PACKAGES)' | sha1sum | cut -c1-12)
 
 vagrant: venv deps vagrant-deps
-	$(PY) -m autoglm_infra.testbed.vagrant_vm
+	$(PY) -m autoglm_testbed.vagrant_vm
 
 vagrant-down: venv
-	$(PY) -m autoglm_infra.testbed.vagrant_vm --down
+	$(PY) -m autoglm_testbed.vagrant_vm --down
 
 bench: venv deps
 	$(PY) bench/noop_rerun.py

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from autoglm_infra.testbed.converge import ConvergeResult, describe_failure, run_pyinfra
-from autoglm_infra.testbed.hosts import HostSpec, Sandbox
-from autoglm_infra.testbed.world import ROOT, World, boot_world
+from autoglm_testbed.converge import ConvergeResult, describe_failure, run_pyinfra
+from autoglm_testbed.hosts import HostSpec, Sandbox
+from autoglm_testbed.world import ROOT, World, boot_world
 
 
 @contextmanager

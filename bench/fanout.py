@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import bench_world, converge, median
 
-from autoglm_infra.testbed.world import ROOT
+from autoglm_testbed.world import ROOT
 
 
 def measure(name: str, net: int, hosts: int, runs: int) -> tuple[float, float]:

@@ -38,17 +38,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from autoglm_infra.model_lock import (  # noqa: E402
+from autoglm_infra.host_tools import model_fetch  # noqa: E402
+from autoglm_infra.stages.model.lock import (  # noqa: E402
     META_DIR,
     download_url,
     parse_hf_revision,
     revision_url,
 )
-from autoglm_infra.model_state import host_plan  # noqa: E402
-from autoglm_infra.testbed.servers import LoopbackServer, TcpReady, free_port  # noqa: E402
+from autoglm_infra.stages.model.state import host_plan  # noqa: E402
+from autoglm_testbed.servers import LoopbackServer, TcpReady, free_port  # noqa: E402
 
 REPO = "bench/Model"
-HELPER = ROOT / "autoglm_infra" / "host_tools" / "model_fetch.py"
+HELPER = Path(model_fetch.__file__)
 
 
 def make_shards(target: Path, shards: int, shard_mib: int) -> None:
@@ -94,7 +95,7 @@ def main() -> int:
     make_shards(source, args.shards, args.shard_mib)
     port = free_port()
     server = LoopbackServer(
-        [sys.executable, "-m", "autoglm_infra.testbed.hub_standin", "--workdir",
+        [sys.executable, "-m", "autoglm_testbed.hub_standin", "--workdir",
          str(scratch / "hub"), "--publish", f"{REPO}={source}", "--port", str(port)],
         log_path=scratch / "hub.log", ready=TcpReady("127.0.0.1", port), cwd=ROOT,
         start_timeout=300,

@@ -43,8 +43,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import median  # noqa: E402
 
 from autoglm_infra.host_tools import model_fetch  # noqa: E402
-from autoglm_infra.model_lock import META_DIR, LockedFile, ModelLock, make_lock  # noqa: E402
-from autoglm_infra.model_state import (  # noqa: E402
+from autoglm_infra.stages.model.lock import META_DIR, LockedFile, ModelLock, make_lock  # noqa: E402
+from autoglm_infra.stages.model.state import (  # noqa: E402
     host_plan,
     listing_script,
     parse_listing,

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import bench_world, converge, median
 
-from autoglm_infra.testbed.world import ROOT
+from autoglm_testbed.world import ROOT
 
 
 def main() -> int:

@@ -11,9 +11,12 @@ from pyinfra import host, logger
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.operations import server
 
-from autoglm_infra import docker_files as df
-from autoglm_infra.controller_secrets import Secret, SecretError, read_secret
-from autoglm_infra.docker_args import (
+from autoglm_infra.common.secrets import Secret, SecretError, read_secret
+from autoglm_infra.common.snapshot import Snapshot
+from autoglm_infra.pyinfra_ext.operations import apt_pinned, put_file, remove_file
+from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
+from autoglm_infra.stages.docker import files as df
+from autoglm_infra.stages.docker.args import (
     API_KEY_FILE,
     CONTAINER_NAME,
     ENV_FILE,
@@ -22,14 +25,14 @@ from autoglm_infra.docker_args import (
     spec_from_settings,
     spec_hash,
 )
-from autoglm_infra.docker_image import (
+from autoglm_infra.stages.docker.image import (
     DerivedLock,
     ImageError,
     check_tarball,
     load_derived_lock,
     pull_failure_hint,
 )
-from autoglm_infra.pyinfra_ext.docker_ops import (
+from autoglm_infra.stages.docker.ops import (
     DockerStateFact,
     apt_present,
     enable_unit,
@@ -41,9 +44,6 @@ from autoglm_infra.pyinfra_ext.docker_ops import (
     require_dir,
     restart_unit,
 )
-from autoglm_infra.pyinfra_ext.operations import apt_pinned, put_file, remove_file
-from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
-from autoglm_infra.remote_state import Snapshot
 
 PACKAGE_PATTERNS = (
     "docker.io",

@@ -12,13 +12,13 @@ mirrors, SELinux/AppArmor, mounts and access as the service user).
 from pyinfra import host
 from pyinfra.facts.server import Command
 
-from autoglm_infra.doctor import listeners_script, smoke_args
-from autoglm_infra.doctor_network import proxy_env, reach_targets
-from autoglm_infra.doctor_table import doctor_checks, doctor_layout
-from autoglm_infra.engine_args import served_model_name
-from autoglm_infra.pyinfra_ext.doctor_facts import DoctorProbeFact, doctor_script
+from autoglm_infra.doctor.facts import DoctorProbeFact, doctor_script
+from autoglm_infra.doctor.host import listeners_script, smoke_args
+from autoglm_infra.doctor.network import proxy_env, reach_targets
+from autoglm_infra.doctor.table import doctor_checks, doctor_layout
 from autoglm_infra.pyinfra_ext.report import report_checks
 from autoglm_infra.pyinfra_ext.settings import host_gpu_probe, host_profile, host_settings
+from autoglm_infra.stages.service.engine_args import served_model_name
 
 settings = host_settings()
 profile = host_profile(settings.model_dir)

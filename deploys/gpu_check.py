@@ -8,7 +8,7 @@ driver too old for the planned CUDA, packages not pinned, a pending reboot.
 Set AUTOGLM_CHECKS_JSON=<dir> to also write <dir>/<host>.gpu_check.json.
 """
 
-from autoglm_infra.doctor_table import gpu_rows
+from autoglm_infra.doctor.table import gpu_rows
 from autoglm_infra.pyinfra_ext.report import report_checks
 from autoglm_infra.pyinfra_ext.settings import host_gpu_probe, host_profile, host_settings
 

@@ -12,8 +12,13 @@ from pathlib import Path
 from pyinfra import host, logger
 from pyinfra.api.exceptions import PyinfraError
 
-from autoglm_infra.hub_client import HubError, hub_token, obtain_lock
-from autoglm_infra.model_state import (
+from autoglm_infra.host_tools import model_fetch
+from autoglm_infra.pyinfra_ext.operations import put_file, remove_file
+from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
+from autoglm_infra.pyinfra_ext.stage_changes import MODEL, record
+from autoglm_infra.stages.model.hub_client import HubError, hub_token, obtain_lock
+from autoglm_infra.stages.model.ops import ModelSnapshotFact, model_pull
+from autoglm_infra.stages.model.state import (
     HELPER_PATH,
     TOKEN_PATH,
     disk_problem,
@@ -21,13 +26,8 @@ from autoglm_infra.model_state import (
     plan_model,
     plan_path,
 )
-from autoglm_infra.pyinfra_ext.model_ops import ModelSnapshotFact, model_pull
-from autoglm_infra.pyinfra_ext.operations import put_file, remove_file
-from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
-from autoglm_infra.pyinfra_ext.stage_changes import MODEL, record
 
-ROOT = Path(__file__).resolve().parents[1]
-HELPER_SOURCE = (ROOT / "autoglm_infra" / "host_tools" / "model_fetch.py").read_bytes()
+HELPER_SOURCE = Path(model_fetch.__file__).read_bytes()
 
 settings = host_settings()
 profile = host_profile(settings.model_dir)
@@ -35,7 +35,7 @@ model_dir = settings.model_dir
 try:
     token = hub_token(settings.hub_token_env, settings.hub_token_file)
     lock, origin = obtain_lock(
-        ROOT / settings.model_lock_dir,  # an absolute model_lock_dir stays absolute
+        Path(settings.model_lock_dir),  # relative to where pyinfra runs (the project)
         settings.model_source,
         settings.hub_endpoint,
         settings.model_repo,

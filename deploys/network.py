@@ -12,12 +12,12 @@ from pyinfra import host
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.operations import server
 
-from autoglm_infra import network_files as nw
+from autoglm_infra.common.secrets import read_secret
 from autoglm_infra.config.keys_network import NPM_TOKEN_ENV, PROXY_PASSWORD_ENV
-from autoglm_infra.controller_secrets import read_secret
-from autoglm_infra.pyinfra_ext.network_ops import move_files, remove_paths
 from autoglm_infra.pyinfra_ext.operations import SnapshotFact, put_file, remove_file
 from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
+from autoglm_infra.stages.network import files as nw
+from autoglm_infra.stages.network.ops import move_files, remove_paths
 
 
 def _read_ca(path: str) -> nw.CaCert:

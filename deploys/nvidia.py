@@ -8,21 +8,21 @@ from pyinfra import host, logger
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.operations import server
 
-from autoglm_infra import nvidia_files as nf
-from autoglm_infra.installed_stack import installed_stack
-from autoglm_infra.nvidia_apt_check import Expectation, stale_closure
-from autoglm_infra.pyinfra_ext.nvidia_ops import (
+from autoglm_infra.pyinfra_ext.operations import SnapshotFact, apt_changes, apt_pinned, put_file
+from autoglm_infra.pyinfra_ext.settings import host_gpu_probe, host_profile, host_settings
+from autoglm_infra.stack.adopt import host_plan
+from autoglm_infra.stack.facts_table import PINNING_PACKAGE_PREFIX
+from autoglm_infra.stack.installed import installed_stack
+from autoglm_infra.stages.nvidia import files as nf
+from autoglm_infra.stages.nvidia.apt_check import Expectation, stale_closure
+from autoglm_infra.stages.nvidia.ops import (
     PERSISTENCED_ENABLED,
     driver_reboot,
     nvidia_apt_check,
     persistence_mode,
     verify_driver,
 )
-from autoglm_infra.pyinfra_ext.operations import SnapshotFact, apt_changes, apt_pinned, put_file
-from autoglm_infra.pyinfra_ext.repo_key import fetch_trusted_keyring
-from autoglm_infra.pyinfra_ext.settings import host_gpu_probe, host_profile, host_settings
-from autoglm_infra.stack.facts_table import PINNING_PACKAGE_PREFIX
-from autoglm_infra.stack_adopt import host_plan
+from autoglm_infra.stages.nvidia.repo_key import fetch_trusted_keyring
 
 settings = host_settings()
 profile = host_profile(settings.model_dir)

@@ -6,13 +6,13 @@ Read-only. Runs alone with `pyinfra INVENTORY deploys/preflight.py`.
 from pyinfra import host, logger
 from pyinfra.api.exceptions import PyinfraError
 
-from autoglm_infra.preflight import (
+from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
+from autoglm_infra.stages.preflight.problems import (
     Minimums,
     describe_host,
     preflight_problems,
     resource_warnings,
 )
-from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
 
 settings = host_settings()
 profile = host_profile(settings.model_dir)

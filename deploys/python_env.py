@@ -2,7 +2,8 @@
 
 Runs alone with `pyinfra INVENTORY deploys/python_env.py`. The profile is
 <serve_engine>-<torch flavour of the stack plan> (e.g. vllm-cu128), or 'cpu' when
-serve_engine is cpu (GPU-less hosts); the lock is data/locks/<profile>.txt. One fact
+serve_engine is cpu (GPU-less hosts); the lock is
+autoglm_infra/stages/python_env/locks/<profile>.txt. One fact
 reads the host; pip runs only when the lock changed.
 """
 
@@ -11,16 +12,16 @@ from pathlib import Path
 from pyinfra import host, logger
 from pyinfra.api.exceptions import PyinfraError
 
-from autoglm_infra import python_env as pe
-from autoglm_infra.pyinfra_ext.python_ops import (
+from autoglm_infra.pyinfra_ext.settings import host_plan_for, host_profile, host_settings
+from autoglm_infra.pyinfra_ext.stage_changes import PYTHON_ENV, record
+from autoglm_infra.stages.python_env import venv as pe
+from autoglm_infra.stages.python_env.ops import (
     PythonEnvFact,
     locked_venv,
     owned_dirs,
     service_user,
     venv_module,
 )
-from autoglm_infra.pyinfra_ext.settings import host_plan_for, host_profile, host_settings
-from autoglm_infra.pyinfra_ext.stage_changes import PYTHON_ENV, record
 
 settings = host_settings()
 profile = host_profile(settings.model_dir)

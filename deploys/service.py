@@ -10,20 +10,20 @@ answer. Docker mode is the docker stage's job: this stage does nothing there.
 from pyinfra import host, logger
 from pyinfra.api.exceptions import PyinfraError
 
-from autoglm_infra import service_unit as su
-from autoglm_infra.controller_secrets import SecretError, read_secret
-from autoglm_infra.model_state import plan_path, stamps_path
+from autoglm_infra.common.secrets import SecretError, read_secret
 from autoglm_infra.pyinfra_ext.operations import put_file
-from autoglm_infra.pyinfra_ext.service_ops import (
+from autoglm_infra.pyinfra_ext.settings import host_settings
+from autoglm_infra.pyinfra_ext.stage_changes import MODEL, PYTHON_ENV, queued_changes
+from autoglm_infra.stages.model.state import plan_path, stamps_path
+from autoglm_infra.stages.python_env.venv import STAMP_FILE
+from autoglm_infra.stages.service import unit as su
+from autoglm_infra.stages.service.ops import (
     ServiceSnapshotFact,
     directory,
     generate_api_key,
     run_service,
 )
-from autoglm_infra.pyinfra_ext.settings import host_settings
-from autoglm_infra.pyinfra_ext.stage_changes import MODEL, PYTHON_ENV, queued_changes
-from autoglm_infra.python_env import STAMP_FILE
-from autoglm_infra.service_state import INPUTS_RECORD, expected_inputs, restart_reasons
+from autoglm_infra.stages.service.state import INPUTS_RECORD, expected_inputs, restart_reasons
 
 settings = host_settings()
 

@@ -8,11 +8,11 @@ means a broken deployment (Open-AutoGLM's own checker says so).
 
 import ipaddress
 
-from autoglm_infra.docker_args import api_key_path
-from autoglm_infra.engine_args import served_model_name
 from autoglm_infra.pyinfra_ext.settings import host_settings
-from autoglm_infra.pyinfra_ext.verify_ops import smoke_test
-from autoglm_infra.service_unit import CREDENTIAL_PATH
+from autoglm_infra.stages.docker.args import api_key_path
+from autoglm_infra.stages.service.engine_args import served_model_name
+from autoglm_infra.stages.service.unit import CREDENTIAL_PATH
+from autoglm_infra.stages.verify.ops import smoke_test
 
 settings = host_settings()
 address = ipaddress.ip_address(settings.serve_host)

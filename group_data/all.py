@@ -151,8 +151,8 @@ nvidia_repo_base_url = "https://developer.download.nvidia.com/compute/cuda/repos
 nvidia_repo_key_fingerprint = "EB693B3035CD5710E231E123A4B469963BF863CC"
 
 # Lock profile to install; 'auto' is <engine>-<torch flavour> from the stack resolver on GPU hosts
-# and 'cpu' on GPU-less hosts. Allowed: auto | cpu | <engine>-<flavour> with a lock in data/locks
-# (e.g. vllm-cu128).
+# and 'cpu' on GPU-less hosts. Allowed: auto | cpu | <engine>-<flavour> with a lock in the python
+# env stage's locks/ (e.g. vllm-cu128).
 python_profile = "auto"
 
 # Interpreter the venv is created with (must satisfy the lock's Python range). Allowed: absolute
@@ -180,8 +180,8 @@ python_torch_index_url = "https://download.pytorch.org/whl"
 # are set by the stage. Allowed: list of pip options without spaces.
 python_pip_extra_args = []
 
-# Controller directory holding <profile>.txt locks; None uses the project's data/locks. Allowed:
-# absolute path or None.
+# Controller directory holding <profile>.txt locks; None uses the locks shipped with the package
+# (autoglm_infra/stages/python_env/locks). Allowed: absolute path or None.
 python_locks_dir = None
 
 # Hub repository of the model (or its -Multilingual twin). Allowed: owner/name.
@@ -305,7 +305,7 @@ docker_image_tarball = None
 docker_derived_lock = None
 
 # Controller directory holding <name>.txt locks for docker_derived_lock; None uses the project's
-# data/locks. Allowed: absolute path or None.
+# autoglm_infra/stages/python_env/locks. Allowed: absolute path or None.
 docker_locks_dir = None
 
 # UID:GID the engine runs as in the container (never 0). Allowed: UID:GID, UID not 0.

@@ -1,6 +1,6 @@
-"""Regenerate a hash lock under data/locks from its input file, with uv.
+"""Regenerate a hash lock under autoglm_infra/stages/python_env/locks/ from its input, with uv.
 
-    python scripts/lock_requirements.py cpu                 # data/locks/cpu.in -> cpu.txt
+    python scripts/lock_requirements.py cpu                 # locks/cpu.in -> cpu.txt
     python scripts/lock_requirements.py vllm-cu128          # + vllm-cu128.overrides.txt
     python scripts/lock_requirements.py cpu --find-links /opt/wheels --torch-index-url ''
     python scripts/lock_requirements.py vllm-cu128 --python 3.12   # -> vllm-cu128.py312.txt
@@ -9,7 +9,7 @@ Input `<profile>.in` holds the top-level pins plus `# key: value` metadata that 
 into the lock (python, platform, torch-index, import-check, expected-conflict, and
 constraints: another lock in the same folder whose versions every pin must keep); an
 optional `<profile>.overrides.txt` is passed to `uv pip compile --override` (how
-transformers 5 replaces vLLM 0.12.0's `transformers<5`, see data/locks/README.md).
+transformers 5 replaces vLLM 0.12.0's `transformers<5`, see locks/README.md).
 
 uv resolves for one Python minor (the lowest the `python:` line allows, or --python) and
 one platform, and writes every file hash of each pinned version (`--generate-hashes`),
@@ -31,10 +31,10 @@ from pathlib import Path
 
 from packaging.specifiers import SpecifierSet
 
-from autoglm_infra.python_env import variant_file
+from autoglm_infra.stages.python_env.venv import variant_file
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCKS = ROOT / "data" / "locks"
+LOCKS = ROOT / "autoglm_infra" / "stages" / "python_env" / "locks"
 HEADER_KEYS = (
     "python",
     "platform",
@@ -75,7 +75,7 @@ def uv_binary() -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("profile", help="name of data/locks/<profile>.in")
+    parser.add_argument("profile", help="name of the lock input (locks/<profile>.in)")
     parser.add_argument("--python", help="Python minor to resolve for (default: lowest allowed)")
     parser.add_argument("--index-url", default="https://pypi.org/simple")
     parser.add_argument(

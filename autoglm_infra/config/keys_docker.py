@@ -8,7 +8,7 @@ from typing import Annotated, Literal, Self
 from pydantic import AfterValidator, Field, model_validator
 
 from autoglm_infra.config.fields import AbsolutePath, HttpUrl, Keys, Text, fingerprint, key
-from autoglm_infra.docker_image import DerivedLockError, load_derived_lock
+from autoglm_infra.stages.docker.image import DerivedLockError, load_derived_lock
 
 # name[:tag]@sha256:<64 hex>: what `docker pull` verifies; a bare tag can move.
 _PINNED_REF = re.compile(
@@ -130,7 +130,7 @@ class DockerKeys(Keys):
     docker_locks_dir: AbsolutePath | None = key(
         None,
         "Controller directory holding <name>.txt locks for docker_derived_lock; None uses "
-        "the project's data/locks.",
+        "the project's autoglm_infra/stages/python_env/locks.",
         "absolute path or None",
     )
     docker_user: Annotated[str, AfterValidator(check_user)] = key(

@@ -70,7 +70,8 @@ class PythonEnvKeys(Keys):
         "auto",
         "Lock profile to install; 'auto' is <engine>-<torch flavour> from the stack "
         "resolver on GPU hosts and 'cpu' on GPU-less hosts.",
-        "auto | cpu | <engine>-<flavour> with a lock in data/locks (e.g. vllm-cu128)",
+        "auto | cpu | <engine>-<flavour> with a lock in the python env stage's locks/ "
+        "(e.g. vllm-cu128)",
     )
     python_interpreter: AbsolutePath = key(
         "/usr/bin/python3",
@@ -108,6 +109,7 @@ class PythonEnvKeys(Keys):
     )
     python_locks_dir: AbsolutePath | None = key(
         None,
-        "Controller directory holding <profile>.txt locks; None uses the project's data/locks.",
+        "Controller directory holding <profile>.txt locks; None uses the locks shipped with "
+        "the package (autoglm_infra/stages/python_env/locks).",
         "absolute path or None",
     )

@@ -1,7 +1,7 @@
 """Keys of the OpenAI-compatible endpoint: how and where it is served, and by which engine.
 
 The engine keys are shared by the venv (systemd) and Docker modes: both build the engine's
-command line with `autoglm_infra.engine_args`.
+command line with `autoglm_infra.stages.service.engine_args`.
 """
 
 from __future__ import annotations

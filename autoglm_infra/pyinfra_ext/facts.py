@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from autoglm_infra.gpu_checks import GpuProbe
-from autoglm_infra.gpu_checks import parse_probe as parse_gpu_probe
-from autoglm_infra.gpu_checks import probe_script as gpu_probe_script
-from autoglm_infra.host_profile import HostProfile, parse_host_profile, probe_script
+from autoglm_infra.common.host_profile import HostProfile, parse_host_profile, probe_script
 from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
+from autoglm_infra.stages.nvidia.gpu_checks import GpuProbe
+from autoglm_infra.stages.nvidia.gpu_checks import parse_probe as parse_gpu_probe
+from autoglm_infra.stages.nvidia.gpu_checks import probe_script as gpu_probe_script
 
 
 class HostProfileFact(TypedFact[HostProfile]):

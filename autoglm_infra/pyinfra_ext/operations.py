@@ -15,14 +15,14 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, operation
 
-from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
-from autoglm_infra.remote_state import (
+from autoglm_infra.common.snapshot import (
     FileState,
     PackageState,
     Snapshot,
     parse_snapshot,
     snapshot_script,
 )
+from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
 
 APT_ENV = "DEBIAN_FRONTEND=noninteractive"
 APT_OPTS = (

@@ -9,7 +9,7 @@ from pathlib import Path
 from pyinfra import host, logger
 from pyinfra.api.exceptions import PyinfraError
 
-from autoglm_infra.checks import Check, failed, format_table, to_json
+from autoglm_infra.common.checks import Check, failed, format_table, to_json
 
 JSON_DIR_ENV = "AUTOGLM_CHECKS_JSON"
 

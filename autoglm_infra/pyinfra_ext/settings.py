@@ -7,14 +7,14 @@ from typing import Any
 from pyinfra import host, state
 from pyinfra.api.exceptions import PyinfraError
 
-from autoglm_infra import nvidia_files as nf
+from autoglm_infra.common.host_profile import HostProfile
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.config.validate import ConfigError, find_problems
-from autoglm_infra.gpu_checks import GpuProbe
-from autoglm_infra.host_profile import HostProfile
-from autoglm_infra.installed_stack import installed_stack
 from autoglm_infra.pyinfra_ext.facts import GpuProbeFact, HostProfileFact
-from autoglm_infra.stack_adopt import HostPlan, host_plan
+from autoglm_infra.stack.adopt import HostPlan, host_plan
+from autoglm_infra.stack.installed import installed_stack
+from autoglm_infra.stages.nvidia import files as nf
+from autoglm_infra.stages.nvidia.gpu_checks import GpuProbe
 
 
 class InvalidConfiguration(PyinfraError):

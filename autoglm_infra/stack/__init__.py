@@ -1,6 +1,7 @@
 """Pure NVIDIA stack resolver: driver branch/packages, CUDA, cuDNN and torch wheel per host.
 
-Never imports pyinfra. Facts live in data/nvidia_stack.yaml; see resolver.resolve_stack.
+Never imports pyinfra. Facts live in autoglm_infra/stack/nvidia_stack.yaml; see
+resolver.resolve_stack.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Load and validate the compatibility table (data/nvidia_stack.yaml) into frozen objects.
+"""Load and validate the compatibility table (stack/nvidia_stack.yaml) into frozen objects.
 
 The table is the one place the driver/CUDA/cuDNN/torch/engine numbers live. A malformed
 table raises :class:`StackTableError` listing every problem with its location, e.g.
@@ -22,7 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-DEFAULT_TABLE_PATH = Path(__file__).resolve().parents[2] / "data" / "nvidia_stack.yaml"
+DEFAULT_TABLE_PATH = Path(__file__).resolve().parent / "nvidia_stack.yaml"
 
 CpuArch = Literal["x86_64", "aarch64"]
 PackageFamily = Literal["ubuntu", "debian"]

@@ -1,6 +1,7 @@
 """PCI device id -> GPU name, architecture and compute capability.
 
-The ids live in data/nvidia_stack.yaml (``gpus:``, names from pci.ids, compute capability
+The ids live in autoglm_infra/stack/nvidia_stack.yaml (``gpus:``, names from pci.ids, compute
+capability
 from developer.nvidia.com/cuda-gpus). Preflight reads vendor/device ids from sysfs, which
 works before any driver is installed. An id missing from the table is not an error: it is
 reported as ``unknown architecture`` and the resolver skips the checks it cannot make.

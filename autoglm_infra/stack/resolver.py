@@ -1,6 +1,6 @@
 """Pure stack resolver: which driver, CUDA toolkit, cuDNN and torch wheel a host gets.
 
-Every number comes from the compatibility table (data/nvidia_stack.yaml); this module
+Every number comes from the compatibility table (autoglm_infra/stack/nvidia_stack.yaml); this module
 only applies the rules. Impossible combinations raise :class:`StackError` with a message
 that names the configuration keys, the numbers and the fix, for example::
 
@@ -385,7 +385,8 @@ def _apply_release(
             )
     notes.append(
         f"{KEY_VERSION}={text}: branch {branch.branch} at this release instead of its "
-        f"pinned {pinned} (package revisions from driver_revisions in data/nvidia_stack.yaml)"
+        f"pinned {pinned} (package revisions from driver_revisions in "
+        "autoglm_infra/stack/nvidia_stack.yaml)"
     )
     return branch.model_copy(update={"version": text, "packages": FamilyPackages(**families)})
 
@@ -873,7 +874,7 @@ def _note_unverified(
     if unverified:
         notes.append(
             "relies on table rows marked verified: false (see their notes in "
-            "data/nvidia_stack.yaml): " + ", ".join(unverified)
+            "autoglm_infra/stack/nvidia_stack.yaml): " + ", ".join(unverified)
         )
 
 

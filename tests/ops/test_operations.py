@@ -12,9 +12,9 @@ from pyinfra.api.operation import add_op
 from pyinfra.api.operations import run_ops
 from pyinfra.api.state import StateStage
 
-from autoglm_infra.pyinfra_ext.nvidia_ops import persistence_mode
+from autoglm_infra.common.snapshot import FileState, PackageState
 from autoglm_infra.pyinfra_ext.operations import apt_pinned, put_file
-from autoglm_infra.remote_state import FileState, PackageState
+from autoglm_infra.stages.nvidia.ops import persistence_mode
 
 HOST = "@fake/gpu-1"
 

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra.testbed.hosts import (
+from autoglm_testbed.hosts import (
     HostSpec,
     Sandbox,
     SandboxError,
     SandboxHost,
     write_inventory,
 )
-from autoglm_infra.testbed.nvidia_repo import NvidiaRepoStandin
-from autoglm_infra.testbed.world import Standins, start_standins
+from autoglm_testbed.nvidia_repo import NvidiaRepoStandin
+from autoglm_testbed.world import Standins, start_standins
 
 ROOT = Path(__file__).resolve().parents[2]
 # Overridable so that several developers' sessions on one machine use separate sandboxes.

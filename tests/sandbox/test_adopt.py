@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra.testbed.converge import converge_twice, run_pyinfra
-from autoglm_infra.testbed.hosts import SandboxHost, write_inventory
-from autoglm_infra.testbed.nvidia_repo import NvidiaRepoStandin
-from autoglm_infra.testbed.recorded_gpu import prepare_like_recorded_host, recorded_driver
-from autoglm_infra.testbed.world import sandbox_group_data
+from autoglm_testbed.converge import converge_twice, run_pyinfra
+from autoglm_testbed.hosts import SandboxHost, write_inventory
+from autoglm_testbed.nvidia_repo import NvidiaRepoStandin
+from autoglm_testbed.recorded_gpu import prepare_like_recorded_host, recorded_driver
+from autoglm_testbed.world import sandbox_group_data
 
 DEPLOY = "tests/sandbox/deploys/preflight_nvidia.py"
 PACKAGES = "dpkg-query -W -f='${db:Status-Abbrev} ${Package} ${Version}\\n' | sort"

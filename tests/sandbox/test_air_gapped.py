@@ -22,16 +22,16 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from autoglm_infra.testbed.apt_mirror import AptMirrorStandin
-from autoglm_infra.testbed.converge import ConvergeResult, converge_twice
-from autoglm_infra.testbed.hosts import (
+from autoglm_testbed.apt_mirror import AptMirrorStandin
+from autoglm_testbed.converge import ConvergeResult, converge_twice
+from autoglm_testbed.hosts import (
     HostSpec,
     Sandbox,
     SandboxHost,
     read_mirrors,
     write_inventory,
 )
-from autoglm_infra.testbed.world import (
+from autoglm_testbed.world import (
     TINY_MODEL_DIR,
     Standins,
     controller_address,

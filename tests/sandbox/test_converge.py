@@ -1,6 +1,7 @@
 """A real converge of sandbox hosts: NVIDIA stack from the signed stand-in repository.
 
-The stand-in (data/nvidia_repo_packages.yaml) carries NVIDIA's dependency shapes and newer
+The stand-in (autoglm_infra/stages/nvidia/nvidia_repo_packages.yaml) carries NVIDIA's dependency
+shapes and newer
 releases and branches (580.126.09, 590.48.01, 595.71.05), so an unpinned closure would
 land on them. One host is converged and then moved between plans for the module; the
 scenarios that need an untouched host boot their own (2 s each).
@@ -14,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra.nvidia_apt_check import driver_release
-from autoglm_infra.testbed.converge import converge_twice, describe_failure, run_pyinfra
-from autoglm_infra.testbed.hosts import SandboxHost
-from autoglm_infra.testbed.nvidia_repo import NvidiaRepoStandin
-from autoglm_infra.testbed.world import sandbox_group_data
+from autoglm_infra.stages.nvidia.apt_check import driver_release
+from autoglm_testbed.converge import converge_twice, describe_failure, run_pyinfra
+from autoglm_testbed.hosts import SandboxHost
+from autoglm_testbed.nvidia_repo import NvidiaRepoStandin
+from autoglm_testbed.world import sandbox_group_data
 
 MANAGED = (
     "/etc/apt/keyrings/autoglm-nvidia-cuda.gpg /etc/apt/sources.list.d/autoglm-nvidia-cuda.sources"
@@ -83,7 +84,7 @@ def world(
     nvidia_repo: NvidiaRepoStandin,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[SandboxHost, Path]:
-    from autoglm_infra.testbed.hosts import write_inventory
+    from autoglm_testbed.hosts import write_inventory
 
     (host,) = sandbox_hosts(1)
     inventory = tmp_path_factory.mktemp("converge") / "inventory.py"
@@ -172,7 +173,7 @@ def test_refusals_name_the_problem_and_change_nothing(
     data: list[str],
     expected: list[str],
 ) -> None:
-    from autoglm_infra.testbed.hosts import write_inventory
+    from autoglm_testbed.hosts import write_inventory
 
     (host,) = sandbox_hosts(1)
     inventory = tmp_path / "inventory.py"

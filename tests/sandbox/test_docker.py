@@ -15,18 +15,18 @@ from typing import Any
 
 import pytest
 
-from autoglm_infra.cis_docker import Finding, evaluate, format_findings, warnings
-from autoglm_infra.docker_args import (
+from autoglm_infra.stages.docker.args import (
     API_KEY_FILE,
     CONTAINER_NAME,
     ENV_FILE,
     SECRET_MOUNT,
     SPEC_LABEL,
 )
-from autoglm_infra.testbed.converge import converge_twice, describe_failure, run_pyinfra
-from autoglm_infra.testbed.hosts import SandboxHost, write_inventory
-from autoglm_infra.testbed.waiting import container_state, health_of, unit_properties, wait_until
-from autoglm_infra.testbed.world import Standins, docker_host_data
+from autoglm_testbed.cis_docker import Finding, evaluate, format_findings, warnings
+from autoglm_testbed.converge import converge_twice, describe_failure, run_pyinfra
+from autoglm_testbed.hosts import SandboxHost, write_inventory
+from autoglm_testbed.waiting import container_state, health_of, unit_properties, wait_until
+from autoglm_testbed.world import Standins, docker_host_data
 
 DEPLOY = "deploys/docker.py"
 UNIT = "autoglm-docker.service"

@@ -19,14 +19,14 @@ from typing import Any
 
 import pytest
 
-from autoglm_infra import docker_files as df
-from autoglm_infra.docker_args import CONTAINER_NAME
-from autoglm_infra.python_env import CPU_PROFILE, DEFAULT_LOCKS_DIR, load_lock
-from autoglm_infra.testbed.converge import converge_twice, run_pyinfra
-from autoglm_infra.testbed.hosts import Sandbox, SandboxHost, write_inventory
-from autoglm_infra.testbed.python_base_image import PythonBaseImage, build_python_image
-from autoglm_infra.testbed.waiting import health_of, unit_properties
-from autoglm_infra.testbed.world import Standins, controller_address, docker_host_data
+from autoglm_infra.stages.docker import files as df
+from autoglm_infra.stages.docker.args import CONTAINER_NAME
+from autoglm_infra.stages.python_env.venv import CPU_PROFILE, DEFAULT_LOCKS_DIR, load_lock
+from autoglm_testbed.converge import converge_twice, run_pyinfra
+from autoglm_testbed.hosts import Sandbox, SandboxHost, write_inventory
+from autoglm_testbed.python_base_image import PythonBaseImage, build_python_image
+from autoglm_testbed.waiting import health_of, unit_properties
+from autoglm_testbed.world import Standins, controller_address, docker_host_data
 
 DEPLOY = "deploys/docker.py"
 UNIT = "autoglm-docker.service"

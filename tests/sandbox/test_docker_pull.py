@@ -21,21 +21,21 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra import network_files as nw
-from autoglm_infra.docker_args import CONTAINER_NAME
-from autoglm_infra.testbed.container_toolkit_repo import ContainerToolkitRepoStandin
-from autoglm_infra.testbed.converge import ConvergeResult, describe_failure, run_pyinfra
-from autoglm_infra.testbed.hosts import Sandbox, SandboxHost, write_inventory
-from autoglm_infra.testbed.proxy import ProxyStandin
-from autoglm_infra.testbed.registry_standin import (
+from autoglm_infra.stages.docker.args import CONTAINER_NAME
+from autoglm_infra.stages.network import files as nw
+from autoglm_testbed.container_toolkit_repo import ContainerToolkitRepoStandin
+from autoglm_testbed.converge import ConvergeResult, describe_failure, run_pyinfra
+from autoglm_testbed.hosts import Sandbox, SandboxHost, write_inventory
+from autoglm_testbed.proxy import ProxyStandin
+from autoglm_testbed.registry_standin import (
     RegistryImage,
     RegistryStandin,
     standin_registry_image,
 )
-from autoglm_infra.testbed.standin_image import build_image
-from autoglm_infra.testbed.static_http import AccessLogEntry
-from autoglm_infra.testbed.waiting import container_state, health_of, wait_until
-from autoglm_infra.testbed.world import (
+from autoglm_testbed.standin_image import build_image
+from autoglm_testbed.static_http import AccessLogEntry
+from autoglm_testbed.waiting import container_state, health_of, wait_until
+from autoglm_testbed.world import (
     IMAGE_CACHE,
     STANDIN_KEY_DIR,
     controller_address,

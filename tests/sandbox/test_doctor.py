@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra.testbed.converge import describe_failure, run_pyinfra
-from autoglm_infra.testbed.hosts import Sandbox, SandboxHost, write_inventory
-from autoglm_infra.testbed.proxy import ProxyStandin
-from autoglm_infra.testbed.waiting import unit_properties, wait_until
-from autoglm_infra.testbed.world import (
+from autoglm_testbed.converge import describe_failure, run_pyinfra
+from autoglm_testbed.hosts import Sandbox, SandboxHost, write_inventory
+from autoglm_testbed.proxy import ProxyStandin
+from autoglm_testbed.waiting import unit_properties, wait_until
+from autoglm_testbed.world import (
     TINY_MODEL_DIR,
     Standins,
     controller_address,

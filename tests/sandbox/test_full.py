@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra.testbed.converge import (
+from autoglm_testbed.converge import (
     ConvergeResult,
     converge_twice,
     describe_failure,
     run_pyinfra,
 )
-from autoglm_infra.testbed.hosts import SandboxHost, write_inventory
-from autoglm_infra.testbed.world import TINY_MODEL_DIR, Standins, full_group_data, host_data_for
+from autoglm_testbed.hosts import SandboxHost, write_inventory
+from autoglm_testbed.world import TINY_MODEL_DIR, Standins, full_group_data, host_data_for
 
 
 @pytest.fixture(scope="module")

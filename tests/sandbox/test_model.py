@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra.hub_client import fetch_lock
-from autoglm_infra.model_lock import ModelLock, lock_file_path, read_lock, write_lock
-from autoglm_infra.testbed.converge import converge_twice, describe_failure, run_pyinfra
-from autoglm_infra.testbed.hosts import Sandbox, SandboxHost, write_inventory
-from autoglm_infra.testbed.hub_standin import Fault, HubStandin, make_test_repo
-from autoglm_infra.testbed.static_http import make_server, read_access_log, serve_in_thread
-from autoglm_infra.testbed.world import controller_address
+from autoglm_infra.stages.model.hub_client import fetch_lock
+from autoglm_infra.stages.model.lock import ModelLock, lock_file_path, read_lock, write_lock
+from autoglm_testbed.converge import converge_twice, describe_failure, run_pyinfra
+from autoglm_testbed.hosts import Sandbox, SandboxHost, write_inventory
+from autoglm_testbed.hub_standin import Fault, HubStandin, make_test_repo
+from autoglm_testbed.static_http import make_server, read_access_log, serve_in_thread
+from autoglm_testbed.world import controller_address
 
 REPO = "test-org/Tiny-Model"
 MODEL_DIR = "/srv/autoglm/models/tiny"

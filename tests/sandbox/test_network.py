@@ -19,15 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra import network_files as nw
-from autoglm_infra.testbed.apt_mirror import AptMirrorStandin
-from autoglm_infra.testbed.converge import ConvergeResult, converge_twice, run_pyinfra
-from autoglm_infra.testbed.hosts import DEFAULT_CACHE_DIR, Sandbox, SandboxHost, write_inventory
-from autoglm_infra.testbed.npm_registry import NpmRegistryStandin
-from autoglm_infra.testbed.proxy import ProxyStandin
-from autoglm_infra.testbed.pypi_mirror import PypiMirror
-from autoglm_infra.testbed.waiting import wait_until
-from autoglm_infra.testbed.world import controller_address
+from autoglm_infra.stages.network import files as nw
+from autoglm_testbed.apt_mirror import AptMirrorStandin
+from autoglm_testbed.converge import ConvergeResult, converge_twice, run_pyinfra
+from autoglm_testbed.hosts import DEFAULT_CACHE_DIR, Sandbox, SandboxHost, write_inventory
+from autoglm_testbed.npm_registry import NpmRegistryStandin
+from autoglm_testbed.proxy import ProxyStandin
+from autoglm_testbed.pypi_mirror import PypiMirror
+from autoglm_testbed.waiting import wait_until
+from autoglm_testbed.world import controller_address
 
 DEPLOY = "deploys/network.py"
 USER = "svc-gpu"

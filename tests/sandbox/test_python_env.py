@@ -1,6 +1,7 @@
 """The python env stage for real: the CPU lock from a loopback PyPI-style index.
 
-One host is converged with data/locks/cpu.txt from pypiserver on the sandbox bridge
+One host is converged with autoglm_infra/stages/python_env/locks/cpu.txt from pypiserver on the
+sandbox bridge
 (wheels from the controller's content-keyed cache); then a lock whose extra wheel is
 tampered in the index must fail and leave the first venv serving.
 """
@@ -13,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra import python_env as pe
-from autoglm_infra.testbed.converge import describe_failure, run_pyinfra
-from autoglm_infra.testbed.hosts import Sandbox, SandboxHost, write_inventory
-from autoglm_infra.testbed.pypi_mirror import PypiMirror, WheelCache
-from autoglm_infra.testbed.world import controller_address
+from autoglm_infra.stages.python_env import venv as pe
+from autoglm_testbed.converge import describe_failure, run_pyinfra
+from autoglm_testbed.hosts import Sandbox, SandboxHost, write_inventory
+from autoglm_testbed.pypi_mirror import PypiMirror, WheelCache
+from autoglm_testbed.world import controller_address
 
 DEPLOY = "deploys/python_env.py"
 VENV = "/opt/autoglm/venv"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra.testbed.hosts import HostSpec, Sandbox, SandboxHost
+from autoglm_testbed.hosts import HostSpec, Sandbox, SandboxHost
 
 pytestmark = pytest.mark.sandbox
 

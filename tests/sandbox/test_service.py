@@ -19,19 +19,19 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra import python_env as pe
-from autoglm_infra.testbed.converge import (
+from autoglm_infra.stages.python_env import venv as pe
+from autoglm_testbed.converge import (
     ConvergeResult,
     converge_twice,
     describe_failure,
     run_pyinfra,
 )
-from autoglm_infra.testbed.hosts import Sandbox, SandboxHost, write_inventory
-from autoglm_infra.testbed.hub_standin import HubStandin
-from autoglm_infra.testbed.pypi_mirror import PypiMirror, WheelCache
-from autoglm_infra.testbed.tiny_model import write_tiny_model
-from autoglm_infra.testbed.waiting import unit_properties, wait_until
-from autoglm_infra.testbed.world import controller_address
+from autoglm_testbed.hosts import Sandbox, SandboxHost, write_inventory
+from autoglm_testbed.hub_standin import HubStandin
+from autoglm_testbed.pypi_mirror import PypiMirror, WheelCache
+from autoglm_testbed.tiny_model import write_tiny_model
+from autoglm_testbed.waiting import unit_properties, wait_until
+from autoglm_testbed.world import controller_address
 
 STAGES = ("deploys/python_env.py", "deploys/model.py", "deploys/service.py")
 SERVICE = "deploys/service.py"

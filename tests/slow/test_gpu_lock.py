@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from packaging.utils import canonicalize_name
 
-from autoglm_infra import python_env as pe
+from autoglm_infra.stages.python_env import venv as pe
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra.testbed.apt_repo import (
+from autoglm_testbed.apt_repo import (
     AptRepo,
     AptRepoError,
     FileEntry,
@@ -29,8 +29,8 @@ from autoglm_infra.testbed.apt_repo import (
     build_repo,
     ensure_tools,
 )
-from autoglm_infra.testbed.servers import LoopbackServer, TcpReady, free_port
-from autoglm_infra.testbed.static_http import wait_for_access_log
+from autoglm_testbed.servers import LoopbackServer, TcpReady, free_port
+from autoglm_testbed.static_http import wait_for_access_log
 
 DRIVER_NEW = "570.172.08-1"
 DRIVER_OLD = "570.133.20-1"
@@ -90,7 +90,7 @@ def web(flat_repo: AptRepo, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     """static_http serving the parent of the repo, on 127.0.0.1: (base URL, access log)."""
     logs = tmp_path_factory.mktemp("web-logs")
     port = free_port()
-    argv = [sys.executable, "-m", "autoglm_infra.testbed.static_http"]
+    argv = [sys.executable, "-m", "autoglm_testbed.static_http"]
     argv += ["--root", str(flat_repo.root.parent), "--bind", "127.0.0.1", "--port", str(port)]
     argv += ["--access-log", str(logs / "access.log")]
     srv = LoopbackServer(argv, log_path=logs / "server.log", ready=TcpReady("127.0.0.1", port))

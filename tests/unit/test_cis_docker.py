@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from autoglm_infra.cis_docker import CHECKS, evaluate, format_findings, warnings
+from autoglm_testbed.cis_docker import CHECKS, evaluate, format_findings, warnings
 
 INFO_OK = {"Swarm": {"LocalNodeState": "inactive"}}
 

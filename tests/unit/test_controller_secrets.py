@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra.controller_secrets import SecretError, read_secret
+from autoglm_infra.common.secrets import SecretError, read_secret
 
 
 def test_environment_wins_over_file(tmp_path: Path) -> None:

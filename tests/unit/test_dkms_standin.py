@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra.testbed.dkms_standin import build_dkms_deb, dkms_conf, package_files
+from autoglm_testbed.dkms_standin import build_dkms_deb, dkms_conf, package_files
 
 
 def test_source_tree_is_what_dkms_expects() -> None:

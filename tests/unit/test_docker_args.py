@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from autoglm_infra.config.schema import Settings
-from autoglm_infra.docker_args import (
+from autoglm_infra.stages.docker.args import (
     SPEC_LABEL,
     api_key_path,
     generate_key_file_command,

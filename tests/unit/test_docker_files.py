@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra import docker_files as df
 from autoglm_infra.config.schema import Settings
-from autoglm_infra.docker_args import run_argv, spec_from_settings
-from autoglm_infra.testbed.apt_repo import SigningKey
-from autoglm_infra.testbed.container_toolkit_repo import toolkit_specs
+from autoglm_infra.stages.docker import files as df
+from autoglm_infra.stages.docker.args import run_argv, spec_from_settings
+from autoglm_testbed.apt_repo import SigningKey
+from autoglm_testbed.container_toolkit_repo import toolkit_specs
 
 IMAGE = "vllm/vllm-openai:v0.12.0@sha256:" + "ab" * 32
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra.docker_image import (
+from autoglm_infra.stages.docker.image import (
     ImageError,
     check_tarball,
     pull_failure_hint,
     tarball_image_id,
 )
-from autoglm_infra.testbed.standin_image import build_image
+from autoglm_testbed.standin_image import build_image
 
 
 def test_standin_image_is_deterministic_and_its_id_is_read_back(tmp_path: Path) -> None:

@@ -95,8 +95,8 @@ def test_derived_lock_must_exist_and_be_a_hash_lock(tmp_path: Path) -> None:
 
 
 def test_the_shipped_docker_lock_keeps_the_venv_locks_versions() -> None:
-    from autoglm_infra.docker_image import load_derived_lock
-    from autoglm_infra.python_env import DEFAULT_LOCKS_DIR, load_lock
+    from autoglm_infra.stages.docker.image import load_derived_lock
+    from autoglm_infra.stages.python_env.venv import DEFAULT_LOCKS_DIR, load_lock
 
     derived = load_derived_lock("docker-vllm-0.12.0", None).lock.pins()
     venv = load_lock("vllm-cu128", DEFAULT_LOCKS_DIR, "vllm-cu128").pins()

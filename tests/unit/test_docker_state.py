@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from autoglm_infra.docker_state import parse_docker_state, state_script
+from autoglm_infra.stages.docker.state import parse_docker_state, state_script
 
 
 def test_parse_reads_images_label_volume_unit_and_files() -> None:

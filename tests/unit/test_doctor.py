@@ -5,15 +5,15 @@ from __future__ import annotations
 import socket
 import subprocess
 
-from autoglm_infra.doctor import (
+from autoglm_infra.common.host_profile import HostProfile
+from autoglm_infra.doctor.host import (
     exposure_check,
     host_checks,
     listeners_script,
     parse_listeners,
     secure_boot_check,
 )
-from autoglm_infra.host_profile import HostProfile
-from autoglm_infra.preflight import Minimums
+from autoglm_infra.stages.preflight.problems import Minimums
 
 SS_OUTPUT = ["127.0.0.1:8000", "0.0.0.0:22", "[::]:22", "*:9000", "[::1]:8001"]
 

@@ -16,15 +16,15 @@ from typing import ClassVar
 
 import pytest
 
-from autoglm_infra.doctor_env import (
+from autoglm_infra.doctor.env import (
     cache_mount_check,
     cache_ownership_check,
     stale_cache_check,
 )
-from autoglm_infra.doctor_lsm import apparmor_check, selinux_check, selinux_type
-from autoglm_infra.doctor_model import model_access_check
-from autoglm_infra.doctor_network import reach_checks, through_proxy
-from autoglm_infra.doctor_probe import (
+from autoglm_infra.doctor.lsm import apparmor_check, selinux_check, selinux_type
+from autoglm_infra.doctor.model import model_access_check
+from autoglm_infra.doctor.network import reach_checks, through_proxy
+from autoglm_infra.doctor.probe import (
     CacheEntry,
     PathAccess,
     Reach,

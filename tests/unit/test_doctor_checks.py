@@ -7,26 +7,26 @@ import socket
 import subprocess
 from pathlib import Path
 
-from autoglm_infra.checks import Check
+from autoglm_infra.common.checks import Check
 from autoglm_infra.config.schema import Settings
-from autoglm_infra.doctor_env import (
+from autoglm_infra.doctor.env import (
     cache_checks,
     engine_versions_check,
     pip_check_check,
     venv_lock_check,
 )
-from autoglm_infra.doctor_model import (
+from autoglm_infra.doctor.model import (
     context_length_check,
     lock_from_plan,
     max_positions,
     model_files_check,
     model_format_check,
 )
-from autoglm_infra.doctor_network import reach_checks, reach_targets
-from autoglm_infra.doctor_probe import CacheDir, Container, Reach, parse_probe
-from autoglm_infra.doctor_service import containers_check, health_check, unit_check
-from autoglm_infra.model_state import FileStat, ModelDirState, Stamp
-from autoglm_infra.python_env import parse_lock
+from autoglm_infra.doctor.network import reach_checks, reach_targets
+from autoglm_infra.doctor.probe import CacheDir, Container, Reach, parse_probe
+from autoglm_infra.doctor.service import containers_check, health_check, unit_check
+from autoglm_infra.stages.model.state import FileStat, ModelDirState, Stamp
+from autoglm_infra.stages.python_env.venv import parse_lock
 
 SHA = "ab" * 32
 PLAN = json.dumps(
@@ -266,7 +266,7 @@ def test_parse_probe_sorts_tagged_lines() -> None:
 
 def test_doctor_script_runs_in_a_real_shell(tmp_path: Path) -> None:
     """The whole probe in sh: model files, caches, reachability of a closed port, smoke."""
-    from autoglm_infra.pyinfra_ext.doctor_facts import doctor_script
+    from autoglm_infra.doctor.facts import doctor_script
 
     model = tmp_path / "model"
     (model / ".autoglm").mkdir(parents=True)

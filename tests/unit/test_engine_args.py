@@ -9,7 +9,7 @@ import pytest
 
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.config.validate import find_problems
-from autoglm_infra.engine_args import (
+from autoglm_infra.stages.service.engine_args import (
     VLLM_API_KEY_ENV,
     cpu_command,
     engine_command,

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import subprocess
 
-from autoglm_infra.checks import failed, format_table, to_json
-from autoglm_infra.gpu_checks import evaluate_gpu, parse_probe, probe_script
-from autoglm_infra.host_profile import HostProfile, PciGpu
+from autoglm_infra.common.checks import failed, format_table, to_json
+from autoglm_infra.common.host_profile import HostProfile, PciGpu
+from autoglm_infra.stages.nvidia.gpu_checks import evaluate_gpu, parse_probe, probe_script
 
 PLAN_DRIVER, PLAN_CUDA = "570.172.08", "12.8"
 PACKAGES = [("cuda-drivers-570", "570.172.08-1"), ("cuda-toolkit-12-8", "12.8.1-1")]

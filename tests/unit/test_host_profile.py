@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
-from autoglm_infra.host_profile import parse_host_profile, probe_script
-from autoglm_infra.preflight import describe_host, preflight_problems
+from autoglm_infra.common.host_profile import parse_host_profile, probe_script
+from autoglm_infra.stages.preflight.problems import describe_host, preflight_problems
 
 RECORDED_H100_HOST = """\
 os_id=ubuntu
@@ -88,7 +88,7 @@ def test_secure_boot_probe_reports_key_state_through_mokutil(tmp_path) -> None: 
     mokutil = bindir / "mokutil"
     mokutil.write_text('#!/bin/sh\necho "$2 is already enrolled"\n')
     mokutil.chmod(0o755)
-    from autoglm_infra import host_profile
+    from autoglm_infra.common import host_profile
 
     script = probe_script("/").replace(host_profile._EFI_SECURE_BOOT, str(efivar))
     script = script.replace(host_profile.MOK_KEYS[0], str(key))

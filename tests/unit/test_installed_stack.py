@@ -7,10 +7,10 @@ import subprocess
 from dataclasses import replace
 from pathlib import Path
 
+from autoglm_infra.common.host_profile import HostProfile, PciGpu
 from autoglm_infra.config.schema import Settings
-from autoglm_infra.gpu_checks import parse_probe
-from autoglm_infra.host_profile import HostProfile, PciGpu
-from autoglm_infra.installed_stack import (
+from autoglm_infra.stack.adopt import KEEP, REFUSE, UPGRADE, host_plan
+from autoglm_infra.stack.installed import (
     DPKG,
     RUNFILE,
     UNKNOWN,
@@ -18,9 +18,9 @@ from autoglm_infra.installed_stack import (
     installed_stack,
     nvrm_flavour,
 )
-from autoglm_infra.nvidia_apt_check import stale_closure
-from autoglm_infra.nvidia_files import closure_preferences
-from autoglm_infra.stack_adopt import KEEP, REFUSE, UPGRADE, host_plan
+from autoglm_infra.stages.nvidia.apt_check import stale_closure
+from autoglm_infra.stages.nvidia.files import closure_preferences
+from autoglm_infra.stages.nvidia.gpu_checks import parse_probe
 
 RECORDED = Path(__file__).resolve().parents[1] / "fixtures" / "recorded"
 H200_PROBE = (RECORDED / "h200-gpu-probe.txt").read_text().splitlines()

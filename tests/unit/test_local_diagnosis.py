@@ -12,16 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra.pyinfra_ext import (
-    docker_ops,
-    doctor_facts,
-    facts,
-    model_ops,
-    operations,
-    python_ops,
-    service_ops,
-)
+from autoglm_infra.doctor import facts as doctor_facts
+from autoglm_infra.pyinfra_ext import facts, operations
 from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
+from autoglm_infra.stages.docker import ops as docker_ops
+from autoglm_infra.stages.model import ops as model_ops
+from autoglm_infra.stages.python_env import ops as python_ops
+from autoglm_infra.stages.service import ops as service_ops
 
 ROOT = Path(__file__).resolve().parents[2]
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))

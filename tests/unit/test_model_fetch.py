@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra import hub_client
-from autoglm_infra.controller_secrets import Secret
+from autoglm_infra.common.secrets import Secret
 from autoglm_infra.host_tools import model_fetch
-from autoglm_infra.hub_client import HubError, fetch_lock, obtain_lock
-from autoglm_infra.model_lock import META_DIR, ModelLock
-from autoglm_infra.model_state import host_plan, listing_script, parse_listing, plan_model
-from autoglm_infra.testbed.hub_standin import Fault, HubStandin, make_test_repo
-from autoglm_infra.testbed.static_http import AccessLogEntry, read_access_log
-from autoglm_infra.testbed.waiting import wait_until
+from autoglm_infra.stages.model import hub_client
+from autoglm_infra.stages.model.hub_client import HubError, fetch_lock, obtain_lock
+from autoglm_infra.stages.model.lock import META_DIR, ModelLock
+from autoglm_infra.stages.model.state import host_plan, listing_script, parse_listing, plan_model
+from autoglm_testbed.hub_standin import Fault, HubStandin, make_test_repo
+from autoglm_testbed.static_http import AccessLogEntry, read_access_log
+from autoglm_testbed.waiting import wait_until
 
 REPO = "test-org/Tiny-Model"
 SHARD = 3 * 2**20
@@ -293,7 +293,7 @@ def test_stored_lock_needs_no_hub(tmp_path: Path, hub: HubStandin) -> None:
     )
     assert again == lock and origin.startswith("stored lock")
     hub_client._cache.clear()
-    with pytest.raises(HubError, match=r"python -m autoglm_infra\.hub_client"):
+    with pytest.raises(HubError, match=r"python -m autoglm_infra\.stages\.model\.hub_client"):
         obtain_lock(tmp_path / "locks", "huggingface", "http://127.0.0.1:9", REPO, "v9", None)
     hub_client._cache.clear()
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from autoglm_infra.config.validate import find_problems
-from autoglm_infra.model_lock import (
+from autoglm_infra.stages.model.lock import (
     LockError,
     download_url,
     lock_file_path,

@@ -6,8 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from autoglm_infra.model_lock import LockedFile, make_lock
-from autoglm_infra.model_state import (
+from autoglm_infra.stages.model.lock import LockedFile, make_lock
+from autoglm_infra.stages.model.state import (
     FileStat,
     ModelDirState,
     Stamp,

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from autoglm_infra import network_files as nw
 from autoglm_infra.config.validate import validate_settings
+from autoglm_infra.stages.network import files as nw
 
 PEM = b"-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUe3Q=\n-----END CERTIFICATE-----\n"
 SECRET = "p@ss/w0rd!"  # needs percent-encoding in URLs

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra import nvidia_files as nf
-from autoglm_infra.nvidia_apt_check import (
+from autoglm_infra.stages.nvidia import files as nf
+from autoglm_infra.stages.nvidia.apt_check import (
     POLICY_MARK,
     SIMULATE_MARK,
     UPDATE_FAILED,
@@ -19,8 +19,8 @@ from autoglm_infra.nvidia_apt_check import (
     parse_policy,
     stale_closure,
 )
-from autoglm_infra.testbed.apt_repo import IsolatedApt, SigningKey, build_repo
-from autoglm_infra.testbed.nvidia_repo import (
+from autoglm_testbed.apt_repo import IsolatedApt, SigningKey, build_repo
+from autoglm_testbed.nvidia_repo import (
     PublishedDataError,
     check_evidence,
     pin_file_text,
@@ -86,7 +86,7 @@ def test_newer_releases_and_pinning_packages_are_published(debian12: IsolatedApt
     assert "595.71.05-1" in debian12.apt_cache("policy", "nvidia-open").stdout
 
 
-# --- the run-time safety net (autoglm_infra.nvidia_apt_check), on real apt output ---
+# --- the run-time safety net (autoglm_infra.stages.nvidia.apt_check), on real apt output ---
 
 OPEN_580 = Expectation(
     packages=(

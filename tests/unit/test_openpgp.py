@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra.nvidia_files import KeyTrustError, key_file_name, trusted_keyring
-from autoglm_infra.openpgp import KeyFormatError, dearmor, primary_fingerprints
+from autoglm_infra.common.openpgp import KeyFormatError, dearmor, primary_fingerprints
+from autoglm_infra.stages.nvidia.files import KeyTrustError, key_file_name, trusted_keyring
 
 
 def gpg_key(home: Path, algo: str) -> tuple[bytes, str]:

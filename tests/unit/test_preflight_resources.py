@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from autoglm_infra.host_profile import HostProfile, PciGpu
-from autoglm_infra.preflight import Minimums, preflight_problems, resource_warnings
+from autoglm_infra.common.host_profile import HostProfile, PciGpu
+from autoglm_infra.stages.preflight.problems import Minimums, preflight_problems, resource_warnings
 
 GIB_KIB = 1024 * 1024
 BIG = HostProfile(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from autoglm_infra.testbed.python_base_image import Package, _in_image, closure
+from autoglm_testbed.python_base_image import Package, _in_image, closure
 
 
 def pkg(name: str, depends: str = "", provides: tuple[str, ...] = ()) -> Package:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra import python_env as pe
 from autoglm_infra.config.validate import find_problems
+from autoglm_infra.stages.python_env import venv as pe
 
 H1, H2, H3 = "a" * 64, "b" * 64, "c" * 64
 LOCK = f"""\

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra import python_env as pe
-from autoglm_infra.testbed.pypi_mirror import PypiMirror, WheelCache, WheelCacheError
+from autoglm_infra.stages.python_env import venv as pe
+from autoglm_testbed.pypi_mirror import PypiMirror, WheelCache, WheelCacheError
 
 NAME = "demo_pkg-1.0-py3-none-any.whl"
 

@@ -7,8 +7,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from autoglm_infra.gpu_checks import SMI_QUERY, parse_probe, probe_script
-from autoglm_infra.testbed.recorded_gpu import (
+from autoglm_infra.stages.nvidia.gpu_checks import SMI_QUERY, parse_probe, probe_script
+from autoglm_testbed.recorded_gpu import (
     ON_HOST,
     RECORDED,
     nvidia_smi_standin,

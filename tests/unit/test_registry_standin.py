@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra.testbed.registry_standin import (
+from autoglm_testbed.registry_standin import (
     CONFIG_V1,
     LAYER_GZIP,
     MANIFEST_V2,
@@ -24,8 +24,8 @@ from autoglm_infra.testbed.registry_standin import (
     variant_layer,
     write_layout,
 )
-from autoglm_infra.testbed.standin_image import build_image
-from autoglm_infra.testbed.static_http import make_server, read_access_log, serve_in_thread
+from autoglm_testbed.standin_image import build_image
+from autoglm_testbed.static_http import make_server, read_access_log, serve_in_thread
 
 Response = tuple[int, http.client.HTTPMessage, bytes]
 

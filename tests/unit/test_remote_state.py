@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from autoglm_infra.remote_state import FileState, PackageState, parse_snapshot, snapshot_script
+from autoglm_infra.common.snapshot import FileState, PackageState, parse_snapshot, snapshot_script
 
 
 def run(script: str) -> list[str]:

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from autoglm_infra.testbed.hosts import HostSpec, Sandbox, _HostRecord, air_gap_rules
+from autoglm_testbed.hosts import HostSpec, Sandbox, _HostRecord, air_gap_rules
 
 SUBNET, GATEWAY, HOST = "10.231.21.0/24", "10.231.21.1", "10.231.21.11"
 

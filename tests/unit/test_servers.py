@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra.testbed.servers import (
+from autoglm_testbed.servers import (
     HttpReady,
     LoopbackServer,
     ServerStartError,
@@ -20,7 +20,7 @@ from autoglm_infra.testbed.servers import (
     free_port,
     stop_pidfile,
 )
-from autoglm_infra.testbed.waiting import wait_until as wait_for_state
+from autoglm_testbed.waiting import wait_until as wait_for_state
 
 PY = sys.executable
 
@@ -78,7 +78,7 @@ def delayed_listener(port: int, delay: float = 0.5) -> list[str]:
 
 
 def static_http_argv(root: Path, port: int) -> list[str]:
-    return [PY, "-m", "autoglm_infra.testbed.static_http", "--root", str(root), "--port", str(port)]
+    return [PY, "-m", "autoglm_testbed.static_http", "--root", str(root), "--port", str(port)]
 
 
 def test_free_port_can_be_bound_on_loopback() -> None:
@@ -201,7 +201,7 @@ def test_detached_server_outlives_python_and_stop_pidfile_stops_it(tmp_path: Pat
     script = textwrap.dedent(
         f"""
         from pathlib import Path
-        from autoglm_infra.testbed.servers import LoopbackServer, TcpReady
+        from autoglm_testbed.servers import LoopbackServer, TcpReady
         LoopbackServer({static_http_argv(tmp_path, port)!r},
                        log_path=Path({str(tmp_path)!r}) / "d.log",
                        ready=TcpReady("127.0.0.1", {port}), detached=True,
@@ -247,7 +247,7 @@ def test_atexit_stops_attached_servers_left_running(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         from pathlib import Path
-        from autoglm_infra.testbed.servers import LoopbackServer
+        from autoglm_testbed.servers import LoopbackServer
         srv = LoopbackServer(["sh", "-c", "sleep 300 & wait"],
                              log_path=Path({str(tmp_path)!r}) / "a.log")
         print(srv.start().pid)

@@ -6,8 +6,8 @@ import hashlib
 import subprocess
 from pathlib import Path
 
-from autoglm_infra.remote_state import FileState, Snapshot
-from autoglm_infra.service_state import (
+from autoglm_infra.common.snapshot import FileState, Snapshot
+from autoglm_infra.stages.service.state import (
     JOIN_START,
     UnitState,
     expected_inputs,

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
+from autoglm_infra.common.secrets import Secret, SecretError
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.config.validate import find_problems
-from autoglm_infra.controller_secrets import Secret, SecretError
-from autoglm_infra.engine_args import engine_command
-from autoglm_infra.service_unit import (
+from autoglm_infra.stages.service.engine_args import engine_command
+from autoglm_infra.stages.service.unit import (
     CREDENTIAL_PATH,
     UNIT_NAME,
     ServiceLayout,

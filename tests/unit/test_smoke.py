@@ -132,7 +132,7 @@ def test_key_from_a_docker_env_file(tmp_path: Path) -> None:
 
 
 def test_result_line_is_found_among_noise() -> None:
-    from autoglm_infra.pyinfra_ext.verify_ops import parse_smoke
+    from autoglm_infra.stages.verify.ops import parse_smoke
 
     assert parse_smoke('warning: x\n{"ok": true, "models": ["m"]}\n') == {
         "ok": True,

@@ -1,4 +1,4 @@
-"""Facts in data/nvidia_stack.yaml, and clear errors for a malformed table."""
+"""Facts in autoglm_infra/stack/nvidia_stack.yaml, and clear errors for a malformed table."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import yaml
 
 from autoglm_infra.stack import DEFAULT_TABLE_PATH, StackTable, StackTableError, load_stack_table
 from autoglm_infra.stack.facts_table import PINNING_PACKAGE_PREFIX, parse_version
+from autoglm_infra.stages.python_env.venv import DEFAULT_LOCKS_DIR
 
 # GPUs users are likely to have (the brief's list); each must be in the table.
 EXPECTED_GPU_NAMES = [
@@ -174,7 +175,7 @@ def test_vllm_0_12_runs_on_pypis_torch_2_9_0_cu128_build_by_default(table: Stack
     assert vllm is not None
     assert (vllm.version, vllm.torch_version, vllm.default_flavour) == ("0.12.0", "2.9.0", "cu128")
     # The default must be a flavour this repository has a lock for.
-    assert (DEFAULT_TABLE_PATH.parent / "locks" / f"vllm-{vllm.default_flavour}.txt").is_file()
+    assert (DEFAULT_LOCKS_DIR / f"vllm-{vllm.default_flavour}.txt").is_file()
 
 
 def test_supported_os_targets_and_repo_paths(table: StackTable) -> None:

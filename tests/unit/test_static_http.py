@@ -14,8 +14,8 @@ from typing import IO
 
 import pytest
 
-from autoglm_infra.testbed.servers import LoopbackServer, TcpReady, free_port
-from autoglm_infra.testbed.static_http import (
+from autoglm_testbed.servers import LoopbackServer, TcpReady, free_port
+from autoglm_testbed.static_http import (
     ByteRange,
     StaticFileHandler,
     StaticHTTPServer,
@@ -336,7 +336,7 @@ def test_handler_hooks_allow_injected_answers_and_dropped_bodies(
 
 def static_http_process(root: Path, tmp_path: Path, *extra: str) -> tuple[LoopbackServer, int]:
     port = free_port()
-    argv = [sys.executable, "-m", "autoglm_infra.testbed.static_http", "--root", str(root)]
+    argv = [sys.executable, "-m", "autoglm_testbed.static_http", "--root", str(root)]
     argv += ["--port", str(port), "--access-log", str(tmp_path / "proc-access.log"), *extra]
     srv = LoopbackServer(argv, log_path=tmp_path / "proc.log", ready=TcpReady("127.0.0.1", port))
     return srv, port

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra.testbed.kvm_probe import decide, probe_argv
-from autoglm_infra.testbed.vagrant_box import (
+from autoglm_testbed.kvm_probe import decide, probe_argv
+from autoglm_testbed.vagrant_box import (
     BOX_PACKAGES,
     ROOT_LABEL,
     box_cache_key,
     box_metadata,
     box_prep_files,
 )
-from autoglm_infra.testbed.vagrant_vm import Net, local_state, network_xml, vm_host_data
+from autoglm_testbed.vagrant_vm import Net, local_state, network_xml, vm_host_data
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "ssh-rsa AAAAB3Nza vagrant insecure public key\n"
@@ -128,7 +128,7 @@ def test_network_is_the_sandbox_bridge_with_dhcp_above_the_hosts() -> None:
 
 
 def test_vm_state_carries_the_world_and_what_a_vm_allows(tmp_path: Path) -> None:
-    from autoglm_infra.testbed.kvm_probe import ProbeResult
+    from autoglm_testbed.kvm_probe import ProbeResult
 
     data = vm_host_data({"nvidia_reboot": "never", "hub_endpoint": "http://h"}, tmp_path / "kh")
     assert data["nvidia_reboot"] == "if-needed" and data["_sudo"] is True
@@ -140,7 +140,7 @@ def test_vm_state_carries_the_world_and_what_a_vm_allows(tmp_path: Path) -> None
 
 
 def test_vagrant_errors_show_the_last_lines_without_the_progress_bar() -> None:
-    from autoglm_infra.testbed.vagrant_vm import readable_tail
+    from autoglm_testbed.vagrant_vm import readable_tail
 
     log = "==> local: Uploading\n\x1b[KProgress: 1%\rProgress: 99%\n" + "x" * 500 + "\n"
     log += "Timed out while waiting for the machine to boot.\n"
@@ -150,7 +150,7 @@ def test_vagrant_errors_show_the_last_lines_without_the_progress_bar() -> None:
 
 
 def test_kernel_facts_are_read_from_key_value_lines() -> None:
-    from autoglm_infra.testbed.vagrant_vm import KERNEL_FACTS_SCRIPT, parse_kernel_facts
+    from autoglm_testbed.vagrant_vm import KERNEL_FACTS_SCRIPT, parse_kernel_facts
 
     out = "Connection to 10.231.3.142 closed.\nvirt=qemu\nkernel=6.1.0-57-cloud-amd64\nboots=2\n"
     assert parse_kernel_facts(out) == {
@@ -163,7 +163,7 @@ def test_kernel_facts_are_read_from_key_value_lines() -> None:
 
 
 def test_a_reboot_counts_once_and_boots_with_the_blacklist() -> None:
-    from autoglm_infra.testbed.vagrant_vm import reboot_problems
+    from autoglm_testbed.vagrant_vm import reboot_problems
 
     before = {"boots": "1", "blacklist_in_initramfs": "1", "nouveau_loaded": "0"}
     good = {"state": "running", **before, "boots": "2"}

@@ -1,0 +1,176 @@
+"""Operations of the Docker stage: one state fact, and ops that act only on differences."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Generator, Sequence
+from typing import Any
+
+import requests
+from pyinfra import host
+from pyinfra.api import FileUploadCommand, StringCommand, operation
+
+from autoglm_infra.common.snapshot import PackageState
+from autoglm_infra.pyinfra_ext.operations import APT_ENV, APT_OPTS
+from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
+from autoglm_infra.stages.docker import files as df
+from autoglm_infra.stages.docker.state import DockerState, parse_docker_state, state_script
+
+_keys: dict[tuple[str, str], bytes] = {}
+
+
+class DockerStateFact(TypedFact[DockerState]):
+    """Files, packages, images, container label, volume, unit state: one remote command."""
+
+    def command(
+        self,
+        files: Sequence[str],
+        package_patterns: Sequence[str],
+        read_text: Sequence[str],
+        image_refs: Sequence[str],
+        container: str,
+        volume: str,
+        unit: str,
+        model_dir: str,
+    ) -> str:
+        return state_script(
+            files, package_patterns, read_text, ["docker"], image_refs,
+            container, volume, unit, model_dir,
+        )  # fmt: skip
+
+    def process(self, output: list[str]) -> DockerState:
+        return parse_docker_state(output)
+
+
+def fetch_trusted_key(url: str, fingerprint: str, key_name: str) -> bytes:
+    """Keyring from `url` (fetched on the controller) if its fingerprint is `fingerprint`."""
+    cache_key = (url, fingerprint)
+    if cache_key not in _keys:
+        try:
+            response = requests.get(url, timeout=30)
+            response.raise_for_status()
+        except requests.RequestException as exc:
+            raise df.DockerStageError(
+                f"cannot fetch the repository key {url} for {key_name}={fingerprint}: {exc}; "
+                "nothing was trusted or written"
+            ) from None
+        _keys[cache_key] = df.trusted_keyring(response.content, fingerprint, key_name, url)
+    return _keys[cache_key]
+
+
+@operation()
+def apt_present(
+    packages: Sequence[str], installed: dict[str, PackageState]
+) -> Generator[Any, None, None]:
+    """Install the packages that are missing (any version); nothing when all are there."""
+    missing = [p for p in packages if p not in installed]
+    if not missing:
+        host.noop(f"{', '.join(packages)} installed")
+        return
+    yield StringCommand(f"{APT_ENV} apt-get update -q")
+    yield StringCommand(
+        f"{APT_ENV} apt-get install {APT_OPTS} " + " ".join(map(shlex.quote, missing))
+    )
+
+
+@operation()
+def ensure_image(
+    ref: str,
+    present_id: str,
+    tarball: str | None = None,
+    build_command: str | None = None,
+    pull_hint: str = "",
+) -> Generator[Any, None, None]:
+    """Make `ref` present: `docker load` a tarball, build (docker_files.build_command), or pull.
+
+    + ref: image ID (tarball), derived tag (build) or name:tag@sha256 (pull)
+    + present_id: what the snapshot found for `ref` ('' when missing)
+    + pull_hint: printed when the pull fails (docker_image.pull_failure_hint)
+    """
+    if present_id:
+        host.noop(f"image {ref} present ({present_id[:19]})")
+        return
+    q = shlex.quote(ref)
+    if tarball is not None:
+        remote = f"{df.IMAGE_DIR}/{ref.removeprefix('sha256:')}.tar"
+        qr = shlex.quote(remote)
+        yield StringCommand(f"mkdir -p {df.IMAGE_DIR} && chmod 700 {df.IMAGE_DIR}")
+        yield FileUploadCommand(tarball, remote)
+        # docker load checks every layer against the config the image ID hashes
+        yield StringCommand(
+            f"docker load --quiet --input {qr} >/dev/null; rc=$?; rm -f {qr}; [ $rc -eq 0 ] && "
+            f"docker image inspect -f '{{{{.Id}}}}' {q} >/dev/null"
+        )
+    elif build_command is not None:
+        yield StringCommand(build_command)
+    else:
+        hint = shlex.quote(pull_hint or f"docker pull {ref} failed")
+        yield StringCommand(f"docker pull --quiet {q} || {{ printf '%s\\n' {hint} >&2; exit 1; }}")
+
+
+@operation()
+def ensure_volume(volume: str, owner: str, current_owner: str | None) -> Generator[Any, None, None]:
+    """A named volume whose directory belongs to the container user (cap-drop ALL: no chown)."""
+    if current_owner == owner:
+        host.noop(f"volume {volume} owned by {owner}")
+        return
+    q = shlex.quote(volume)
+    if current_owner is None:
+        yield StringCommand(f"docker volume create {q} >/dev/null")
+    yield StringCommand(
+        f"chown {owner} \"$(docker volume inspect -f '{{{{.Mountpoint}}}}' {q})\" && "
+        f"chmod 770 \"$(docker volume inspect -f '{{{{.Mountpoint}}}}' {q})\""
+    )
+
+
+@operation()
+def generate_env_file(path: str, exists: bool) -> Generator[Any, None, None]:
+    """Create the 0600 env file with a random API key once; never print or pass the key."""
+    if exists:
+        host.noop(f"{path} exists (API key kept)")
+        return
+    yield StringCommand(df.generate_env_file_command(path))
+
+
+@operation()
+def generate_file(path: str, exists: bool, command: str) -> Generator[Any, None, None]:
+    """Run `command` (which writes `path` and prints nothing secret) unless `path` exists."""
+    if exists:
+        host.noop(f"{path} exists (kept)")
+        return
+    yield StringCommand(command)
+
+
+@operation()
+def require_dir(path: str, exists: bool, hint: str) -> Generator[Any, None, None]:
+    """Fail with `hint` at run time when `path` is still missing (an earlier stage makes it)."""
+    if exists:
+        host.noop(f"{path} exists")
+        return
+    q = shlex.quote(path)
+    msg = shlex.quote(f"{path} does not exist: {hint}")
+    yield StringCommand(f"test -d {q} || {{ echo {msg} >&2; exit 1; }}")
+
+
+@operation()
+def enable_unit(unit: str, enabled: str) -> Generator[Any, None, None]:
+    if enabled == "enabled":
+        host.noop(f"{unit} enabled")
+        return
+    yield StringCommand(f"systemctl enable {shlex.quote(unit)} 2>/dev/null")
+
+
+@operation()
+def restart_unit(unit: str, reason: str) -> Generator[Any, None, None]:
+    """(Re)start the unit; blocks on its health gate, so an unhealthy container fails here.
+
+    Gate it with `_if`: the caller restarts only when what the unit runs changed, the
+    running container's spec hash differs, or the unit is down.
+    """
+    q = shlex.quote(unit)
+    hint = shlex.quote(f"{unit} did not become healthy ({reason}); see: journalctl -u {unit}")
+    # reset-failed: a crash loop that hit StartLimitBurst refuses a plain start
+    yield StringCommand(
+        f"systemctl reset-failed {q} 2>/dev/null; systemctl restart {q} || "
+        f"{{ echo {hint} >&2; exit 1; }}"
+    )

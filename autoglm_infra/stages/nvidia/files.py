@@ -1,0 +1,122 @@
+"""Exact content of every file the NVIDIA stage manages on a host. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from autoglm_infra.common.openpgp import KeyFormatError, dearmor, primary_fingerprints
+
+KEYRING = "/etc/apt/keyrings/autoglm-nvidia-cuda.gpg"
+SOURCE = "/etc/apt/sources.list.d/autoglm-nvidia-cuda.sources"
+UNATTENDED_BLACKLIST = "/etc/apt/apt.conf.d/51autoglm-nvidia-no-unattended-upgrades"
+NOUVEAU_BLACKLIST = "/etc/modprobe.d/autoglm-blacklist-nouveau.conf"
+UVM_AT_BOOT = "/etc/modules-load.d/autoglm-nvidia-uvm.conf"
+HELD_STATE = "/var/lib/autoglm/nvidia-held-packages"
+# Pins the whole driver closure, the toolkit and cuDNN to the plan (see closure_preferences).
+CLOSURE_PIN = "/etc/apt/preferences.d/autoglm-nvidia-pin"
+# Above the 1000 of NVIDIA's own nvidia-driver-pinning-* files, so another branch's pinning
+# package left on the host cannot outvote the plan; > 1000 also allows the downgrade back.
+PIN_PRIORITY = 1001
+REBOOT_REQUIRED = "/var/lib/autoglm/reboot-required"
+# What unattended-upgrades must never touch: a driver swapped under a running service
+# is the classic "Driver/library version mismatch".
+UNATTENDED_PATTERNS = ("nvidia-", "libnvidia-", "cuda-", "libcuda", "cudnn", "libcudnn")
+PACKAGE_PATTERNS = (
+    "nvidia-*", "libnvidia-*", "cuda-*", "cudnn*", "libcudnn*", "libcuda*", "firmware-nvidia-*",
+)  # fmt: skip
+# Every binary built from NVIDIA's driver sources, Debian and Ubuntu names (apt regex).
+DRIVER_PACKAGES_REGEX = (
+    "/^(nvidia-|libnvidia-|libcuda|cuda-drivers|firmware-nvidia-|xserver-xorg-video-nvidia"
+    "|libnvcuvid|libnvoptix|libxnvctrl|libegl-nvidia|libgl1-nvidia|libgles-nvidia"
+    "|libglx-nvidia)/"
+)
+
+
+class KeyTrustError(ValueError):
+    """The repository key is not the one the configuration pins."""
+
+
+def key_file_name(fingerprint: str) -> str:
+    """NVIDIA publishes its CUDA repo key as <last 8 hex digits, lower case>.pub."""
+    return f"{fingerprint[-8:].lower()}.pub"
+
+
+def trusted_keyring(data: bytes, fingerprint: str, source: str) -> bytes:
+    """The binary keyring to install, only if its sole primary key has `fingerprint`."""
+    try:
+        found = primary_fingerprints(data)
+    except KeyFormatError as exc:
+        raise KeyTrustError(f"{source} is not an OpenPGP public key ({exc})") from None
+    if found != [fingerprint]:
+        raise KeyTrustError(
+            f"{source} has key fingerprint {', '.join(found)}, but "
+            f"nvidia_repo_key_fingerprint pins {fingerprint}: nothing was trusted or written. "
+            "If the mirror re-signed the repository, set nvidia_repo_key_fingerprint to its "
+            "published fingerprint after checking it out of band."
+        )
+    return dearmor(data)
+
+
+def deb822_source(repo_url: str) -> str:
+    """NVIDIA's CUDA repositories are flat: `Suites: /` and no components."""
+    return (
+        "# Managed by autoglm-infra (NVIDIA CUDA repository).\n"
+        "Types: deb\n"
+        f"URIs: {repo_url}\n"
+        "Suites: /\n"
+        f"Signed-By: {KEYRING}\n"
+    )
+
+
+def unattended_blacklist() -> str:
+    entries = "\n".join(f'    "{p}";' for p in UNATTENDED_PATTERNS)
+    return (
+        "// Managed by autoglm-infra: driver, CUDA and cuDNN change only through the deploy.\n"
+        f"Unattended-Upgrade::Package-Blacklist {{\n{entries}\n}};\n"
+    )
+
+
+def nouveau_blacklist() -> str:
+    return "# Managed by autoglm-infra.\nblacklist nouveau\noptions nouveau modeset=0\n"
+
+
+def uvm_at_boot() -> str:
+    # Loaded at boot so the hardened service never needs the setuid nvidia-modprobe.
+    return "# Managed by autoglm-infra.\nnvidia_uvm\n"
+
+
+def closure_preferences(
+    driver_version: str, exact: list[tuple[str, str]], cudnn_version: str
+) -> str:
+    """apt preferences holding every package of the plan's closure at the planned release.
+
+    NVIDIA's metas depend on ">=" floors, so without this apt fills the closure with the
+    newest driver in the repository. The version glob binds only packages that publish
+    the planned release (the container toolkit's 1.x versions never match).
+    """
+    stanzas = [(DRIVER_PACKAGES_REGEX, f"{driver_version}-*")]
+    stanzas += [(name, version) for name, version in exact]
+    if cudnn_version:
+        stanzas.append(("/^(lib)?cudnn[0-9]/", f"{cudnn_version}-*"))
+    body = "\n".join(
+        f"Package: {package}\nPin: version {version}\nPin-Priority: {PIN_PRIORITY}\n"
+        for package, version in stanzas
+    )
+    return "# Managed by autoglm-infra: the planned NVIDIA stack and nothing newer.\n" + body
+
+
+@dataclass(frozen=True)
+class ManagedFile:
+    path: str
+    content: bytes
+    mode: str = "644"
+
+
+def stage_files(repo_url: str, keyring: bytes) -> list[ManagedFile]:
+    return [
+        ManagedFile(KEYRING, keyring),
+        ManagedFile(SOURCE, deb822_source(repo_url).encode()),
+        ManagedFile(UNATTENDED_BLACKLIST, unattended_blacklist().encode()),
+        ManagedFile(NOUVEAU_BLACKLIST, nouveau_blacklist().encode()),
+        ManagedFile(UVM_AT_BOOT, uvm_at_boot().encode()),
+    ]

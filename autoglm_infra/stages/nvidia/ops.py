@@ -1,0 +1,145 @@
+"""Operations of the NVIDIA stage that need the host's state after installing."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Generator, Mapping, Sequence
+from typing import Any
+
+from pyinfra import host, logger
+from pyinfra.api import StringCommand, operation
+from pyinfra.facts.server import Command
+from pyinfra.operations import server
+
+from autoglm_infra.common.snapshot import FileState
+from autoglm_infra.pyinfra_ext.operations import fail_host
+from autoglm_infra.stages.nvidia.apt_check import Expectation, check_script, judge
+
+NO_GPU = "no NVIDIA GPU: driver not loaded"
+PERSISTENCED_ENABLED = "/etc/systemd/system/multi-user.target.wants/nvidia-persistenced.service"
+
+
+def _loaded_module_version() -> str:
+    out = host.get_fact(Command, "cat /sys/module/nvidia/version 2>/dev/null || true")
+    return str(out or "").strip()
+
+
+@operation()
+def driver_reboot(
+    policy: str,
+    driver_version: str,
+    gpu_present: bool,
+    loaded_version: str,
+    marker: str,
+    current_marker: FileState | None,
+) -> Generator[Any, None, None]:
+    """Reboot only when the loaded driver differs from the installed plan, as `policy` allows.
+
+    `loaded_version` comes from the preflight host profile: only a reboot changes the
+    loaded module, so it needs no second read. With policy "never", writes `marker`
+    (read by later stages and the doctor) and warns.
+    """
+    if not gpu_present:
+        if current_marker is not None:
+            yield StringCommand(f"rm -f {shlex.quote(marker)}")
+        else:
+            host.noop(f"{NO_GPU}, no kernel module to reload: reboot not needed")
+        return
+    if loaded_version == driver_version:
+        if current_marker is not None:
+            yield StringCommand(f"rm -f {shlex.quote(marker)}")
+        else:
+            host.noop(f"loaded driver {loaded_version} matches the plan")
+        return
+    reason = f"installed driver {driver_version}, loaded {loaded_version or 'none'}"
+    if policy == "if-needed":
+        logger.warning(f"{host.print_prefix}rebooting: {reason}")
+        yield from server.reboot._inner(delay=10, interval=2, reboot_timeout=600)
+        return
+    logger.warning(f"{host.print_prefix}REBOOT REQUIRED ({reason}); nvidia_reboot=never")
+    text = shlex.quote(f"driver: {reason}\n")
+    q = shlex.quote(marker)
+    yield StringCommand(f"mkdir -p $(dirname {q}) && printf %s {text} > {q}")
+
+
+@operation()
+def verify_driver(
+    driver_version: str, cuda_version: str, gpu_present: bool
+) -> Generator[Any, None, None]:
+    """nvidia-smi answers, reports the planned driver, and the module matches user space."""
+    yield from ()  # a check: it never runs commands of its own
+    if not gpu_present:
+        host.noop(f"{NO_GPU}: nvidia-smi check skipped")
+        return
+    smi = host.get_fact(
+        Command, "nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>&1 || true"
+    )
+    versions = {line.strip() for line in str(smi or "").splitlines() if line.strip()}
+    if versions != {driver_version}:
+        yield fail_host(f"nvidia-smi reports {sorted(versions)}, plan is {driver_version}")
+        return
+    loaded = _loaded_module_version()
+    if loaded != driver_version:
+        yield fail_host(f"kernel module {loaded} != user space {driver_version}: reboot the host")
+        return
+    host.noop(f"nvidia-smi: driver {driver_version}, module matches, CUDA {cuda_version}")
+
+
+@operation()
+def persistence_mode(
+    gpu_present: bool, enabled: FileState | None, already_on: bool = False
+) -> Generator[Any, None, None]:
+    """Keep the driver initialised between CUDA clients (nvidia-persistenced), on GPU hosts.
+
+    + enabled: the unit's multi-user.target.wants link from this stage's snapshot
+    + already_on: nvidia-smi reports persistence mode on every GPU (a kept driver may have
+      no nvidia-persistenced unit: its installer set the mode its own way)
+
+    Started only while the module is loaded: after a fresh install it starts at the reboot.
+    """
+    if not gpu_present:
+        host.noop(f"{NO_GPU}: persistence mode skipped (nvidia-persistenced needs a GPU)")
+        return
+    if enabled is not None:
+        host.noop("nvidia-persistenced is enabled")
+        return
+    if already_on:
+        host.noop("persistence mode is on for every GPU (nvidia-smi)")
+        return
+    yield StringCommand(
+        "systemctl enable nvidia-persistenced.service && "
+        "{ [ ! -e /sys/module/nvidia ] || systemctl start nvidia-persistenced.service; }"
+    )
+
+
+@operation()
+def nvidia_apt_check(
+    expect: Expectation,
+    installed: Mapping[str, str],
+    install_args: Sequence[str],
+    refresh: Sequence[str],
+    prefs_name: str,
+    prefs_text: str,
+    needed: bool,
+) -> Generator[Any, None, None]:
+    """Before any package changes, ask apt whether the plan lands exactly; stop if not.
+
+    + expect: the planned packages, driver release and cuDNN
+    + installed: name -> version from this stage's snapshot
+    + install_args: the transaction about to run (name=version, name- to remove)
+    + refresh: installed packages moved to their pinned candidate after it
+    + prefs_name/prefs_text: the closure pin about to be written (simulated from a scratch
+      copy of /etc/apt/preferences.d)
+    + needed: False on a converged host, which then costs no command
+    """
+    yield from ()  # a check: it never changes the host
+    if not needed:
+        host.noop("NVIDIA packages at their planned versions: apt not asked")
+        return
+    names = [*(name for name, _ in expect.packages), *refresh]
+    output = host.get_fact(Command, check_script(names, install_args, prefs_name, prefs_text))
+    problem = judge(expect, installed, str(output or ""), refresh)
+    if problem:
+        yield fail_host(f"NVIDIA stage stopped before installing: {problem}")
+        return
+    host.noop(f"apt lands every NVIDIA package at the plan (driver {expect.driver_version})")

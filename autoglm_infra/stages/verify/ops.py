@@ -1,0 +1,58 @@
+"""The smoke test as a check: it reports, it never counts as a change."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Generator, Sequence
+from pathlib import Path
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import operation
+from pyinfra.facts.server import Command
+
+from autoglm_infra.pyinfra_ext.operations import fail_host
+
+SMOKE_SOURCE = Path(__file__).resolve().parents[2] / "host_tools" / "smoke.py"
+
+
+def smoke_command(args: Sequence[str]) -> str:
+    """Run the standard-library smoke script with the host's python3, fed on stdin.
+
+    Nothing is installed for it, and the API key stays in its root-only file on the host.
+    """
+    script = SMOKE_SOURCE.read_text()
+    quoted = " ".join(shlex.quote(a) for a in args)
+    return f"python3 - {quoted} <<'AUTOGLM_SMOKE_EOF' 2>&1 || true\n{script}\nAUTOGLM_SMOKE_EOF"
+
+
+def parse_smoke(output: str) -> dict[str, Any]:
+    for line in reversed(output.strip().splitlines()):
+        try:
+            result = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(result, dict) and "ok" in result:
+            return result
+    return {"ok": False, "error": f"smoke test printed no result: {output.strip()[-300:]}"}
+
+
+@operation()
+def smoke_test(args: Sequence[str]) -> Generator[Any, None, None]:
+    """/health, /v1/models and a chat completion on the host; fail the host when broken.
+
+    Runs at execution time, after the service stage started or restarted the server.
+    """
+    yield from ()  # a check: never a change
+    result = parse_smoke(str(host.get_fact(Command, smoke_command(args)) or ""))
+    if not result.get("ok"):
+        yield fail_host(f"smoke test failed: {result.get('error')}")
+        return
+    if "chat_latency_s" in result:
+        host.noop(
+            f"endpoint healthy; chat completion in {result['chat_latency_s']} s: "
+            f"{result.get('answer', '')!r}"
+        )
+    else:
+        host.noop(f"endpoint healthy; models {result.get('models')} (chat not requested)")

@@ -1,0 +1,155 @@
+"""A tiny engine-image stand-in, written as a `docker save` tarball without Docker.
+
+No registry is reachable from the sandbox, so the Docker stage's air-gapped path (upload
+a tarball, `docker load`, run by image ID) is what the tests exercise. The image is
+Debian's static busybox: `httpd` serves /health and /v1/models as static files (a
+minimal health server: the CPU engine and its Python stack cannot be put in an image
+offline without a registry base image), as UID 2000 GID 0 like the vLLM image's user.
+
+The layer is a deterministic tar (fixed mtimes and owners), so the image ID is the same
+on every build of the same busybox; the tarball is cached by that ID.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+BUSYBOX = Path("/bin/busybox")
+APPLETS = ("sh", "httpd", "wget", "id", "cat", "ls", "sleep", "touch", "ps")
+MTIME = 1_700_000_000
+PORT = 8000
+USER = "2000:0"
+MODELS_JSON = {"object": "list", "data": [{"id": "autoglm-phone-9b", "object": "model"}]}
+
+
+@dataclass(frozen=True)
+class StandinImage:
+    tarball: Path
+    image_id: str  # sha256:<hex>
+
+    @property
+    def command(self) -> list[str]:
+        """docker_command for the sandbox: serve /www on PORT in the foreground.
+
+        httpd as PID 1 ignores SIGTERM, so `docker stop` would wait its whole timeout (30 s in
+        the unit) before SIGKILL; a shell that exits on TERM stops at once, as vLLM does.
+        """
+        serve = f"/bin/httpd -f -p {PORT} -h /www"
+        return ["/bin/sh", "-c", f"trap 'exit 0' TERM; {serve} & wait"]
+
+    @property
+    def health_cmd(self) -> str:
+        return f"wget -q -O /dev/null http://127.0.0.1:{PORT}/health"
+
+
+def ensure_busybox() -> Path:
+    if not BUSYBOX.exists() and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "busybox-static"]
+        if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
+            subprocess.run(cmd, env=env, capture_output=True)
+    if not BUSYBOX.exists():
+        raise RuntimeError("needs Debian's busybox-static: apt-get install -y busybox-static")
+    return BUSYBOX
+
+
+def _add(
+    tar: tarfile.TarFile,
+    name: str,
+    *,
+    data: bytes | None = None,
+    mode: int = 0o644,
+    kind: bytes = tarfile.REGTYPE,
+    link: str = "",
+    owner: tuple[int, int] = (0, 0),
+) -> None:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = mode
+    info.mtime = MTIME
+    info.uid, info.gid = owner
+    info.linkname = link
+    info.size = len(data) if data is not None else 0
+    tar.addfile(info, io.BytesIO(data) if data is not None else None)
+
+
+def layer_tar(busybox: bytes) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for d in ("bin", "etc", "www", "www/v1", "home", "home/vllm"):
+            _add(tar, d, kind=tarfile.DIRTYPE, mode=0o755)
+        _add(tar, "tmp", kind=tarfile.DIRTYPE, mode=0o1777)
+        # where the cache volume is mounted: a fresh volume copies this owner and mode
+        _add(tar, "home/vllm/.cache", kind=tarfile.DIRTYPE, mode=0o775, owner=(2000, 0))
+        _add(tar, "bin/busybox", data=busybox, mode=0o755)
+        for applet in APPLETS:
+            _add(tar, f"bin/{applet}", kind=tarfile.SYMTYPE, link="busybox", mode=0o777)
+        add_user_and_health_files(tar)
+    return out.getvalue()
+
+
+def add_user_and_health_files(tar: tarfile.TarFile) -> None:
+    """The vLLM image's user (2000:0) and the static /health and /v1/models answers."""
+    _add(
+        tar,
+        "etc/passwd",
+        data=b"root:x:0:0::/root:/bin/sh\nvllm:x:2000:0::/home/vllm:/bin/sh\n",
+    )
+    _add(tar, "etc/group", data=b"root:x:0:\n")
+    _add(tar, "www/health", data=b"ok\n")
+    _add(tar, "www/v1/models", data=json.dumps(MODELS_JSON).encode())
+
+
+def image_config(
+    diff_id: str,
+    *,
+    path: str = "/bin",
+    cmd: tuple[str, ...] = ("/bin/httpd", "-f", "-p", str(PORT), "-h", "/www"),
+    created_by: str = "autoglm_testbed.standin_image",
+) -> bytes:
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"User": USER, "Env": [f"PATH={path}"], "Cmd": list(cmd), "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "history": [{"created_by": created_by}],
+    }
+    return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+
+
+def write_save_tarball(tarball: Path, tag: str, layer: bytes, config: bytes) -> str:
+    """A one-layer `docker save` file at `tarball` (written aside, then renamed); its image ID."""
+    layer_hex = hashlib.sha256(layer).hexdigest()
+    config_hex = hashlib.sha256(config).hexdigest()
+    manifest = [
+        {"Config": f"{config_hex}.json", "RepoTags": [tag], "Layers": [f"{layer_hex}/layer.tar"]}
+    ]
+    tarball.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tarball.with_name(tarball.name + ".tmp")
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        _add(tar, f"{layer_hex}", kind=tarfile.DIRTYPE, mode=0o755)
+        _add(tar, f"{layer_hex}/layer.tar", data=layer)
+        _add(tar, f"{config_hex}.json", data=config)
+        _add(tar, "manifest.json", data=json.dumps(manifest).encode())
+    tmp.replace(tarball)
+    return f"sha256:{config_hex}"
+
+
+def build_image(cache_dir: Path, tag: str = "autoglm/standin-engine:1") -> StandinImage:
+    """The stand-in's `docker save` tarball under cache_dir (reused when already built)."""
+    layer = layer_tar(ensure_busybox().read_bytes())
+    config = image_config(f"sha256:{hashlib.sha256(layer).hexdigest()}")
+    config_hex = hashlib.sha256(config).hexdigest()
+    tarball = Path(cache_dir) / f"standin-engine-{config_hex[:16]}.tar"
+    if not tarball.exists():
+        write_save_tarball(tarball, tag, layer, config)
+    return StandinImage(tarball, f"sha256:{config_hex}")

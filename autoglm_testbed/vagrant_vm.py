@@ -1,0 +1,479 @@
+"""`make vagrant`: boot the locally built box in a real VM and converge it twice.
+
+The VM runs its own kernel (unlike the nspawn sandbox hosts): vagrant-libvirt with KVM
+where a KVM vCPU really runs, qemu's software emulation (TCG) where not. It sits on a
+libvirt NAT network this run defines (bridge `ag-<name>-br`, 10.231.<net>.0/24), whose
+gateway address is where the demo's stand-in servers listen (signed NVIDIA repository,
+model hub, PyPI-style index, container toolkit repository).
+
+    python -m autoglm_testbed.vagrant_vm            # make vagrant
+    python -m autoglm_testbed.vagrant_vm --down     # make vagrant-down
+
+The VM stays up afterwards: `vagrant ssh`, `pyinfra inventories/vagrant.py ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoglm_infra.stages.nvidia.files import NOUVEAU_BLACKLIST
+from autoglm_testbed.converge import ConvergeResult, describe_failure, run_pyinfra
+from autoglm_testbed.hosts import (
+    Sandbox,
+    SandboxError,
+    _atomic_write,
+    _proc_stat,
+    _run,
+    _tail,
+)
+from autoglm_testbed.kvm_probe import ProbeResult, probe_kvm
+from autoglm_testbed.vagrant_box import BOX_NAME, add_box, ensure_box
+from autoglm_testbed.world import (
+    ROOT,
+    full_group_data,
+    start_standins,
+    stop_detached_standins,
+)
+
+log = logging.getLogger(__name__)
+
+MACHINE = "local"
+LIBVIRT_URI = "qemu:///system"
+LOCAL_STATE = ROOT / ".vagrant" / "autoglm-local.json"
+INVENTORY = ROOT / "inventories" / "vagrant.py"
+# libvirt runs qemu as libvirt-qemu, which cannot enter ~/.cache; the uploaded box stays here
+POOL_DIR = Path("/var/lib/libvirt/images/autoglm-vagrant")
+# Bounded waits: TCG on a loaded 2-core machine boots in ~1-2 min; SSH must follow.
+BOOT_TIMEOUT = {"kvm": 180, "qemu": 600}
+UP_TIMEOUT = {"kvm": 600, "qemu": 1200}
+REBOOT_TIMEOUT = {"kvm": 300, "qemu": 600}
+VM_MEMORY_MIB = 3072
+VM_CPUS = 2
+
+
+@dataclass(frozen=True)
+class Net:
+    """The libvirt network of one sandbox: same bridge and subnet the stand-ins bind to."""
+
+    name: str
+    bridge: str
+    gateway: str
+    prefix: str  # "10.231.<net>"
+
+    @property
+    def address(self) -> str:
+        return f"{self.prefix}.0/24"
+
+
+def net_for(sandbox: Sandbox) -> Net:
+    prefix = sandbox.gateway.rsplit(".", 1)[0]
+    return Net(f"autoglm-{sandbox.name}", sandbox.bridge, sandbox.gateway, prefix)
+
+
+def network_xml(net: Net) -> str:
+    """A libvirt NAT network on the sandbox's bridge; DHCP hands out .100-.199 only."""
+    return (
+        f"<network><name>{net.name}</name><forward mode='nat'/>"
+        f"<bridge name='{net.bridge}' stp='off' delay='0'/>"
+        f"<ip address='{net.gateway}' netmask='255.255.255.0'>"
+        f"<dhcp><range start='{net.prefix}.100' end='{net.prefix}.199'/></dhcp></ip></network>"
+    )
+
+
+def pool_xml(name: str, path: Path) -> str:
+    return f"<pool type='dir'><name>{name}</name><target><path>{path}</path></target></pool>"
+
+
+def vm_host_data(group_data: dict[str, object], known_hosts: Path) -> dict[str, object]:
+    """Host data for the local VM: the stand-in world's settings plus what a VM allows."""
+    return {
+        **group_data,
+        "_sudo": True,  # the box logs in as `vagrant`, like the public boxes
+        "serve_mode": "venv",
+        # A VM can reboot (nspawn hosts cannot): the driver stage may reboot it once.
+        "nvidia_reboot": "if-needed",
+        # Vagrant's ssh-config turns host keys off; pyinfra keeps its own file per run.
+        "ssh_known_hosts_file": str(known_hosts),
+        "ssh_strict_host_key_checking": "accept-new",
+    }
+
+
+def local_state(
+    probe: ProbeResult,
+    net: Net,
+    pool: str,
+    console: Path,
+    host_data: dict[str, object],
+    boot_timeout: int | None = None,
+) -> dict[str, object]:
+    """What the Vagrantfile and inventories/vagrant.py read (.vagrant/autoglm-local.json)."""
+    return {
+        "driver": probe.driver,
+        "driver_reason": probe.reason,
+        "boot_timeout": boot_timeout or BOOT_TIMEOUT[probe.driver],
+        "memory": VM_MEMORY_MIB,
+        "cpus": VM_CPUS,
+        "network": net.name,
+        "network_address": net.address,
+        "pool": pool,
+        "console_log": str(console),
+        "host_data": host_data,
+    }
+
+
+# ----------------------------------------------------------------------------- libvirt
+
+
+def virsh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return _run(["virsh", "-c", LIBVIRT_URI, *args], check=check, timeout=120)
+
+
+def ensure_libvirtd(state_dir: Path) -> None:
+    """Start virtlogd and libvirtd (daemonised) when nothing answers; remember their PIDs."""
+    if virsh("version", check=False).returncode == 0:
+        return
+    started: list[dict[str, object]] = []
+    for daemon, pidfile in (("virtlogd", "/run/virtlogd.pid"), ("libvirtd", "/run/libvirtd.pid")):
+        if _run(["pgrep", "-x", daemon], check=False).returncode != 0:
+            _run([daemon, "-d"])
+            pid = _wait_pidfile(Path(pidfile))
+            stat = _proc_stat(pid)
+            started.append({"name": daemon, "pid": pid, "starttime": stat[1] if stat else 0})
+    deadline = time.monotonic() + 30
+    while virsh("version", check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise SandboxError("libvirtd started but `virsh version` does not answer after 30 s")
+        time.sleep(0.5)
+    if started:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        (state_dir / "daemons.json").write_text(json.dumps(started))
+
+
+def _wait_pidfile(path: Path, timeout: float = 15) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return int(path.read_text().strip())
+        except (OSError, ValueError):
+            time.sleep(0.2)
+    raise SandboxError(f"{path} did not appear within {timeout:g} s")
+
+
+def stop_started_daemons(state_dir: Path) -> None:
+    """Stop only the libvirtd/virtlogd this tool started (PID and start time recorded)."""
+    record = state_dir / "daemons.json"
+    if not record.is_file():
+        return
+    for entry in reversed(json.loads(record.read_text())):
+        pid = int(entry["pid"])
+        stat = _proc_stat(pid)
+        if stat is not None and stat[1] == entry["starttime"]:
+            os.kill(pid, signal.SIGTERM)
+    record.unlink()
+
+
+def ensure_network(net: Net) -> None:
+    active = virsh("net-list", "--name", check=False).stdout.split()
+    if net.name in active:
+        return
+    if Path(f"/sys/class/net/{net.bridge}").exists():
+        raise SandboxError(
+            f"bridge {net.bridge} exists but libvirt network {net.name} is not running: "
+            f"another sandbox run owns it; run `make vagrant-down` (or `make sandbox-down`)"
+        )
+    known = virsh("net-list", "--all", "--name", check=False).stdout.split()
+    if net.name not in known:
+        xml = net.name + ".xml"
+        path = Path("/tmp") / xml
+        path.write_text(network_xml(net))
+        try:
+            virsh("net-define", str(path))
+        finally:
+            path.unlink(missing_ok=True)
+    virsh("net-start", net.name)
+
+
+def remove_network(net: Net) -> None:
+    known = virsh("net-list", "--all", "--name", check=False).stdout.split()
+    if net.name in known:
+        virsh("net-destroy", net.name, check=False)
+        virsh("net-undefine", net.name, check=False)
+
+
+def ensure_pool(name: str, path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    known = virsh("pool-list", "--all", "--name", check=False).stdout.split()
+    if name not in known:
+        tmp = Path("/tmp") / f"{name}.xml"
+        tmp.write_text(pool_xml(name, path))
+        try:
+            virsh("pool-define", str(tmp))
+        finally:
+            tmp.unlink(missing_ok=True)
+    if name not in virsh("pool-list", "--name", check=False).stdout.split():
+        virsh("pool-start", name)
+
+
+# ----------------------------------------------------------------------------- vagrant
+
+
+def readable_tail(text: str, lines: int = 20, width: int = 240) -> str:
+    """Last lines of vagrant's output without its upload progress bar or escapes."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+    kept = [
+        line[:width]
+        for chunk in text.splitlines()
+        for line in chunk.split("\r")[-1:]
+        if line.strip() and not line.lstrip().startswith("Progress:")
+    ]
+    return "\n".join(kept[-lines:])
+
+
+def vagrant(*args: str, timeout: float, log_file: Path | None = None) -> None:
+    """Run vagrant in the project root; on failure or timeout raise with the output's tail."""
+    argv = ["vagrant", *args]
+    out = log_file or Path("/dev/null")
+    with out.open("w") as fh:
+        try:
+            rc = subprocess.run(
+                argv, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, timeout=timeout,
+            ).returncode  # fmt: skip
+        except subprocess.TimeoutExpired:
+            rc = None
+    if rc == 0:
+        return
+    what = f"timed out after {timeout:.0f} s" if rc is None else f"exited {rc}"
+    detail = readable_tail(out.read_text(errors="replace")) if log_file else ""
+    raise SandboxError(f"`{' '.join(argv)}` {what}\n{detail}")
+
+
+def existing_vm_state() -> dict[str, object] | None:
+    """The state of the VM vagrant created earlier (None: there is none)."""
+    created = (ROOT / ".vagrant" / "machines" / MACHINE / "libvirt" / "id").is_file()
+    if not (created and LOCAL_STATE.is_file()):
+        return None
+    state = json.loads(LOCAL_STATE.read_text())
+    return state if isinstance(state, dict) and state.get("driver") in BOOT_TIMEOUT else None
+
+
+def up(sandbox: Sandbox, boot_timeout: int | None = None) -> int:
+    """Everything `make vagrant` does; boot_timeout overrides vagrant's wait for SSH."""
+    state = sandbox.state_dir
+    sandbox._init_state_dir()  # marks it as a sandbox state dir before anything is written
+    net = net_for(sandbox)
+    pool = f"autoglm-{sandbox.name}"
+    started = time.monotonic()
+    ensure_libvirtd(state)
+    previous = existing_vm_state()
+    if previous is not None:
+        # Re-adding the box would delete the image volume the running VM's disk sits on.
+        probe = ProbeResult(str(previous["driver"]), "as when the VM was created")
+        print("==> the VM exists: keeping its box and driver (`make vagrant-down` for a new one)")
+    else:
+        print("==> box: Debian 12 + linux-image-cloud-amd64 + extlinux (built once, cached)")
+        box = ensure_box(sandbox)
+        how = (
+            "from the cache" if box.built_seconds is None else f"built in {box.built_seconds:.0f} s"
+        )
+        print(f"    {box.path} ({how})")
+        ensure_pool(pool, POOL_DIR)
+        if add_box(box, BOX_NAME, pool):
+            print(f"    `vagrant box add {BOX_NAME}` done")
+        probe = probe_kvm(box.kernel)
+    print(f"==> hypervisor: {probe.driver} ({probe.reason})")
+
+    print(f"==> network {net.name}: {net.bridge} {net.address}, stand-ins at {net.gateway}")
+    ensure_network(net)
+    standins = start_standins(sandbox, detached=True)
+    known_hosts = state / "vagrant_known_hosts"
+    console = state / "console.log"
+    host_data = vm_host_data(full_group_data(standins), known_hosts)
+    _atomic_write(
+        LOCAL_STATE, json.dumps(local_state(probe, net, pool, console, host_data, boot_timeout))
+    )
+
+    print(
+        f"==> vagrant up {MACHINE} (driver {probe.driver}; bounded by {UP_TIMEOUT[probe.driver]} s)"
+    )
+    if previous is None:
+        console.unlink(missing_ok=True)  # virtlogd appends: keep only this boot's lines
+    boot_started = time.monotonic()
+    up_log = state / "vagrant-up.log"
+    try:
+        vagrant("up", MACHINE, "--provider", "libvirt", timeout=UP_TIMEOUT[probe.driver],
+                log_file=up_log)  # fmt: skip
+    except SandboxError as exc:
+        print(f"error: the VM did not come up: {exc}", file=sys.stderr)
+        print(f"    console of the VM (last lines of {console}):", file=sys.stderr)
+        print(_tail(console, 15), file=sys.stderr)
+        print(
+            "    fix: see the messages above; `make vagrant-down` removes the VM", file=sys.stderr
+        )
+        return 1
+    boot_seconds = time.monotonic() - boot_started
+    print(f"    up and answering SSH in {boot_seconds:.0f} s")
+    known_hosts.unlink(missing_ok=True)  # a new VM has new host keys
+
+    shown = INVENTORY.relative_to(ROOT)
+    print(f"==> converge 1: pyinfra {shown} deploys/full.py")
+    first = run_pyinfra(INVENTORY, timeout=5400)
+    if not _report(first, "first"):
+        return 1
+    print("==> converge 2 (must change nothing)")
+    second = run_pyinfra(INVENTORY, timeout=1800)
+    if not _report(second, "second"):
+        return 1
+    if second.changed():
+        print("    NOT idempotent, changed on the second run:", *second.changed(), sep="\n      ")
+        return 1
+    print("==> reboot through pyinfra (server.reboot), then converge 3 (must change nothing)")
+    before = kernel_facts()
+    reboot = run_pyinfra(INVENTORY, "server.reboot", timeout=REBOOT_TIMEOUT[probe.driver])
+    if not _report(reboot, "reboot"):
+        return 1
+    after = kernel_facts()
+    problems = reboot_problems(before, after)
+    third = run_pyinfra(INVENTORY, timeout=1800)
+    if not _report(third, "third"):
+        return 1
+    problems += [f"changed after the reboot: {op}" for op in third.changed()]
+    print("==> summary")
+    print(f"    VM `{MACHINE}` ({probe.driver}) on {net.name}: kernel {after.get('kernel', '?')} "
+          f"under {after.get('virt', '?')}")  # fmt: skip
+    print(f"    boots recorded {before.get('boots', '?')} -> {after.get('boots', '?')}; nouveau "
+          f"blacklist in the running kernel's initramfs: {after.get('blacklist_in_initramfs')}; "
+          f"nouveau loaded: {after.get('nouveau_loaded', '?')}")  # fmt: skip
+    print(f"    boot to SSH {boot_seconds:.0f} s, first converge {first.seconds:.0f} s, "
+          f"no-op re-run {second.seconds:.0f} s, reboot {reboot.seconds:.0f} s, "
+          f"no-op after the reboot {third.seconds:.0f} s; total "
+          f"{time.monotonic() - started:.0f} s")  # fmt: skip
+    if problems:
+        print("error: after the reboot:", *problems, sep="\n    ", file=sys.stderr)
+        return 1
+    print("    ssh:      vagrant ssh")
+    print(f"    try:      .venv/bin/pyinfra {shown} deploys/doctor.py -y")
+    print("    teardown: make vagrant-down   (the VM and the stand-ins stay up until then)")
+    return 0
+
+
+def reboot_problems(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """What is wrong after one reboot: boot count not +1, blacklist missing, nouveau loaded."""
+    problems = []
+    try:
+        boots = int(after["boots"]) - int(before["boots"])
+    except (KeyError, ValueError):
+        boots = None
+    if boots != 1:
+        problems.append(
+            f"journalctl --list-boots went from {before.get('boots')} to {after.get('boots')}, "
+            "expected exactly one more boot"
+        )
+    if after.get("blacklist_in_initramfs", "0") in ("0", ""):
+        problems.append("the nouveau blacklist is not in the running kernel's initramfs")
+    if after.get("state") not in ("running", "degraded"):
+        problems.append(f"systemctl is-system-running after the reboot: {after.get('state')!r}")
+    if after.get("nouveau_loaded") != "0":
+        problems.append(f"nouveau loaded: {after.get('nouveau_loaded')!r}")
+    return problems
+
+
+# Read on the VM after the converges: what only a VM with its own kernel can show.
+# `is-system-running --wait` first: after a boot, wait until every start job (the model
+# service's health gate included) has finished, so nothing below reads a starting system.
+KERNEL_FACTS_SCRIPT = (
+    "echo state=$(timeout 900 systemctl is-system-running --wait); "
+    "echo virt=$(systemd-detect-virt --vm); echo kernel=$(uname -r); "
+    "echo boots=$(sudo journalctl --list-boots --no-pager -q | wc -l); "
+    "echo blacklist_in_initramfs=$(sudo lsinitramfs /boot/initrd.img-$(uname -r) "
+    f"| grep -c '{NOUVEAU_BLACKLIST.lstrip('/')}$'); "
+    "echo nouveau_loaded=$(grep -c '^nouveau ' /proc/modules)"
+)
+
+
+def parse_kernel_facts(text: str) -> dict[str, str]:
+    """key=value lines of KERNEL_FACTS_SCRIPT; other lines (ssh banners) are ignored."""
+    facts: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key.isidentifier():
+            facts[key] = value
+    return facts
+
+
+def kernel_facts() -> dict[str, str]:
+    out = subprocess.run(
+        ["vagrant", "ssh", MACHINE, "-c", KERNEL_FACTS_SCRIPT], cwd=ROOT, capture_output=True,
+        text=True, timeout=1000, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    return parse_kernel_facts(out.stdout)
+
+
+def _report(result: ConvergeResult, which: str) -> bool:
+    if result.returncode != 0:
+        print(f"error: the {which} converge failed", file=sys.stderr)
+        print(describe_failure(result), file=sys.stderr)
+        return False
+    print(f"    {len(result.changed())} operations changed in {result.seconds:.1f} s")
+    return True
+
+
+def down(sandbox: Sandbox) -> int:
+    """Destroy the VM, stop the stand-ins, remove the network; the box and pool stay cached."""
+    state = sandbox.state_dir
+    if LOCAL_STATE.is_file() and shutil.which("vagrant"):
+        try:
+            vagrant("destroy", "-f", MACHINE, timeout=300, log_file=state / "vagrant-down.log")
+        except SandboxError as exc:
+            print(f"warning: {exc}", file=sys.stderr)
+    if virsh("version", check=False).returncode == 0:
+        remove_network(net_for(sandbox))
+        pool = f"autoglm-{sandbox.name}"
+        if pool in virsh("pool-list", "--name", check=False).stdout.split():
+            virsh("pool-destroy", pool, check=False)
+    stop_detached_standins(sandbox)
+    daemons = state / "daemons.json"
+    kept = daemons.read_text() if daemons.is_file() else None
+    sandbox.down()  # iptables rules, the registry entry, the state dir
+    if kept is not None:
+        state.mkdir(parents=True, exist_ok=True)
+        daemons.write_text(kept)
+        stop_started_daemons(state)
+        with contextlib.suppress(OSError):
+            state.rmdir()
+    LOCAL_STATE.unlink(missing_ok=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m autoglm_testbed.vagrant_vm")
+    parser.add_argument("--down", action="store_true", help="destroy the VM and its network")
+    parser.add_argument("--name", default="vagrant", help="sandbox name (default vagrant)")
+    parser.add_argument("--net", type=int, default=3, help="10.231.<net>.0/24 (default 3)")
+    parser.add_argument(
+        "--boot-timeout", type=int, help="seconds vagrant waits for SSH (default 180 KVM, 600 TCG)"
+    )
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="    %(message)s")
+    try:
+        sandbox = Sandbox(args.name, net=args.net, state_dir=ROOT / ".sandbox" / args.name)
+        return down(sandbox) if args.down else up(sandbox, args.boot_timeout)
+    except SandboxError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
