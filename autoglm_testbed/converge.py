@@ -62,15 +62,17 @@ def run_pyinfra(
     debug: bool = False,
     timeout: float = 3600,
     env: dict[str, str] | None = None,
+    pyinfra: str | Path | None = None,
+    cwd: Path = ROOT,
 ) -> ConvergeResult:
-    """`pyinfra INVENTORY DEPLOY -y --json` from the project root."""
-    argv = [pyinfra_bin(), str(inventory), str(deploy), "-y", "--json", *extra]
+    """`pyinfra INVENTORY DEPLOY -y --json` from the project root (or `cwd`)."""
+    argv = [str(pyinfra or pyinfra_bin()), str(inventory), str(deploy), "-y", "--json", *extra]
     if debug:
         argv.append("--debug")
     started = time.perf_counter()
     proc = subprocess.run(
         argv,
-        cwd=ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -8,12 +8,6 @@ driver too old for the planned CUDA, packages not pinned, a pending reboot.
 Set AUTOGLM_CHECKS_JSON=<dir> to also write <dir>/<host>.gpu_check.json.
 """
 
-from autoglm_infra.doctor.table import gpu_rows
-from autoglm_infra.pyinfra_ext.report import report_checks
-from autoglm_infra.pyinfra_ext.settings import host_gpu_probe, host_profile, host_settings
+from autoglm_infra.doctor.deploy import gpu_check
 
-settings = host_settings()
-profile = host_profile(settings.model_dir)
-probe = host_gpu_probe()
-checks, _ = gpu_rows(settings, profile, probe)
-report_checks("gpu_check", checks)
+gpu_check()

@@ -1,30 +1,10 @@
 """Stage 1 - preflight: validate configuration and refuse hosts that cannot work.
 
-Read-only. Runs alone with `pyinfra INVENTORY deploys/preflight.py`.
+    pyinfra INVENTORY deploys/preflight.py
+
+The stage, its operations and templates live in autoglm_infra/stages/preflight/.
 """
 
-from pyinfra import host, logger
-from pyinfra.api.exceptions import PyinfraError
+from autoglm_infra.stages.preflight.deploy import preflight
 
-from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
-from autoglm_infra.stages.preflight.problems import (
-    Minimums,
-    describe_host,
-    preflight_problems,
-    resource_warnings,
-)
-
-settings = host_settings()
-profile = host_profile(settings.model_dir)
-minimums = Minimums(
-    settings.preflight_min_cpus, settings.preflight_min_mem_gib, settings.preflight_min_disk_gib
-)
-problems = preflight_problems(profile, settings.nvidia_require_gpu, minimums)
-if problems:
-    raise PyinfraError(
-        f"preflight refused {host.name}, nothing was changed:\n"
-        + "\n".join(f"    - {p}" for p in problems)
-    )
-for warning in resource_warnings(profile):
-    logger.warning(f"{host.print_prefix}preflight: {warning}")
-logger.info(f"{host.print_prefix}preflight ok: {describe_host(profile)}")
+preflight()

@@ -1,34 +1,10 @@
 """Stage 7 - verify: the endpoint answers /health, lists the model and completes a chat.
 
-Runs alone with `pyinfra INVENTORY deploys/verify.py`; read-only. The request runs ON the
-host (the endpoint listens on loopback), with 429/503 retried (1 s, doubling). Against the
-real model it also requires a non-trivial <think> block: a very short chain of thought
-means a broken deployment (Open-AutoGLM's own checker says so).
+    pyinfra INVENTORY deploys/verify.py
+
+The stage, its operations and templates live in autoglm_infra/stages/verify/.
 """
 
-import ipaddress
+from autoglm_infra.stages.verify.deploy import verify
 
-from autoglm_infra.pyinfra_ext.settings import host_settings
-from autoglm_infra.stages.docker.args import api_key_path
-from autoglm_infra.stages.service.engine_args import served_model_name
-from autoglm_infra.stages.service.unit import CREDENTIAL_PATH
-from autoglm_infra.stages.verify.ops import smoke_test
-
-settings = host_settings()
-address = ipaddress.ip_address(settings.serve_host)
-if address.is_unspecified:  # bound to every interface: loopback reaches it too
-    address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
-netloc = f"[{address}]" if address.version == 6 else str(address)
-docker_mode = settings.serve_mode == "docker"
-key_file = api_key_path(settings.docker_api_key_delivery) if docker_mode else CREDENTIAL_PATH
-args = [
-    "--base-url", f"http://{netloc}:{settings.serve_port}",
-    "--model", served_model_name(settings),
-    "--key-file", key_file,
-    "--tries", str(settings.verify_tries),
-]  # fmt: skip
-if not settings.verify_chat:
-    args.append("--no-chat")
-elif settings.verify_expect_reasoning:
-    args.append("--expect-reasoning")
-smoke_test(name="Verify: smoke test of the endpoint", args=args)
+verify()

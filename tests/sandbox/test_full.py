@@ -6,6 +6,8 @@ per test session: the stages' own modules test their edge cases on their own hos
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +20,13 @@ from autoglm_testbed.converge import (
     run_pyinfra,
 )
 from autoglm_testbed.hosts import SandboxHost, write_inventory
-from autoglm_testbed.world import TINY_MODEL_DIR, Standins, full_group_data, host_data_for
+from autoglm_testbed.world import (
+    ROOT,
+    TINY_MODEL_DIR,
+    Standins,
+    full_group_data,
+    host_data_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +102,34 @@ def test_verify_stage_fails_cleanly_when_the_endpoint_is_down(
     assert result.returncode != 0
     assert "smoke test failed" in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+def test_an_installed_wheel_converges_from_another_directory(
+    converged: tuple[list[SandboxHost], ConvergeResult, ConvergeResult],
+    standins: Standins,
+    tmp_path: Path,
+) -> None:
+    """`pip install .` into a clean venv: templates, locks and tables come as package data."""
+    hosts = converged[0]
+    venv, workdir = tmp_path / "venv", tmp_path / "elsewhere"
+    workdir.mkdir()
+    uv = Path(sys.executable).with_name("uv")
+    subprocess.run([uv, "venv", "-q", "--python", sys.executable, venv], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([uv, "pip", "install", "-q", "--python", python, ROOT], check=True, timeout=900)
+    where = subprocess.run(
+        [python, "-c", "import autoglm_infra; print(autoglm_infra.__file__)"],
+        cwd=workdir, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert where.startswith(str(venv)), f"imported from {where}, not the installed wheel"
+    testbed = subprocess.run([python, "-c", "import autoglm_testbed"], cwd=workdir)
+    assert testbed.returncode != 0, "the testbed must not be part of what a user installs"
+
+    deploy = workdir / "site_deploy.py"
+    deploy.write_text("from autoglm_infra.stages.deploy import converge\n\nconverge()\n")
+    inventory = workdir / "inventory.py"
+    write_inventory(inventory, hosts, host_data_for(hosts, standins), full_group_data(standins))
+    result = run_pyinfra(inventory, deploy, pyinfra=venv / "bin" / "pyinfra", cwd=workdir)
+    assert result.returncode == 0, describe_failure(result)
+    # the same templates, locks and tables as the checkout: the converged hosts stay as they are
+    assert result.changed() == [], result.changed()

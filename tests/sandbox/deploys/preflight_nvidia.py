@@ -4,7 +4,10 @@ The later stages (venv, model, service) need the hub and index stand-ins and min
 installs; tests/sandbox/test_full.py and `make demo` converge the complete deploy.
 """
 
-from pyinfra import local
+from autoglm_infra.pyinfra_ext.stage import current_run
+from autoglm_infra.stages.nvidia.deploy import nvidia
+from autoglm_infra.stages.preflight.deploy import preflight
 
-for stage in ("deploys/preflight.py", "deploys/nvidia.py"):
-    local.include(stage)
+run = current_run()
+preflight(run)
+nvidia(run)

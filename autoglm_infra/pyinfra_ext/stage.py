@@ -1,0 +1,78 @@
+"""Stages as functions: one prelude, one refusal path, and what each stage queued to change.
+
+A stage is `@stage("python env")` on `def python_env(run: StageRun) -> None`. Called with no
+argument (a deploy file running one stage) it reads the host's settings and profile
+itself; `full.py` passes one `StageRun` through every stage, so the service stage sees
+what the python env and model stages queued in this very run. A stage refuses a host by
+raising `StageRefused` (the pure core's ValueErrors are turned into it where they are
+caught): pyinfra prints it without a traceback, named after the stage and the host.
+
+Not pyinfra's `@deploy`: it prefixes every operation name with the deploy's, and our
+operation names already say their stage ("Python env: venv from lock cpu").
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pyinfra import host
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.api.operation import OperationMeta
+
+from autoglm_infra.common.host_profile import HostProfile
+from autoglm_infra.config.schema import Settings
+from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
+
+
+class StageRefused(PyinfraError):
+    """A host this stage must not touch; the message says why and what to do."""
+
+
+@dataclass
+class StageRun:
+    """One converge of the current host: its settings, profile and queued changes."""
+
+    settings: Settings
+    profile: HostProfile
+    _queued: list[tuple[str, str, OperationMeta]] = field(default_factory=list)
+    stage: str = ""
+
+    def record(self, what: str, meta: OperationMeta) -> OperationMeta:
+        """Remember that the running stage queued `meta` (described as `what`)."""
+        self._queued.append((self.stage, what, meta))
+        return meta
+
+    def queued_changes(self, *stages: str) -> list[str]:
+        """'stage: what' for each recorded operation of `stages` that will change the host."""
+        return [
+            f"{stage}: {what}"
+            for stage, what, meta in self._queued
+            if stage in stages and meta.will_change
+        ]
+
+
+def current_run() -> StageRun:
+    settings = host_settings()
+    return StageRun(settings, host_profile(settings.model_dir))
+
+
+def stage(title: str) -> Callable[[Callable[[StageRun], None]], Callable[..., None]]:
+    """Make `func` a stage called `title` (as it names itself in refusals)."""
+
+    def decorate(func: Callable[[StageRun], None]) -> Callable[..., None]:
+        @functools.wraps(func)
+        def run_stage(run: StageRun | None = None) -> None:
+            run = run or current_run()
+            outer, run.stage = run.stage, title
+            try:
+                func(run)
+            except StageRefused as exc:  # user-facing: pyinfra prints it without a traceback
+                raise PyinfraError(f"{title} stage refused {host.name}: {exc}") from None
+            finally:
+                run.stage = outer
+
+        return run_stage
+
+    return decorate

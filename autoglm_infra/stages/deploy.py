@@ -1,0 +1,28 @@
+"""The complete converge of one host: every stage, in the order of DESIGN.md.
+
+A venv host gets the python env and service stages and runs the model from the venv; a
+docker host (serve_mode: docker) runs it in the engine image instead and needs no venv.
+One `StageRun` goes through all stages, so later ones see what earlier ones queued.
+"""
+
+from __future__ import annotations
+
+from autoglm_infra.pyinfra_ext.stage import current_run
+from autoglm_infra.stages.docker.deploy import docker
+from autoglm_infra.stages.model.deploy import model
+from autoglm_infra.stages.network.deploy import network
+from autoglm_infra.stages.nvidia.deploy import nvidia
+from autoglm_infra.stages.preflight.deploy import preflight
+from autoglm_infra.stages.python_env.deploy import python_env
+from autoglm_infra.stages.service.deploy import service
+from autoglm_infra.stages.verify.deploy import verify
+
+VENV_STAGES = (preflight, network, nvidia, python_env, model, service, verify)
+DOCKER_STAGES = (preflight, network, nvidia, model, docker, verify)
+
+
+def converge() -> None:
+    """Converge the current host end to end."""
+    run = current_run()
+    for stage in DOCKER_STAGES if run.settings.serve_mode == "docker" else VENV_STAGES:
+        stage(run)
