@@ -243,7 +243,7 @@ def no_new_privileges(ctx: Context) -> tuple[Result, str]:
     return "WARN", "no-new-privileges not set"
 
 
-def health_check(ctx: Context) -> tuple[Result, str]:
+def healthcheck_at_runtime(ctx: Context) -> tuple[Result, str]:
     health = _map(ctx.container.get("State")).get("Health")
     if not isinstance(health, Mapping):
         return "WARN", "no health check"
@@ -312,7 +312,7 @@ CHECKS: tuple[tuple[str, str, str, Check], ...] = (
      manual("audit `docker exec --user=root` use in the daemon's events/audit log")),
     ("5.25", "5.24", "cgroup usage is confirmed", cgroup_parent),
     ("5.26", "5.25", "Container cannot acquire additional privileges", no_new_privileges),
-    ("5.27", "5.26", "Container health is checked at runtime", health_check),
+    ("5.27", "5.26", "Container health is checked at runtime", healthcheck_at_runtime),
     ("5.28", "5.27", "Images are pinned / up to date (manual)", image_pinned),
     ("5.29", "5.28", "The PIDs cgroup limit is used", pids_limit),
     ("5.30", "5.29", "The default bridge docker0 is not used (manual)", default_bridge),

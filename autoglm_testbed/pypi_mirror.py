@@ -29,7 +29,7 @@ from typing import Self
 from packaging.tags import sys_tags
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from autoglm_infra.stages.python_env.venv import Lock, Requirement
+from autoglm_infra.common.hash_lock import Lock, Requirement
 from autoglm_testbed.servers import (
     HttpReady,
     LoopbackServer,

@@ -11,7 +11,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autoglm_infra.stages.python_env.venv import CPU_PROFILE, DEFAULT_LOCKS_DIR, load_lock
+from autoglm_infra.common.hash_lock import DEFAULT_LOCKS_DIR
+from autoglm_infra.stages.python_env.venv import CPU_PROFILE, load_lock
 from autoglm_testbed.apt_mirror import AptMirrorStandin
 from autoglm_testbed.container_toolkit_repo import ContainerToolkitRepoStandin
 from autoglm_testbed.hosts import (

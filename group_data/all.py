@@ -181,7 +181,7 @@ python_torch_index_url = "https://download.pytorch.org/whl"
 python_pip_extra_args = []
 
 # Controller directory holding <profile>.txt locks; None uses the locks shipped with the package
-# (autoglm_infra/stages/python_env/locks). Allowed: absolute path or None.
+# (autoglm_infra/locks). Allowed: absolute path or None.
 python_locks_dir = None
 
 # Hub repository of the model (or its -Multilingual twin). Allowed: owner/name.
@@ -305,7 +305,7 @@ docker_image_tarball = None
 docker_derived_lock = None
 
 # Controller directory holding <name>.txt locks for docker_derived_lock; None uses the project's
-# autoglm_infra/stages/python_env/locks. Allowed: absolute path or None.
+# autoglm_infra/locks. Allowed: absolute path or None.
 docker_locks_dir = None
 
 # UID:GID the engine runs as in the container (never 0). Allowed: UID:GID, UID not 0.

@@ -1,4 +1,4 @@
-"""Regenerate a hash lock under autoglm_infra/stages/python_env/locks/ from its input, with uv.
+"""Regenerate a hash lock under autoglm_infra/locks/ from its input, with uv.
 
     python scripts/lock_requirements.py cpu                 # locks/cpu.in -> cpu.txt
     python scripts/lock_requirements.py vllm-cu128          # + vllm-cu128.overrides.txt
@@ -31,10 +31,10 @@ from pathlib import Path
 
 from packaging.specifiers import SpecifierSet
 
-from autoglm_infra.stages.python_env.venv import variant_file
+from autoglm_infra.common.hash_lock import variant_file
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCKS = ROOT / "autoglm_infra" / "stages" / "python_env" / "locks"
+LOCKS = ROOT / "autoglm_infra" / "locks"
 HEADER_KEYS = (
     "python",
     "platform",

@@ -56,7 +56,7 @@ class HostProfile:
         return self.disk_free_kib / 1024 / 1024
 
 
-def probe_script(disk_path: str) -> str:
+def profile_script(disk_path: str) -> str:
     """Shell script whose output `parse_host_profile` reads; `disk_path` may not exist yet."""
     path = shlex.quote(disk_path)
     return "; ".join(

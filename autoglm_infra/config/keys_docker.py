@@ -130,7 +130,7 @@ class DockerKeys(Keys):
     docker_locks_dir: AbsolutePath | None = key(
         None,
         "Controller directory holding <name>.txt locks for docker_derived_lock; None uses "
-        "the project's autoglm_infra/stages/python_env/locks.",
+        "the project's autoglm_infra/locks.",
         "absolute path or None",
     )
     docker_user: Annotated[str, AfterValidator(check_user)] = key(

@@ -110,6 +110,6 @@ class PythonEnvKeys(Keys):
     python_locks_dir: AbsolutePath | None = key(
         None,
         "Controller directory holding <profile>.txt locks; None uses the locks shipped with "
-        "the package (autoglm_infra/stages/python_env/locks).",
+        "the package (autoglm_infra/locks).",
         "absolute path or None",
     )

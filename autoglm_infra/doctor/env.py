@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from autoglm_infra.common.checks import Check
+from autoglm_infra.common.hash_lock import Lock
 from autoglm_infra.doctor.probe import CacheDir, CacheEntry, PathAccess
-from autoglm_infra.stages.python_env.venv import Lock, drift
+from autoglm_infra.stages.python_env.venv import drift
 
 ENGINE_DISTS = ("vllm", "torch", "transformers")
 ENV_FIX = "run deploys/python_env.py: it rebuilds the venv from the lock aside and swaps it"

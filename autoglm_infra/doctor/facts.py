@@ -19,7 +19,7 @@ from autoglm_infra.doctor.probe import (
     lsm_section,
     model_access_section,
     model_section,
-    parse_probe,
+    parse_doctor_probe,
     paths_section,
     reach_section,
     unit_section,
@@ -82,4 +82,4 @@ class DoctorProbeFact(TypedFact[DoctorProbe]):
         return script
 
     def process(self, output: list[str]) -> DoctorProbe:
-        return parse_probe(output)
+        return parse_doctor_probe(output)

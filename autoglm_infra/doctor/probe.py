@@ -2,7 +2,7 @@
 
 The pyinfra layer (pyinfra_ext/doctor_facts.py) assembles the shell script from the
 sections below and the stages' own listing scripts; every line it prints carries a tag,
-and `parse_probe` sorts them into a `DoctorProbe`. Nothing on the host is written.
+and `parse_doctor_probe` sorts them into a `DoctorProbe`. Nothing on the host is written.
 """
 
 from __future__ import annotations
@@ -350,7 +350,7 @@ def _container(line: str) -> Container | None:
     return Container(name.lstrip("/"), status, health, privileged == "true", tuple(ips))
 
 
-def parse_probe(lines: Sequence[str]) -> DoctorProbe:
+def parse_doctor_probe(lines: Sequence[str]) -> DoctorProbe:
     model_lines, rest = split_lines(list(lines))
     texts: dict[str, str] = {}
     unit: dict[str, str] = {}

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoglm_infra.common.checks import Check, Status
+from autoglm_infra.common.hash_lock import DEFAULT_LOCKS_DIR
 from autoglm_infra.common.host_profile import HostProfile
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.doctor.env import (
@@ -202,7 +203,7 @@ def _venv_checks(
             flavour = plan.torch_flavour if plan else ""
         name = pe.select_profile(settings.python_profile, settings.serve_engine, flavour)
         locks = pe.load_lock_variants(
-            name, Path(settings.python_locks_dir or pe.DEFAULT_LOCKS_DIR), settings.python_profile
+            name, Path(settings.python_locks_dir or DEFAULT_LOCKS_DIR), settings.python_profile
         )
         # the variant (Python minor) the venv was built from, by the digest stamped into it
         lock = next((lk for lk in locks if lk.digest == state.venv_stamp), locks[0])

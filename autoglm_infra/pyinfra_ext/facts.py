@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from autoglm_infra.common.host_profile import HostProfile, parse_host_profile, probe_script
+from autoglm_infra.common.host_profile import HostProfile, parse_host_profile, profile_script
 from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
-from autoglm_infra.stages.nvidia.gpu_checks import GpuProbe
-from autoglm_infra.stages.nvidia.gpu_checks import parse_probe as parse_gpu_probe
-from autoglm_infra.stages.nvidia.gpu_checks import probe_script as gpu_probe_script
+from autoglm_infra.stages.nvidia.gpu_checks import GpuProbe, gpu_probe_script, parse_gpu_probe
 
 
 class HostProfileFact(TypedFact[HostProfile]):
     """OS, CPUs, RAM, free disk at the model directory, NVIDIA GPUs (sysfs) and driver."""
 
     def command(self, disk_path: str) -> str:
-        return probe_script(disk_path)
+        return profile_script(disk_path)
 
     def process(self, output: list[str]) -> HostProfile:
         return parse_host_profile(output)

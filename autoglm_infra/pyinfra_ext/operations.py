@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import shlex
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from io import BytesIO
 from typing import Any
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, operation
+from pyinfra.api.operation import OperationMeta
 
+from autoglm_infra.common.managed_file import ManagedFile
 from autoglm_infra.common.snapshot import (
     FileState,
     PackageState,
@@ -196,3 +198,19 @@ def apt_pinned(
         q = shlex.quote(state_file)
         listing = shlex.quote("\n".join(names) + "\n")
         yield StringCommand(f"mkdir -p $(dirname {q}) && printf %s {listing} > {q}")
+
+
+def put_managed_files(
+    files: Iterable[ManagedFile], current: Mapping[str, FileState | None], label: str
+) -> dict[str, OperationMeta]:
+    """`put_file` for each of a stage's files (named "<label>: <path>"), by path."""
+    return {
+        managed.path: put_file(
+            name=f"{label}: {managed.path}",
+            path=managed.path,
+            content=managed.content,
+            current=current.get(managed.path),
+            mode=managed.mode,
+        )
+        for managed in files
+    }

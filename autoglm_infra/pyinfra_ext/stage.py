@@ -1,9 +1,9 @@
 """Stages as functions: one prelude, one refusal path, and what each stage queued to change.
 
 A stage is `@stage("python env")` on `def python_env(run: StageRun) -> None`. Called with no
-argument (a deploy file running one stage) it reads the host's settings and profile
-itself; `full.py` passes one `StageRun` through every stage, so the service stage sees
-what the python env and model stages queued in this very run. A stage refuses a host by
+argument (a deploy file running one stage) it uses the host's run in this invocation;
+`full.py` passes one `StageRun` through every stage, so the service stage sees what the
+python env and model stages queued in this very run. A stage refuses a host by
 raising `StageRefused` (the pure core's ValueErrors are turned into it where they are
 caught): pyinfra prints it without a traceback, named after the stage and the host.
 
@@ -17,7 +17,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pyinfra import host
+from pyinfra import host, state
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.operation import OperationMeta
 
@@ -53,9 +53,18 @@ class StageRun:
         ]
 
 
+# One run per pyinfra State (one per CLI run, several in tests) and host: stages started
+# from separate deploy files of one command (`pyinfra INV a.py b.py`) share it too.
+_runs: dict[tuple[int, str], StageRun] = {}
+
+
 def current_run() -> StageRun:
-    settings = host_settings()
-    return StageRun(settings, host_profile(settings.model_dir))
+    """The current host's run in this pyinfra invocation (created on first use)."""
+    key = (id(state), host.name)
+    if key not in _runs:
+        settings = host_settings()
+        _runs[key] = StageRun(settings, host_profile(settings.model_dir))
+    return _runs[key]
 
 
 def stage(title: str) -> Callable[[Callable[[StageRun], None]], Callable[..., None]]:

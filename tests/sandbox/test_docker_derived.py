@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 
+from autoglm_infra.common.hash_lock import DEFAULT_LOCKS_DIR
 from autoglm_infra.stages.docker import files as df
 from autoglm_infra.stages.docker.args import CONTAINER_NAME
-from autoglm_infra.stages.python_env.venv import CPU_PROFILE, DEFAULT_LOCKS_DIR, load_lock
+from autoglm_infra.stages.python_env.venv import CPU_PROFILE, load_lock
 from autoglm_testbed.converge import converge_twice, run_pyinfra
 from autoglm_testbed.hosts import Sandbox, SandboxHost, write_inventory
 from autoglm_testbed.python_base_image import PythonBaseImage, build_python_image

@@ -1,6 +1,6 @@
 """The python env stage for real: the CPU lock from a loopback PyPI-style index.
 
-One host is converged with autoglm_infra/stages/python_env/locks/cpu.txt from pypiserver on the
+One host is converged with autoglm_infra/locks/cpu.txt from pypiserver on the
 sandbox bridge
 (wheels from the controller's content-keyed cache); then a lock whose extra wheel is
 tampered in the index must fail and leave the first venv serving.
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from autoglm_infra.common.hash_lock import DEFAULT_LOCKS_DIR, Lock
 from autoglm_infra.stages.python_env import venv as pe
 from autoglm_testbed.converge import describe_failure, run_pyinfra
 from autoglm_testbed.hosts import Sandbox, SandboxHost, write_inventory
@@ -29,11 +30,11 @@ SIX = (
 
 
 @pytest.fixture(scope="module")
-def locks(tmp_path_factory: pytest.TempPathFactory) -> tuple[pe.Lock, Path]:
+def locks(tmp_path_factory: pytest.TempPathFactory) -> tuple[Lock, Path]:
     """The production CPU lock, and a locks dir whose cpu lock also pins six."""
-    cpu = pe.load_lock("cpu", pe.DEFAULT_LOCKS_DIR)
+    cpu = pe.load_lock("cpu", DEFAULT_LOCKS_DIR)
     changed = tmp_path_factory.mktemp("locks")
-    shutil.copy(pe.DEFAULT_LOCKS_DIR / "cpu.txt", changed / "cpu.txt")
+    shutil.copy(DEFAULT_LOCKS_DIR / "cpu.txt", changed / "cpu.txt")
     with (changed / "cpu.txt").open("a") as fh:
         fh.write(SIX)
     return cpu, changed
@@ -41,7 +42,7 @@ def locks(tmp_path_factory: pytest.TempPathFactory) -> tuple[pe.Lock, Path]:
 
 @pytest.fixture(scope="module")
 def mirror(
-    sandbox: Sandbox, locks: tuple[pe.Lock, Path], tmp_path_factory: pytest.TempPathFactory
+    sandbox: Sandbox, locks: tuple[Lock, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[PypiMirror]:
     wheels = WheelCache().ensure(pe.load_lock("cpu", locks[1]))  # superset: cpu + six
     sandbox._ensure_network()  # the bridge address the index binds to
@@ -104,7 +105,7 @@ def test_cpu_lock_installs_and_second_converge_runs_no_pip(
 
 def test_tampered_index_file_fails_clearly_and_old_venv_keeps_serving(
     world: tuple[SandboxHost, Path, dict[str, object]],
-    locks: tuple[pe.Lock, Path],
+    locks: tuple[Lock, Path],
     mirror: PypiMirror,
     tmp_path: Path,
 ) -> None:
@@ -134,7 +135,7 @@ def test_index_without_a_locked_file_fails_clearly(
     before = host.ssh(f"readlink {VENV}").stdout.strip()
     locks_dir = tmp_path / "locks"
     locks_dir.mkdir()
-    text = (pe.DEFAULT_LOCKS_DIR / "cpu.txt").read_text()
+    text = (DEFAULT_LOCKS_DIR / "cpu.txt").read_text()
     (locks_dir / "cpu.txt").write_text(text + f"autoglm-absent==1.0 --hash=sha256:{'0' * 64}\n")
     changed_inventory = tmp_path / "inventory.py"
     write_inventory(changed_inventory, [host], {}, {**data, "python_locks_dir": str(locks_dir)})

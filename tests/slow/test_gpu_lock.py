@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from packaging.utils import canonicalize_name
 
+from autoglm_infra.common.hash_lock import DEFAULT_LOCKS_DIR
 from autoglm_infra.stages.python_env import venv as pe
 
 pytestmark = pytest.mark.slow
@@ -38,7 +39,7 @@ def test_gpu_lock_installs_and_only_the_declared_conflict_remains(
     profile: str, interpreter: str, tmp_path: Path
 ) -> None:
     version = python_version(interpreter)
-    lock = pe.load_lock(profile, pe.DEFAULT_LOCKS_DIR, pe.AUTO, version)
+    lock = pe.load_lock(profile, DEFAULT_LOCKS_DIR, pe.AUTO, version)
     pe.check_interpreter(interpreter, version, lock)
     venv = tmp_path / "venv"
     subprocess.run([interpreter, "-m", "venv", str(venv)], check=True)

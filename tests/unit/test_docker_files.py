@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from autoglm_infra.common.systemd_exec import exec_arg
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.stages.docker import files as df
 from autoglm_infra.stages.docker.args import run_argv, spec_from_settings
@@ -64,7 +65,7 @@ def test_broken_daemon_json_is_refused_not_overwritten() -> None:
 def unit_for(**data: object) -> tuple[str, list[str]]:
     settings = Settings.model_validate({"serve_mode": "docker", "docker_image": IMAGE, **data})
     spec = spec_from_settings(settings)
-    return df.render_unit(spec), run_argv(spec)
+    return df.render_container_unit(spec), run_argv(spec)
 
 
 def systemd_split(line: str) -> list[str]:
@@ -107,7 +108,7 @@ def test_health_gate_script_is_valid_sh_and_fails_when_docker_says_unhealthy(
 
 @pytest.mark.parametrize("arg", ["plain", "a b", 'q"uote', "50%", "$HOME", "back\\slash"])
 def test_systemd_arg_round_trips(arg: str) -> None:
-    assert systemd_split(df.systemd_arg(arg)) == [arg]
+    assert systemd_split(exec_arg(arg)) == [arg]
 
 
 def test_docker_repo_source_and_key_url() -> None:
@@ -135,17 +136,6 @@ def test_toolkit_source_is_flat_per_architecture() -> None:
 @pytest.fixture(scope="module")
 def key(tmp_path_factory: pytest.TempPathFactory) -> SigningKey:
     return SigningKey.load_or_create(tmp_path_factory.mktemp("docker-key"))
-
-
-def test_repository_key_trusted_only_with_its_fingerprint(key: SigningKey) -> None:
-    armored = key.armored_path.read_bytes()
-    keyring = df.trusted_keyring(armored, key.fingerprint, "docker_repo_key_fingerprint", "url")
-    assert keyring == key.dearmored_path.read_bytes()
-    with pytest.raises(df.DockerStageError, match="docker_repo_key_fingerprint pins") as exc:
-        df.trusted_keyring(armored, "A" * 40, "docker_repo_key_fingerprint", "url")
-    assert "nothing was trusted" in str(exc.value)
-    with pytest.raises(df.DockerStageError, match="not an OpenPGP"):
-        df.trusted_keyring(b"<html>", "A" * 40, "docker_toolkit_key_fingerprint", "url")
 
 
 def test_toolkit_standins_have_nvidias_dependency_shape() -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from autoglm_infra.common.hash_lock import DEFAULT_LOCKS_DIR
 from autoglm_infra.config.validate import find_problems
 
 IMAGE = "vllm/vllm-openai:v0.12.0@sha256:" + "ab" * 32
@@ -96,7 +97,7 @@ def test_derived_lock_must_exist_and_be_a_hash_lock(tmp_path: Path) -> None:
 
 def test_the_shipped_docker_lock_keeps_the_venv_locks_versions() -> None:
     from autoglm_infra.stages.docker.image import load_derived_lock
-    from autoglm_infra.stages.python_env.venv import DEFAULT_LOCKS_DIR, load_lock
+    from autoglm_infra.stages.python_env.venv import load_lock
 
     derived = load_derived_lock("docker-vllm-0.12.0", None).lock.pins()
     venv = load_lock("vllm-cu128", DEFAULT_LOCKS_DIR, "vllm-cu128").pins()

@@ -32,7 +32,7 @@ from autoglm_infra.doctor.probe import (
     cache_entries_section,
     lsm_section,
     model_access_section,
-    parse_probe,
+    parse_doctor_probe,
     paths_section,
     reach_section,
 )
@@ -57,7 +57,7 @@ def probe_lines(sys_files: dict[str, str], tmp_path: Path) -> dict[str, str]:
         target.write_text(content)
     script = lsm_section("autoglm-doctor-test-absent.service", root=str(tmp_path))
     out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
-    return parse_probe(out.stdout.splitlines()).lsm
+    return parse_doctor_probe(out.stdout.splitlines()).lsm
 
 
 def test_lsm_section_reads_recorded_sysfs(tmp_path: Path) -> None:
@@ -124,7 +124,7 @@ def test_apparmor_states() -> None:
 
 
 def test_parse_records_of_lsm_paths_and_caches() -> None:
-    probe = parse_probe(
+    probe = parse_doctor_probe(
         [
             "LS selinux 1",
             "LS confinement system_u:system_r:unconfined_service_t:s0",
@@ -231,7 +231,7 @@ def test_sections_run_in_a_real_shell(tmp_path: Path) -> None:
     )
     before = sorted(p.name for p in tmp_path.rglob("*"))
     out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
-    probe = parse_probe(out.stdout.splitlines())
+    probe = parse_doctor_probe(out.stdout.splitlines())
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
     assert probe.paths[str(cache)].access == "rwx" and probe.paths[str(cache)].mount
     if os.geteuid() != 0:  # root reads mode-0 files

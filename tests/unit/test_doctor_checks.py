@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 from autoglm_infra.common.checks import Check
+from autoglm_infra.common.hash_lock import parse_lock
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.doctor.env import (
     cache_checks,
@@ -23,10 +24,9 @@ from autoglm_infra.doctor.model import (
     model_format_check,
 )
 from autoglm_infra.doctor.network import reach_checks, reach_targets
-from autoglm_infra.doctor.probe import CacheDir, Container, Reach, parse_probe
+from autoglm_infra.doctor.probe import CacheDir, Container, Reach, parse_doctor_probe
 from autoglm_infra.doctor.service import containers_check, health_check, unit_check
 from autoglm_infra.stages.model.state import FileStat, ModelDirState, Stamp
-from autoglm_infra.stages.python_env.venv import parse_lock
 
 SHA = "ab" * 32
 PLAN = json.dumps(
@@ -251,7 +251,7 @@ def test_parse_probe_sorts_tagged_lines() -> None:
         "NR\tpip index\thttp://m/simple\thttp 200",
         'SM {"ok": true, "models": ["m"]}',
     ]
-    probe = parse_probe(lines)
+    probe = parse_doctor_probe(lines)
     assert probe.model.exists and "model-00001-of-00002.safetensors" in probe.model.files
     assert max_positions(probe.model_texts["config.json"]) == 2048
     assert probe.unit == {"ActiveState": "active", "NRestarts": "0"}
@@ -261,7 +261,7 @@ def test_parse_probe_sorts_tagged_lines() -> None:
     assert not probe.caches["/var/cache/autoglm/xdg"].exists
     assert probe.containers == [Container("autoglm", "running", "healthy", False, ("127.0.0.1",))]
     assert probe.reach[0].answered and probe.smoke == ['{"ok": true, "models": ["m"]}']
-    assert parse_probe([]).venv_dists is None
+    assert parse_doctor_probe([]).venv_dists is None
 
 
 def test_doctor_script_runs_in_a_real_shell(tmp_path: Path) -> None:
@@ -284,7 +284,7 @@ def test_doctor_script_runs_in_a_real_shell(tmp_path: Path) -> None:
             ["--base-url", f"http://127.0.0.1:{port}", "--model", "m", "--tries", "1", "--no-chat"],
         )  # fmt: skip
         out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
-    probe = parse_probe(out.stdout.splitlines())
+    probe = parse_doctor_probe(out.stdout.splitlines())
     assert set(probe.model.files) == {"config.json", "model.safetensors"}
     assert max_positions(probe.model_texts["config.json"]) == 2048
     assert lock_from_plan(probe.model_texts["plan.json"]) is not None

@@ -9,10 +9,10 @@ from autoglm_infra.common.checks import Check
 from autoglm_infra.common.host_profile import HostProfile, parse_host_profile
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.doctor.probe import END_MARK, DoctorProbe
-from autoglm_infra.doctor.probe import parse_probe as parse_doctor
+from autoglm_infra.doctor.probe import parse_doctor_probe as parse_doctor
 from autoglm_infra.doctor.table import doctor_checks, gpu_rows
 from autoglm_infra.stages.nvidia.gpu_checks import GpuProbe
-from autoglm_infra.stages.nvidia.gpu_checks import parse_probe as parse_gpu
+from autoglm_infra.stages.nvidia.gpu_checks import parse_gpu_probe as parse_gpu
 
 # A plain Debian 12 machine as the host probe reads it: no GPU, legacy boot, no systemd.
 BARE_DEBIAN = parse_host_profile(

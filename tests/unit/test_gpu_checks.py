@@ -11,7 +11,7 @@ import subprocess
 
 from autoglm_infra.common.checks import failed, format_table, to_json
 from autoglm_infra.common.host_profile import HostProfile, PciGpu
-from autoglm_infra.stages.nvidia.gpu_checks import evaluate_gpu, parse_probe, probe_script
+from autoglm_infra.stages.nvidia.gpu_checks import evaluate_gpu, gpu_probe_script, parse_gpu_probe
 
 PLAN_DRIVER, PLAN_CUDA = "570.172.08", "12.8"
 PACKAGES = [("cuda-drivers-570", "570.172.08-1"), ("cuda-toolkit-12-8", "12.8.1-1")]
@@ -31,7 +31,7 @@ HEALTHY = [
 
 
 def _checks(lines: list[str], profile: HostProfile = H100) -> dict[str, tuple[str, str, str]]:
-    checks = evaluate_gpu(profile, parse_probe(lines), PLAN_DRIVER, PLAN_CUDA, PACKAGES)
+    checks = evaluate_gpu(profile, parse_gpu_probe(lines), PLAN_DRIVER, PLAN_CUDA, PACKAGES)
     return {c.name: (c.status, c.evidence, c.fix) for c in checks}
 
 
@@ -102,7 +102,7 @@ def test_pending_reboot_fails() -> None:
 
 def test_table_and_json_name_every_failure() -> None:
     checks = evaluate_gpu(
-        HostProfile(), parse_probe(["probe=gpu"]), PLAN_DRIVER, PLAN_CUDA, PACKAGES
+        HostProfile(), parse_gpu_probe(["probe=gpu"]), PLAN_DRIVER, PLAN_CUDA, PACKAGES
     )
     table = format_table("gpu-1", checks)
     assert "gpu present" in table and "fix: attach a GPU" in table
@@ -112,13 +112,16 @@ def test_table_and_json_name_every_failure() -> None:
 
 def test_probe_runs_here_and_reads_dpkg() -> None:
     out = subprocess.run(
-        ["sh", "-c", probe_script(["libc6", "dpkg"])], capture_output=True, text=True, check=True
+        ["sh", "-c", gpu_probe_script(["libc6", "dpkg"])],
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    probe = parse_probe(out.stdout.splitlines())
+    probe = parse_gpu_probe(out.stdout.splitlines())
     assert probe.read and not probe.smi_installed and not probe.gpus
     assert set(probe.packages) == {"libc6", "dpkg"} and all(probe.packages.values())
 
 
 def test_an_empty_probe_vouches_for_nothing() -> None:
-    checks = evaluate_gpu(H100, parse_probe([]), PLAN_DRIVER, PLAN_CUDA, PACKAGES)
+    checks = evaluate_gpu(H100, parse_gpu_probe([]), PLAN_DRIVER, PLAN_CUDA, PACKAGES)
     assert [(c.name, c.status) for c in checks] == [("gpu probe", "fail")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from autoglm_infra.common.host_profile import parse_host_profile, probe_script
+from autoglm_infra.common.host_profile import parse_host_profile, profile_script
 from autoglm_infra.stages.preflight.problems import describe_host, preflight_problems
 
 RECORDED_H100_HOST = """\
@@ -38,7 +38,7 @@ def test_recorded_gpu_host_parses() -> None:
 def test_probe_runs_here_and_reads_this_machine(tmp_path) -> None:  # type: ignore[no-untyped-def]
     missing = tmp_path / "not" / "yet" / "there"
     out = subprocess.run(
-        ["sh", "-c", probe_script(str(missing))], capture_output=True, text=True, check=True
+        ["sh", "-c", profile_script(str(missing))], capture_output=True, text=True, check=True
     )
     profile = parse_host_profile(out.stdout.splitlines())
     assert profile.os_id == "debian"
@@ -90,7 +90,7 @@ def test_secure_boot_probe_reports_key_state_through_mokutil(tmp_path) -> None: 
     mokutil.chmod(0o755)
     from autoglm_infra.common import host_profile
 
-    script = probe_script("/").replace(host_profile._EFI_SECURE_BOOT, str(efivar))
+    script = profile_script("/").replace(host_profile._EFI_SECURE_BOOT, str(efivar))
     script = script.replace(host_profile.MOK_KEYS[0], str(key))
     out = subprocess.run(
         ["sh", "-c", f"PATH={bindir}:$PATH; {script}"], capture_output=True, text=True, check=True

@@ -20,7 +20,7 @@ from autoglm_infra.stack.installed import (
 )
 from autoglm_infra.stages.nvidia.apt_check import stale_closure
 from autoglm_infra.stages.nvidia.files import closure_preferences
-from autoglm_infra.stages.nvidia.gpu_checks import parse_probe
+from autoglm_infra.stages.nvidia.gpu_checks import parse_gpu_probe
 
 RECORDED = Path(__file__).resolve().parents[1] / "fixtures" / "recorded"
 H200_PROBE = (RECORDED / "h200-gpu-probe.txt").read_text().splitlines()
@@ -47,7 +47,7 @@ def h200() -> tuple[list[str], Settings]:
 
 
 def test_recorded_probe_parses_into_the_hosts_real_facts() -> None:
-    probe = parse_probe(H200_PROBE)
+    probe = parse_gpu_probe(H200_PROBE)
     assert probe.read and probe.smi_installed and probe.uvm_loaded
     assert [(g.name, g.driver_version, g.persistence, g.memory_mib) for g in probe.gpus] == [
         ("NVIDIA H200", "580.159.04", "Enabled", 143771)
@@ -87,16 +87,18 @@ def test_nvrm_line_gives_version_and_flavour() -> None:
 
 
 def test_owner_dpkg_runfile_or_unknown() -> None:
-    dpkg = parse_probe([*H200_PROBE, "smi_owner=nvidia-utils-580", "pkg=nvidia-utils-580 580.1"])
+    dpkg = parse_gpu_probe(
+        [*H200_PROBE, "smi_owner=nvidia-utils-580", "pkg=nvidia-utils-580 580.1"]
+    )
     assert installed_stack(dpkg).owner == DPKG
-    runfile = parse_probe([*H200_PROBE, "uninstaller=/usr/bin/nvidia-uninstall"])
+    runfile = parse_gpu_probe([*H200_PROBE, "uninstaller=/usr/bin/nvidia-uninstall"])
     found = installed_stack(runfile)
     assert found.owner == RUNFILE and "/usr/bin/nvidia-uninstall" in found.owner_detail
-    assert installed_stack(parse_probe(["probe=gpu"])).driver_version == ""
+    assert installed_stack(parse_gpu_probe(["probe=gpu"])).driver_version == ""
 
 
 def test_recorded_host_is_adopted_nothing_stacked_or_downgraded() -> None:
-    found = installed_stack(parse_probe([*H200_PROBE, f"nvrm={H200_NVRM}"]))
+    found = installed_stack(parse_gpu_probe([*H200_PROBE, f"nvrm={H200_NVRM}"]))
     decided = host_plan(Settings(), H200_HOST, found)
     actions = {c.name: c.action for c in decided.components}
     assert actions == {"driver": KEEP, "CUDA": KEEP, "cuDNN": KEEP}, decided.components
@@ -111,7 +113,7 @@ def test_recorded_host_is_adopted_nothing_stacked_or_downgraded() -> None:
 
 
 def test_manage_on_a_driver_no_package_manager_owns_refuses_with_the_fix() -> None:
-    found = installed_stack(parse_probe([*H200_PROBE, "uninstaller=/usr/bin/nvidia-uninstall"]))
+    found = installed_stack(parse_gpu_probe([*H200_PROBE, "uninstaller=/usr/bin/nvidia-uninstall"]))
     decided = host_plan(Settings(nvidia_driver_policy="manage"), H200_HOST, found)
     assert decided.components[0].action == REFUSE
     assert (
@@ -124,7 +126,7 @@ def test_a_newer_point_release_from_apt_is_never_downgraded() -> None:
     lines = [*H200_PROBE, "smi_owner=nvidia-driver-580-open",
              "pkg=nvidia-driver-580-open 580.159.04-0ubuntu1"]  # fmt: skip
     decided = host_plan(
-        Settings(nvidia_driver_policy="manage"), H200_HOST, installed_stack(parse_probe(lines))
+        Settings(nvidia_driver_policy="manage"), H200_HOST, installed_stack(parse_gpu_probe(lines))
     )
     driver = decided.components[0]
     assert driver.action == KEEP and "never downgraded" in driver.why and not driver.packages
@@ -138,10 +140,10 @@ def test_holds_of_the_host_are_respected_and_reported() -> None:
     lines = [
         ln.replace("580.159.04", "570.172.08") for ln in H200_PROBE if not ln.startswith("cuda=")
     ]
-    bare = installed_stack(parse_probe(["probe=gpu"]))
+    bare = installed_stack(parse_gpu_probe(["probe=gpu"]))
     meta = host_plan(Settings(), H200_HOST, bare).plan.driver_packages[-1].name  # nvidia-open-580
     lines += ["cuda=12.8", f"smi_owner={meta}", f"pkg={meta} 570.0-1", f"held={meta}"]
-    found = installed_stack(parse_probe(lines))
+    found = installed_stack(parse_gpu_probe(lines))
     found = replace(found, driver_healthy=False)  # not adoptable: the plan wants 580
     decided = host_plan(Settings(), H200_HOST, found)
     driver = decided.components[0]
@@ -160,7 +162,7 @@ def _driver_host(version: str, cuda: str) -> list[str]:
 
 def test_current_branches_595_and_620_are_known_and_adopted() -> None:
     for version, cuda in (("595.71.05", "13.2"), ("620.70.06", "13.2")):
-        found = installed_stack(parse_probe(_driver_host(version, cuda)))
+        found = installed_stack(parse_gpu_probe(_driver_host(version, cuda)))
         decided = host_plan(Settings(), H200_HOST, found)
         assert decided.components[0].action == KEEP, decided.components[0]
         # the newest CUDA at or below the driver's own that has an engine wheel
@@ -169,7 +171,7 @@ def test_current_branches_595_and_620_are_known_and_adopted() -> None:
 
 
 def test_a_driver_branch_the_table_does_not_know_is_not_stacked_over() -> None:
-    found = installed_stack(parse_probe(_driver_host("610.57.04", "13.2")))
+    found = installed_stack(parse_gpu_probe(_driver_host("610.57.04", "13.2")))
     decided = host_plan(Settings(), H200_HOST, found)
     assert decided.components[0].action == REFUSE
     assert not [n for n, _ in decided.packages if n.startswith(("nvidia-", "cuda-drivers"))]
@@ -177,7 +179,7 @@ def test_a_driver_branch_the_table_does_not_know_is_not_stacked_over() -> None:
 
 
 def test_a_driver_of_another_flavour_than_configured_is_not_adopted() -> None:
-    found = installed_stack(parse_probe([*H200_PROBE, f"nvrm={H200_NVRM}"]))
+    found = installed_stack(parse_gpu_probe([*H200_PROBE, f"nvrm={H200_NVRM}"]))
     decided = host_plan(Settings(nvidia_driver_flavour="proprietary"), H200_HOST, found)
     assert decided.components[0].action == REFUSE
     assert "nvidia_driver_flavour=proprietary, the loaded module is open" in decided.refusal
@@ -185,9 +187,9 @@ def test_a_driver_of_another_flavour_than_configured_is_not_adopted() -> None:
 
 def test_planned_driver_packages_installed_but_not_loaded_are_kept_as_planned() -> None:
     """A GPU-less host (the sandbox) after a converge: packages there, no nvidia-smi."""
-    plan = host_plan(Settings(), H200_HOST, installed_stack(parse_probe(["probe=gpu"]))).plan
+    plan = host_plan(Settings(), H200_HOST, installed_stack(parse_gpu_probe(["probe=gpu"]))).plan
     lines = ["probe=gpu", *(f"pkg={p.name} {p.version}" for p in plan.driver_packages)]
-    decided = host_plan(Settings(), H200_HOST, installed_stack(parse_probe(lines)))
+    decided = host_plan(Settings(), H200_HOST, installed_stack(parse_gpu_probe(lines)))
     driver = decided.components[0]
     assert driver.action == KEEP and driver.packages == plan.driver_packages
     assert decided.plan.driver_version == plan.driver_version
@@ -198,7 +200,7 @@ def test_a_pinned_older_release_says_it_downgrades() -> None:
     lines = [*H200_PROBE, "smi_owner=nvidia-driver-580-open",
              "pkg=nvidia-driver-580-open 580.159.04-0ubuntu1"]  # fmt: skip
     settings = Settings(nvidia_driver_policy="manage", nvidia_driver_version="580.126.09")
-    decided = host_plan(settings, H200_HOST, installed_stack(parse_probe(lines)))
+    decided = host_plan(settings, H200_HOST, installed_stack(parse_gpu_probe(lines)))
     driver = decided.components[0]
     assert driver.action == UPGRADE and driver.packages
     assert driver.why.startswith("DOWNGRADE driver 580.159.04")
@@ -206,7 +208,9 @@ def test_a_pinned_older_release_says_it_downgrades() -> None:
     assert decided.plan.driver_version == "580.126.09"
     # adopt does not keep a driver the user pinned away from either
     adopt = host_plan(
-        Settings(nvidia_driver_version="580.126.09"), H200_HOST, installed_stack(parse_probe(lines))
+        Settings(nvidia_driver_version="580.126.09"),
+        H200_HOST,
+        installed_stack(parse_gpu_probe(lines)),
     )
     assert adopt.components[0].action == UPGRADE
 
@@ -215,7 +219,7 @@ def test_the_closure_pin_leaves_the_hosts_own_toolkit_and_cudnn_alone() -> None:
     """On the recorded host (cuDNN 9.14 held, CUDA 13.0 kept) the pin names only the kept
     driver's release: no stanza would move the host's own cuDNN or toolkit, and nothing is
     stale."""
-    found = installed_stack(parse_probe([*H200_PROBE, f"nvrm={H200_NVRM}"]))
+    found = installed_stack(parse_gpu_probe([*H200_PROBE, f"nvrm={H200_NVRM}"]))
     decided = host_plan(Settings(), H200_HOST, found)
     assert decided.pin_driver_version == "580.159.04"
     assert decided.pin_cuda_packages == [] and decided.pin_cudnn_version == ""
@@ -237,23 +241,23 @@ def test_the_stages_own_holds_are_not_the_hosts() -> None:
     """A converged host holds the planned packages itself (recorded in its state file):
     those are not the user's holds that would make a component "refuse"."""
     lines = [*H200_PROBE, "held=nvidia-open-580", "own_held=nvidia-open-580"]
-    found = installed_stack(parse_probe(lines))
+    found = installed_stack(parse_gpu_probe(lines))
     assert "nvidia-open-580" not in found.held and "libcudnn9-cuda-13" in found.held
-    assert "nvidia-open-580" in parse_probe(lines).held  # gpu_check's "held" row sees all
+    assert "nvidia-open-580" in parse_gpu_probe(lines).held  # gpu_check's "held" row sees all
 
 
 def test_a_kept_driver_keeps_the_packages_the_stage_installed_and_holds() -> None:
     """After the first converge and its reboot, the planned driver is loaded: adopting it
     must keep (and hold) the stage's own driver packages, never remove them as the previous
     plan's, so the second converge changes nothing."""
-    bare = installed_stack(parse_probe(["probe=gpu"]))
+    bare = installed_stack(parse_gpu_probe(["probe=gpu"]))
     planned = host_plan(Settings(), H200_HOST, bare).plan
     version = planned.driver_version
     lines = [ln for ln in _driver_host(version, "13.0")]
     lines += [f"smi_owner={planned.driver_packages[-1].name}"]
     for p in planned.driver_packages:
         lines += [f"pkg={p.name} {p.version}", f"held={p.name}", f"own_held={p.name}"]
-    decided = host_plan(Settings(), H200_HOST, installed_stack(parse_probe(lines)))
+    decided = host_plan(Settings(), H200_HOST, installed_stack(parse_gpu_probe(lines)))
     driver = decided.components[0]
     assert driver.action == KEEP, driver
     assert [(p.name, p.version) for p in driver.packages] == [
@@ -263,11 +267,11 @@ def test_a_kept_driver_keeps_the_packages_the_stage_installed_and_holds() -> Non
 
 
 def test_a_component_the_hosts_hold_refuses_stops_the_whole_stage() -> None:
-    bare = installed_stack(parse_probe(["probe=gpu"]))
+    bare = installed_stack(parse_gpu_probe(["probe=gpu"]))
     meta = host_plan(Settings(), H200_HOST, bare).plan.driver_packages[-1].name
     lines = [*_driver_host("570.172.08", "12.8"), f"smi_owner={meta}", f"pkg={meta} 570.0-1",
              f"held={meta}"]  # fmt: skip
-    found = replace(installed_stack(parse_probe(lines)), driver_healthy=False)
+    found = replace(installed_stack(parse_gpu_probe(lines)), driver_healthy=False)
     decided = host_plan(Settings(), H200_HOST, found)
     assert decided.components[0].action == REFUSE
     assert f"apt-mark unhold {meta}" in decided.refusal

@@ -71,7 +71,7 @@ def test_the_wheel_carries_templates_and_data_but_not_the_testbed(tmp_path: Path
         "autoglm_infra/stages/docker/templates/autoglm-docker.service.j2",
         "autoglm_infra/stages/service/templates/autoglm-serve.service.j2",
         "autoglm_infra/stages/service/templates/autoglm-health-gate.py",
-        "autoglm_infra/stages/python_env/locks/cpu.txt",
+        "autoglm_infra/locks/cpu.txt",
         "autoglm_infra/host_tools/model_fetch.py",
         "autoglm_infra/py.typed",
     ):

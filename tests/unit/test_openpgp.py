@@ -1,4 +1,4 @@
-"""Fingerprints we compute equal gpg's; the NVIDIA stage trusts only the pinned key."""
+"""Fingerprints we compute equal gpg's; a repository key is trusted only with its pinned one."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from autoglm_infra.common.key_trust import KeyTrustError, trusted_keyring
 from autoglm_infra.common.openpgp import KeyFormatError, dearmor, primary_fingerprints
-from autoglm_infra.stages.nvidia.files import KeyTrustError, key_file_name, trusted_keyring
+from autoglm_infra.stages.nvidia.files import key_file_name
+
+KEY = "nvidia_repo_key_fingerprint"
 
 
 def gpg_key(home: Path, algo: str) -> tuple[bytes, str]:
@@ -46,11 +49,12 @@ def test_fingerprint_matches_gpg(tmp_path: Path, algo: str) -> None:
 
 def test_pinned_key_is_trusted_and_other_key_refused(tmp_path: Path) -> None:
     armored, fpr = gpg_key(tmp_path / "a", "ed25519")
-    assert trusted_keyring(armored, fpr, "test.pub") == dearmor(armored)
+    assert trusted_keyring(armored, fpr, KEY, "test.pub") == dearmor(armored)
     other = "0" * 40
     with pytest.raises(KeyTrustError) as err:
-        trusted_keyring(armored, other, "http://mirror/3bf863cc.pub")
+        trusted_keyring(armored, other, KEY, "http://mirror/3bf863cc.pub")
     assert fpr in str(err.value) and other in str(err.value)
+    assert f"{KEY} pins" in str(err.value), "the message names the key to set"
     assert "nothing was trusted or written" in str(err.value)
 
 
@@ -58,7 +62,7 @@ def test_garbage_is_a_clear_error() -> None:
     with pytest.raises(KeyFormatError):
         primary_fingerprints(b"<html>404 not found</html>")
     with pytest.raises(KeyTrustError, match="not an OpenPGP public key"):
-        trusted_keyring(b"<html>", "A" * 40, "x.pub")
+        trusted_keyring(b"<html>", "A" * 40, KEY, "x.pub")
 
 
 def test_nvidia_key_file_name() -> None:

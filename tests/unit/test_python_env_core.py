@@ -7,6 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from autoglm_infra.common.hash_lock import (
+    DEFAULT_LOCKS_DIR,
+    HashLockError,
+    Lock,
+    available_profiles,
+    parse_lock,
+    variant_file,
+)
 from autoglm_infra.config.validate import find_problems
 from autoglm_infra.stages.python_env import venv as pe
 
@@ -27,8 +35,8 @@ Typing_Extensions==4.16.0 --hash=sha256:{H1}
 """
 
 
-def lock(text: str = LOCK) -> pe.Lock:
-    return pe.parse_lock(text, "demo")
+def lock(text: str = LOCK) -> Lock:
+    return parse_lock(text, "demo")
 
 
 # --- profile selection and lock lookup -------------------------------------------------
@@ -48,11 +56,11 @@ def test_select_profile(requested: str, engine: str, expected: str) -> None:
 
 
 def test_shipped_locks_parse_and_cover_cpu_and_gpu() -> None:
-    assert {"cpu", "vllm-cu128"} <= set(pe.available_profiles(pe.DEFAULT_LOCKS_DIR))
-    cpu = pe.load_lock("cpu", pe.DEFAULT_LOCKS_DIR)
+    assert {"cpu", "vllm-cu128"} <= set(available_profiles(DEFAULT_LOCKS_DIR))
+    cpu = pe.load_lock("cpu", DEFAULT_LOCKS_DIR)
     assert cpu.pins()["torch"] == "2.13.0+cpu" and cpu.torch_index == "cpu"
     assert cpu.pins()["transformers"].startswith("5.")
-    gpu = pe.load_lock("vllm-cu128", pe.DEFAULT_LOCKS_DIR)
+    gpu = pe.load_lock("vllm-cu128", DEFAULT_LOCKS_DIR)
     assert gpu.pins()["vllm"] == "0.12.0" and gpu.pins()["torch"] == "2.9.0"
     assert gpu.pins()["transformers"] == "5.0.0rc0"  # the overlay over vLLM's <5 pin
     assert gpu.pins()["nvidia-cuda-runtime-cu12"].startswith("12.8.")
@@ -77,9 +85,9 @@ def test_missing_lock_for_resolved_flavour_says_how_to_fix(tmp_path: Path) -> No
 def test_the_lock_variant_for_the_hosts_python_minor_is_picked(tmp_path: Path) -> None:
     (tmp_path / "demo.txt").write_text(LOCK)  # python: >=3.11,<3.12
     py312 = LOCK.replace(">=3.11,<3.12", "==3.12.*").replace("six==1.17.0", "six==1.16.0")
-    (tmp_path / pe.variant_file("demo", "3.12")).write_text(py312)
-    assert pe.variant_file("demo", "3.12") == "demo.py312.txt"
-    assert pe.available_profiles(tmp_path) == ["demo"]  # a variant is not a profile
+    (tmp_path / variant_file("demo", "3.12")).write_text(py312)
+    assert variant_file("demo", "3.12") == "demo.py312.txt"
+    assert available_profiles(tmp_path) == ["demo"]  # a variant is not a profile
     assert pe.load_lock("demo", tmp_path, python_version="3.12.3").pins()["six"] == "1.16.0"
     assert pe.load_lock("demo", tmp_path, python_version="3.11.2").pins()["six"] == "1.17.0"
     # no variant for 3.10: the main lock, which check_interpreter then refuses with the fix
@@ -94,7 +102,7 @@ def test_the_lock_variant_for_the_hosts_python_minor_is_picked(tmp_path: Path) -
 
 def test_shipped_gpu_lock_has_variants_for_ubuntu_pythons() -> None:
     for version in ("3.10.12", "3.11.2", "3.12.3"):  # Ubuntu 22.04, Debian 12, Ubuntu 24.04
-        gpu = pe.load_lock("vllm-cu128", pe.DEFAULT_LOCKS_DIR, python_version=version)
+        gpu = pe.load_lock("vllm-cu128", DEFAULT_LOCKS_DIR, python_version=version)
         pe.check_interpreter("/usr/bin/python3", version, gpu)
         assert gpu.pins()["vllm"] == "0.12.0" and gpu.pins()["torch"] == "2.9.0"
         assert gpu.pins()["transformers"] == "5.0.0rc0"
@@ -118,12 +126,12 @@ def test_parse_lock_reads_metadata_hashes_and_local_labels() -> None:
 
 
 def test_lock_without_hashes_is_refused() -> None:
-    with pytest.raises(pe.PythonEnvError, match="six has no --hash"):
+    with pytest.raises(HashLockError, match="six has no --hash"):
         lock("six==1.17.0\n")
 
 
 def test_unpinned_entry_is_refused() -> None:
-    with pytest.raises(pe.PythonEnvError, match="not 'name==version'"):
+    with pytest.raises(HashLockError, match="not 'name==version'"):
         lock(f"six>=1 --hash=sha256:{H1}\n")
 
 
@@ -161,7 +169,7 @@ def test_dist_info_names_keep_local_labels() -> None:
     assert found == {"torch": "2.9.0+cu128", "typing-extensions": "4.16.0"}
 
 
-def converged(parsed: pe.Lock, digest: str, **changes: object) -> pe.VenvState:
+def converged(parsed: Lock, digest: str, **changes: object) -> pe.VenvState:
     fields: dict[str, object] = {
         "interpreter_version": "3.11.2",
         "link_target": pe.build_paths("/opt/v", digest)[0],

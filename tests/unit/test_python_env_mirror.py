@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra.stages.python_env import venv as pe
+from autoglm_infra.common.hash_lock import parse_lock
 from autoglm_testbed.pypi_mirror import PypiMirror, WheelCache, WheelCacheError
 
 NAME = "demo_pkg-1.0-py3-none-any.whl"
@@ -44,7 +44,7 @@ def test_cache_is_content_keyed_and_warm_cache_needs_no_pip(tmp_path: Path) -> N
     cache = WheelCache(tmp_path / "cache")
     stored = cache.add(wheel, [sha(wheel)])
     assert stored == tmp_path / "cache" / "sha256" / sha(wheel) / NAME
-    lock = pe.parse_lock(f"demo-pkg==1.0 --hash=sha256:{sha(wheel)}\n", "demo")
+    lock = parse_lock(f"demo-pkg==1.0 --hash=sha256:{sha(wheel)}\n", "demo")
     # warm: found by hash, no download (pip would fail: demo-pkg exists nowhere)
     assert cache.ensure(lock, torch_index_base=None) == [stored]
 

@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from autoglm_infra.stages.nvidia.gpu_checks import SMI_QUERY, parse_probe, probe_script
+from autoglm_infra.stages.nvidia.gpu_checks import SMI_QUERY, gpu_probe_script, parse_gpu_probe
 from autoglm_testbed.recorded_gpu import (
     ON_HOST,
     RECORDED,
@@ -51,11 +51,11 @@ def test_the_gpu_probe_reads_through_the_standin_what_it_read_on_the_real_host(
     bin_dir = standin(tmp_path)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     out = subprocess.run(
-        ["sh", "-c", probe_script([])], capture_output=True, text=True, env=env, check=True
+        ["sh", "-c", gpu_probe_script([])], capture_output=True, text=True, env=env, check=True
     )
     here, recorded = (
-        parse_probe(out.stdout.splitlines()),
-        parse_probe((RECORDED / "h200-gpu-probe.txt").read_text().splitlines()),
+        parse_gpu_probe(out.stdout.splitlines()),
+        parse_gpu_probe((RECORDED / "h200-gpu-probe.txt").read_text().splitlines()),
     )
     assert (here.gpus, here.cuda_supported) == (recorded.gpus, recorded.cuda_supported)
     assert here.smi_installed

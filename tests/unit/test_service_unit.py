@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from autoglm_infra.common.secrets import Secret, SecretError
+from autoglm_infra.common.systemd_exec import exec_arg
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.config.validate import find_problems
 from autoglm_infra.stages.service.engine_args import engine_command
@@ -29,7 +30,6 @@ from autoglm_infra.stages.service.unit import (
     key_wrapper,
     model_check_command,
     render_unit,
-    systemd_exec_arg,
 )
 
 MAX_EXPOSURE = 1.5
@@ -228,7 +228,7 @@ def test_cpu_engine_has_no_key_wrapper_but_a_hub_alias(layout: ServiceLayout) ->
     ],
 )
 def test_systemd_exec_arg_quoting(arg: str, quoted: str) -> None:
-    assert systemd_exec_arg(arg) == quoted
+    assert exec_arg(arg) == quoted
 
 
 def test_api_key_file_content() -> None:

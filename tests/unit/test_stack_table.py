@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
+from autoglm_infra.common.hash_lock import DEFAULT_LOCKS_DIR
 from autoglm_infra.stack import DEFAULT_TABLE_PATH, StackTable, StackTableError, load_stack_table
 from autoglm_infra.stack.facts_table import PINNING_PACKAGE_PREFIX, parse_version
-from autoglm_infra.stages.python_env.venv import DEFAULT_LOCKS_DIR
 
 # GPUs users are likely to have (the brief's list); each must be in the table.
 EXPECTED_GPU_NAMES = [

@@ -13,10 +13,17 @@ from pyinfra import host, logger
 from pyinfra.operations import server
 
 from autoglm_infra.common.host_profile import HostProfile
+from autoglm_infra.common.key_trust import KeyTrustError, fetch_trusted_keyring
+from autoglm_infra.common.managed_file import ManagedFile
 from autoglm_infra.common.secrets import Secret, SecretError, read_secret
 from autoglm_infra.common.snapshot import Snapshot
 from autoglm_infra.config.schema import Settings
-from autoglm_infra.pyinfra_ext.operations import apt_pinned, put_file, remove_file
+from autoglm_infra.pyinfra_ext.operations import (
+    apt_pinned,
+    put_file,
+    put_managed_files,
+    remove_file,
+)
 from autoglm_infra.pyinfra_ext.stage import StageRefused, StageRun, stage
 from autoglm_infra.stages.docker import files as df
 from autoglm_infra.stages.docker.args import (
@@ -41,7 +48,6 @@ from autoglm_infra.stages.docker.ops import (
     enable_unit,
     ensure_image,
     ensure_volume,
-    fetch_trusted_key,
     generate_env_file,
     generate_file,
     require_dir,
@@ -57,32 +63,32 @@ PACKAGE_PATTERNS = (
 )
 
 
-def plan_files(settings: Settings, profile: HostProfile) -> list[df.ManagedFile]:
+def plan_files(settings: Settings, profile: HostProfile) -> list[ManagedFile]:
     """Repository keys and sources, checked on the controller before any host sees them."""
     arch = df.deb_arch(profile.arch)
     files = []
     if settings.docker_engine_source == "docker-repo":
         repo = df.docker_repo_url(settings.docker_repo_base_url, profile.os_id)
-        key = fetch_trusted_key(
+        key = fetch_trusted_keyring(
             df.docker_key_url(repo),
             settings.docker_repo_key_fingerprint,
             "docker_repo_key_fingerprint",
         )
         suite = df.codename(profile.os_id, profile.os_version)
         files += [
-            df.ManagedFile(df.DOCKER_KEYRING, key),
-            df.ManagedFile(df.DOCKER_SOURCE, df.docker_source(repo, suite, arch).encode()),
+            ManagedFile(df.DOCKER_KEYRING, key),
+            ManagedFile(df.DOCKER_SOURCE, df.docker_source(repo, suite, arch).encode()),
         ]
     base = settings.docker_toolkit_repo_base_url
-    key = fetch_trusted_key(
+    key = fetch_trusted_keyring(
         df.toolkit_key_url(base),
         settings.docker_toolkit_key_fingerprint,
         "docker_toolkit_key_fingerprint",
     )
     source = df.toolkit_source(df.toolkit_repo_url(base, arch))
     files += [
-        df.ManagedFile(df.TOOLKIT_KEYRING, key),
-        df.ManagedFile(df.TOOLKIT_SOURCE, source.encode()),
+        ManagedFile(df.TOOLKIT_KEYRING, key),
+        ManagedFile(df.TOOLKIT_SOURCE, source.encode()),
     ]
     return files
 
@@ -134,7 +140,7 @@ def converge_docker(settings: Settings, profile: HostProfile) -> None:
         derived: DerivedLock | None = None
         if settings.docker_derived_lock is not None:
             derived = load_derived_lock(settings.docker_derived_lock, settings.docker_locks_dir)
-    except (df.DockerStageError, ImageError, SecretError) as exc:
+    except (df.DockerStageError, ImageError, KeyTrustError, SecretError) as exc:
         raise StageRefused(str(exc)) from None
 
     dockerfile = None
@@ -150,7 +156,7 @@ def converge_docker(settings: Settings, profile: HostProfile) -> None:
         run_image = df.derived_image_tag(dockerfile, derived.text)
     spec = spec_from_settings(settings, image=run_image)
     wanted_hash = spec_hash(spec)
-    unit_text = df.render_unit(spec)
+    unit_text = df.render_container_unit(spec)
 
     state = host.get_fact(
         DockerStateFact,
@@ -167,14 +173,7 @@ def converge_docker(settings: Settings, profile: HostProfile) -> None:
     )
     snap = state.snapshot
 
-    for managed in files:
-        put_file(
-            name=f"Docker: {managed.path}",
-            path=managed.path,
-            content=managed.content,
-            current=snap.files.get(managed.path),
-            mode=managed.mode,
-        )
+    put_managed_files(files, snap.files, "Docker")
 
     current_daemon = snap.files.get(df.DAEMON_JSON)
     try:

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from autoglm_infra.common.openpgp import KeyFormatError, dearmor, primary_fingerprints
+from autoglm_infra.common.apt_source import deb822_source
+from autoglm_infra.common.systemd_exec import exec_line
 from autoglm_infra.stages.docker.args import DOCKER, ContainerSpec, run_argv
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -101,14 +100,8 @@ def docker_key_url(repo_url: str) -> str:
 
 
 def docker_source(repo_url: str, suite: str, arch: str) -> str:
-    return (
-        "# Managed by autoglm-infra (Docker engine repository).\n"
-        "Types: deb\n"
-        f"URIs: {repo_url}\n"
-        f"Suites: {suite}\n"
-        "Components: stable\n"
-        f"Architectures: {arch}\n"
-        f"Signed-By: {DOCKER_KEYRING}\n"
+    return deb822_source(
+        "Docker engine repository", repo_url, DOCKER_KEYRING, suite, "stable", arch
     )
 
 
@@ -122,28 +115,7 @@ def toolkit_key_url(base_url: str) -> str:
 
 
 def toolkit_source(repo_url: str) -> str:
-    return (
-        "# Managed by autoglm-infra (NVIDIA container toolkit repository).\n"
-        "Types: deb\n"
-        f"URIs: {repo_url}\n"
-        "Suites: /\n"
-        f"Signed-By: {TOOLKIT_KEYRING}\n"
-    )
-
-
-def trusted_keyring(data: bytes, fingerprint: str, key_name: str, source: str) -> bytes:
-    """The binary keyring to install, only if its sole primary key has `fingerprint`."""
-    try:
-        found = primary_fingerprints(data)
-    except KeyFormatError as exc:
-        raise DockerStageError(f"{source} is not an OpenPGP public key ({exc})") from None
-    if found != [fingerprint]:
-        raise DockerStageError(
-            f"{source} has key fingerprint {', '.join(found) or 'none'}, but {key_name} pins "
-            f"{fingerprint}: nothing was trusted or written. If a mirror re-signed the "
-            f"repository, set {key_name} to its fingerprint after checking it out of band."
-        )
-    return dearmor(data)
+    return deb822_source("NVIDIA container toolkit repository", repo_url, TOOLKIT_KEYRING)
 
 
 def toolkit_plan(version: str) -> list[tuple[str, str]]:
@@ -207,20 +179,6 @@ def render_json(doc: Mapping[str, Any]) -> bytes:
 
 # --- systemd unit -----------------------------------------------------------------------
 
-_PLAIN_ARG = re.compile(r"^[A-Za-z0-9_@+=:,./-]+$")
-
-
-def systemd_arg(arg: str) -> str:
-    """One argv element as systemd's ExecStart= parser reads it back unchanged."""
-    escaped = arg.replace("%", "%%").replace("$", "$$")
-    if _PLAIN_ARG.match(arg):
-        return escaped
-    return '"' + escaped.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def systemd_command(argv: Sequence[str]) -> str:
-    return " ".join(systemd_arg(a) for a in argv)
-
 
 def health_gate_argv(name: str, timeout_s: int) -> list[str]:
     """Wait until Docker reports the container healthy; fail fast on unhealthy or gone."""
@@ -247,7 +205,7 @@ def _templates() -> jinja2.Environment:
     )
 
 
-def render_unit(spec: ContainerSpec) -> str:
+def render_container_unit(spec: ContainerSpec) -> str:
     start_timeout = spec.health_start_period + 300
     return (
         _templates()
@@ -255,8 +213,8 @@ def render_unit(spec: ContainerSpec) -> str:
         .render(
             name=spec.name,
             docker=DOCKER,
-            exec_start=systemd_command(run_argv(spec)),
-            health_gate=systemd_command(health_gate_argv(spec.name, start_timeout)),
+            exec_start=exec_line(run_argv(spec)),
+            health_gate=exec_line(health_gate_argv(spec.name, start_timeout)),
             start_timeout=start_timeout + 60,
             start_limit_burst=START_LIMIT_BURST,
             start_limit_interval=START_LIMIT_INTERVAL_S,
@@ -334,10 +292,3 @@ def generate_env_file_command(path: str) -> str:
         f"{{ k=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \\n'); "
         f"printf 'VLLM_API_KEY=%s\\n' \"$k\" > {path}.new && mv -f {path}.new {path}; }}"
     )
-
-
-@dataclass(frozen=True)
-class ManagedFile:
-    path: str
-    content: bytes
-    mode: str = "644"

@@ -14,10 +14,10 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoglm_infra.stages.python_env.venv import (
+from autoglm_infra.common.hash_lock import (
     DEFAULT_LOCKS_DIR,
+    HashLockError,
     Lock,
-    PythonEnvError,
     available_profiles,
     parse_lock,
 )
@@ -127,6 +127,6 @@ def load_derived_lock(name: str, locks_dir: str | Path | None) -> DerivedLock:
     text = path.read_text()
     try:
         lock = parse_lock(text, name, str(path))
-    except PythonEnvError as exc:
+    except HashLockError as exc:
         raise DerivedLockError(name, str(exc)) from None
     return DerivedLock(name, path, text, lock)

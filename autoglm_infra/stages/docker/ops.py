@@ -6,7 +6,6 @@ import shlex
 from collections.abc import Generator, Sequence
 from typing import Any
 
-import requests
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, operation
 
@@ -40,22 +39,6 @@ class DockerStateFact(TypedFact[DockerState]):
 
     def process(self, output: list[str]) -> DockerState:
         return parse_docker_state(output)
-
-
-def fetch_trusted_key(url: str, fingerprint: str, key_name: str) -> bytes:
-    """Keyring from `url` (fetched on the controller) if its fingerprint is `fingerprint`."""
-    cache_key = (url, fingerprint)
-    if cache_key not in _keys:
-        try:
-            response = requests.get(url, timeout=30)
-            response.raise_for_status()
-        except requests.RequestException as exc:
-            raise df.DockerStageError(
-                f"cannot fetch the repository key {url} for {key_name}={fingerprint}: {exc}; "
-                "nothing was trusted or written"
-            ) from None
-        _keys[cache_key] = df.trusted_keyring(response.content, fingerprint, key_name, url)
-    return _keys[cache_key]
 
 
 @operation()

@@ -15,7 +15,11 @@ from pyinfra.operations import server
 
 from autoglm_infra.common.secrets import read_secret
 from autoglm_infra.config.keys_network import NPM_TOKEN_ENV, PROXY_PASSWORD_ENV
-from autoglm_infra.pyinfra_ext.operations import SnapshotFact, put_file, remove_file
+from autoglm_infra.pyinfra_ext.operations import (
+    SnapshotFact,
+    put_managed_files,
+    remove_file,
+)
 from autoglm_infra.pyinfra_ext.stage import StageRefused, StageRun, stage
 from autoglm_infra.stages.network import files as nw
 from autoglm_infra.stages.network.ops import move_files, remove_paths
@@ -61,15 +65,7 @@ def network(run: StageRun) -> None:
         commands=["update-ca-certificates", "dockerd"],
     )
 
-    changed = {}
-    for managed in plan.files:
-        changed[managed.path] = put_file(
-            name=f"network: {managed.path}",
-            path=managed.path,
-            content=managed.content,
-            current=snapshot.files.get(managed.path),
-            mode=managed.mode,
-        )
+    changed = put_managed_files(plan.files, snapshot.files, "network")
     for path in plan.remove:
         changed[path] = remove_file(
             name=f"network: remove {path} (not configured)",

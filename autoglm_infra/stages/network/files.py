@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
+from autoglm_infra.common.managed_file import ManagedFile
 from autoglm_infra.config.keys_network import NetworkKeys
-from autoglm_infra.stages.nvidia.files import ManagedFile
 
 APT_PROXY = "/etc/apt/apt.conf.d/80autoglm-proxy"
 APT_PROXY_AUTH = "/etc/apt/auth.conf.d/autoglm-proxy.conf"

@@ -9,7 +9,14 @@ from __future__ import annotations
 from pyinfra import host, logger
 from pyinfra.operations import server
 
-from autoglm_infra.pyinfra_ext.operations import SnapshotFact, apt_changes, apt_pinned, put_file
+from autoglm_infra.common.key_trust import fetch_trusted_keyring
+from autoglm_infra.pyinfra_ext.operations import (
+    SnapshotFact,
+    apt_changes,
+    apt_pinned,
+    put_file,
+    put_managed_files,
+)
 from autoglm_infra.pyinfra_ext.settings import host_gpu_probe
 from autoglm_infra.pyinfra_ext.stage import StageRefused, StageRun, stage
 from autoglm_infra.stack.adopt import host_plan
@@ -24,7 +31,6 @@ from autoglm_infra.stages.nvidia.ops import (
     persistence_mode,
     verify_driver,
 )
-from autoglm_infra.stages.nvidia.repo_key import fetch_trusted_keyring
 
 
 @stage("NVIDIA")
@@ -39,6 +45,7 @@ def nvidia(run: StageRun) -> None:
         keyring = fetch_trusted_keyring(
             plan.repo_url + nf.key_file_name(settings.nvidia_repo_key_fingerprint),
             settings.nvidia_repo_key_fingerprint,
+            "nvidia_repo_key_fingerprint",
         )
     except ValueError as exc:  # StackError / KeyTrustError: user-facing, no traceback
         raise StageRefused(str(exc)) from None
@@ -62,15 +69,7 @@ def nvidia(run: StageRun) -> None:
         read_text=[nf.HELD_STATE],
         commands=["update-initramfs"],
     )
-    changed = {}
-    for managed in files:
-        changed[managed.path] = put_file(
-            name=f"NVIDIA: {managed.path}",
-            path=managed.path,
-            content=managed.content,
-            current=snapshot.files.get(managed.path),
-            mode=managed.mode,
-        )
+    changed = put_managed_files(files, snapshot.files, "NVIDIA")
 
     held_state = snapshot.files.get(nf.HELD_STATE)
     previously_held = held_state.text.split() if held_state and held_state.text else []

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from autoglm_infra.common.openpgp import KeyFormatError, dearmor, primary_fingerprints
+from autoglm_infra.common.apt_source import deb822_source
+from autoglm_infra.common.managed_file import ManagedFile
 
 KEYRING = "/etc/apt/keyrings/autoglm-nvidia-cuda.gpg"
 SOURCE = "/etc/apt/sources.list.d/autoglm-nvidia-cuda.sources"
@@ -32,40 +31,9 @@ DRIVER_PACKAGES_REGEX = (
 )
 
 
-class KeyTrustError(ValueError):
-    """The repository key is not the one the configuration pins."""
-
-
 def key_file_name(fingerprint: str) -> str:
     """NVIDIA publishes its CUDA repo key as <last 8 hex digits, lower case>.pub."""
     return f"{fingerprint[-8:].lower()}.pub"
-
-
-def trusted_keyring(data: bytes, fingerprint: str, source: str) -> bytes:
-    """The binary keyring to install, only if its sole primary key has `fingerprint`."""
-    try:
-        found = primary_fingerprints(data)
-    except KeyFormatError as exc:
-        raise KeyTrustError(f"{source} is not an OpenPGP public key ({exc})") from None
-    if found != [fingerprint]:
-        raise KeyTrustError(
-            f"{source} has key fingerprint {', '.join(found)}, but "
-            f"nvidia_repo_key_fingerprint pins {fingerprint}: nothing was trusted or written. "
-            "If the mirror re-signed the repository, set nvidia_repo_key_fingerprint to its "
-            "published fingerprint after checking it out of band."
-        )
-    return dearmor(data)
-
-
-def deb822_source(repo_url: str) -> str:
-    """NVIDIA's CUDA repositories are flat: `Suites: /` and no components."""
-    return (
-        "# Managed by autoglm-infra (NVIDIA CUDA repository).\n"
-        "Types: deb\n"
-        f"URIs: {repo_url}\n"
-        "Suites: /\n"
-        f"Signed-By: {KEYRING}\n"
-    )
 
 
 def unattended_blacklist() -> str:
@@ -105,17 +73,10 @@ def closure_preferences(
     return "# Managed by autoglm-infra: the planned NVIDIA stack and nothing newer.\n" + body
 
 
-@dataclass(frozen=True)
-class ManagedFile:
-    path: str
-    content: bytes
-    mode: str = "644"
-
-
 def stage_files(repo_url: str, keyring: bytes) -> list[ManagedFile]:
     return [
         ManagedFile(KEYRING, keyring),
-        ManagedFile(SOURCE, deb822_source(repo_url).encode()),
+        ManagedFile(SOURCE, deb822_source("NVIDIA CUDA repository", repo_url, KEYRING).encode()),
         ManagedFile(UNATTENDED_BLACKLIST, unattended_blacklist().encode()),
         ManagedFile(NOUVEAU_BLACKLIST, nouveau_blacklist().encode()),
         ManagedFile(UVM_AT_BOOT, uvm_at_boot().encode()),

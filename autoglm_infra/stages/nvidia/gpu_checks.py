@@ -55,7 +55,7 @@ class GpuProbe:
     cuda_dirs: tuple[str, ...] = ()  # /usr/local/cuda-X.Y
 
 
-def probe_script(package_patterns: Sequence[str]) -> str:
+def gpu_probe_script(package_patterns: Sequence[str]) -> str:
     patterns = " ".join(shlex.quote(p) for p in package_patterns)
     return "\n".join(
         [
@@ -98,7 +98,7 @@ def _int(text: str) -> int:
         return 0
 
 
-def parse_probe(lines: Sequence[str]) -> GpuProbe:
+def parse_gpu_probe(lines: Sequence[str]) -> GpuProbe:
     gpus, packages, held, own_held, cuda_dirs = [], {}, set(), set(), []
     values: dict[str, str] = {}
     for line in lines:

@@ -3,7 +3,7 @@
 Runs alone with `pyinfra INVENTORY deploys/python_env.py`. The profile is
 <serve_engine>-<torch flavour of the stack plan> (e.g. vllm-cu128), or 'cpu' when
 serve_engine is cpu (GPU-less hosts); the lock is
-autoglm_infra/stages/python_env/locks/<profile>.txt. One fact
+autoglm_infra/locks/<profile>.txt. One fact
 reads the host; pip runs only when the lock changed.
 """
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pyinfra import host, logger
 
+from autoglm_infra.common.hash_lock import DEFAULT_LOCKS_DIR, HashLockError
 from autoglm_infra.pyinfra_ext.settings import host_plan_for
 from autoglm_infra.pyinfra_ext.stage import StageRefused, StageRun, stage
 from autoglm_infra.stages.python_env import venv as pe
@@ -39,7 +40,7 @@ def python_env(run: StageRun) -> None:
             # the torch wheel follows the driver kept on the host (nvidia_driver_policy=adopt)
             flavour = host_plan_for(settings, profile).plan.torch_flavour
         name = pe.select_profile(settings.python_profile, settings.serve_engine, flavour)
-        locks_dir = Path(settings.python_locks_dir or pe.DEFAULT_LOCKS_DIR)
+        locks_dir = Path(settings.python_locks_dir or DEFAULT_LOCKS_DIR)
         pe.load_lock_variants(name, locks_dir, settings.python_profile)  # refuse before any command
     except ValueError as exc:  # StackError / PythonEnvError: user-facing, no traceback
         raise StageRefused(str(exc)) from None
@@ -55,7 +56,7 @@ def python_env(run: StageRun) -> None:
         # the lock resolved for the host's Python minor (<profile>.py3XX.txt), if there is one
         lock = pe.load_lock(name, locks_dir, settings.python_profile, state.interpreter_version)
         pe.check_interpreter(settings.python_interpreter, state.interpreter_version, lock)
-    except pe.PythonEnvError as exc:
+    except HashLockError as exc:  # PythonEnvError is one
         raise StageRefused(str(exc)) from None
     logger.info(f"{host.print_prefix}python env: profile {name} ({lock.source})")
 

@@ -17,11 +17,11 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, operation
 
+from autoglm_infra.common.hash_lock import Lock
 from autoglm_infra.pyinfra_ext.operations import APT_ENV, APT_OPTS
 from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
 from autoglm_infra.stages.python_env.venv import (
     STAMP_FILE,
-    Lock,
     VenvState,
     build_script,
     builds_dir,

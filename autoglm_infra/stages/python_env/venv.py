@@ -1,8 +1,7 @@
 """Python env stage, pure core: profile choice, hash locks, install and swap plan.
 
-A *profile* names one hash-locked requirement file under autoglm_infra/stages/python_env/locks:
-``cpu`` for
-GPU-less hosts, ``<engine>-<torch flavour>`` (e.g. ``vllm-cu128``) for GPU hosts. A lock
+A *profile* names one hash-locked requirement file under autoglm_infra/locks/: ``cpu``
+for GPU-less hosts, ``<engine>-<torch flavour>`` (e.g. ``vllm-cu128``) for GPU hosts. A lock
 is the output of scripts/lock_requirements.py: ``# key: value`` metadata lines, then
 ``name==version --hash=sha256:...`` entries, complete (installed with ``--no-deps``).
 
@@ -15,22 +14,26 @@ service. Never imports pyinfra.
 from __future__ import annotations
 
 import hashlib
-import re
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-DEFAULT_LOCKS_DIR = Path(__file__).resolve().parent / "locks"
+from autoglm_infra.common.hash_lock import (
+    MIN_PYTHON,
+    HashLockError,
+    Lock,
+    available_profiles,
+    parse_lock,
+    variant_paths,
+)
+
 CPU_PROFILE = "cpu"
 AUTO = "auto"
-# vLLM and SGLang need 3.10+; a lock can narrow this further with its `python:` line.
-MIN_PYTHON = Version("3.10")
 STAMP_FILE = "autoglm-lock.sha256"  # inside a built venv: digest of what built it
 LOCK_COPY = "autoglm-lock.txt"  # inside a built venv: the requirements it was built from
 CACHE_SUBDIRS: dict[str, str] = {
@@ -45,51 +48,9 @@ KEY_PROFILE = "python_profile"
 KEY_INTERPRETER = "python_interpreter"
 KEY_LOCKS_DIR = "python_locks_dir"
 
-_REQ_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)")
-_HASH = re.compile(r"--hash=sha256:([0-9a-f]{64})")
 
-
-class PythonEnvError(ValueError):
+class PythonEnvError(HashLockError):
     """A user-facing refusal: names the key, the bad value and the fix."""
-
-
-@dataclass(frozen=True)
-class Requirement:
-    name: str  # canonical (PEP 503) name
-    version: str  # exact, with any local label ("2.13.0+cpu")
-    hashes: tuple[str, ...]  # sha256 of every file pip may accept
-
-    @property
-    def local_label(self) -> str:
-        return self.version.partition("+")[2]
-
-    def line(self) -> str:
-        hashes = " ".join(f"--hash=sha256:{h}" for h in self.hashes)
-        return f"{self.name}=={self.version} {hashes}"
-
-
-@dataclass(frozen=True)
-class Lock:
-    profile: str
-    source: str  # where it was read from, for messages
-    python: SpecifierSet  # interpreter versions the lock was resolved for
-    torch_index: str | None  # <torch index base>/<this> serves the local-label wheels
-    import_check: tuple[str, ...]  # modules that must import in the new venv
-    expected_conflicts: tuple[str, ...]  # `pip check` lines accepted on purpose
-    requirements: tuple[Requirement, ...]
-
-    @property
-    def digest(self) -> str:
-        """sha256 over the sorted requirement lines: comment edits do not rebuild a venv."""
-        body = "\n".join(sorted(r.line() for r in self.requirements)) + "\n"
-        return hashlib.sha256(body.encode()).hexdigest()
-
-    def requirements_text(self) -> str:
-        """What pip installs (`-r`), one pinned, hashed requirement per line."""
-        return "".join(f"{r.line()}\n" for r in self.requirements)
-
-    def pins(self) -> dict[str, str]:
-        return {r.name: r.version for r in self.requirements}
 
 
 # ---------------------------------------------------------------------------------------
@@ -103,21 +64,6 @@ def select_profile(requested: str, engine: str, torch_flavour: str) -> str:
     if requested != AUTO:
         return requested
     return CPU_PROFILE if engine == CPU_PROFILE else f"{engine}-{torch_flavour}"
-
-
-# <profile>.py312.txt: the same profile resolved for another Python minor.
-_VARIANT = re.compile(r"\.py3\d+$")
-
-
-def variant_file(profile: str, python_minor: str) -> str:
-    """File name of a profile's lock for one Python minor ("3.12" -> vllm-cu128.py312.txt)."""
-    return f"{profile}.py{python_minor.replace('.', '')}.txt"
-
-
-def available_profiles(locks_dir: Path) -> list[str]:
-    if not locks_dir.is_dir():
-        return []
-    return sorted({_VARIANT.sub("", p.stem) for p in locks_dir.glob("*.txt")})
 
 
 def load_lock(
@@ -150,48 +96,8 @@ def load_lock_variants(profile: str, locks_dir: Path, requested: str = AUTO) -> 
             f"`python scripts/lock_requirements.py {profile}`, or set {KEY_PROFILE} to "
             "one of those (for a GPU host pick the cuda_version whose flavour has a lock)"
         )
-    variants = sorted(p for p in locks_dir.glob(f"{profile}.py3*.txt") if _VARIANT.search(p.stem))
+    variants = variant_paths(locks_dir, profile)
     return [parse_lock(f.read_text(), profile, str(f)) for f in (path, *variants)]
-
-
-def parse_lock(text: str, profile: str, source: str = "<lock>") -> Lock:
-    meta: dict[str, list[str]] = {}
-    requirements: list[Requirement] = []
-    # pip's line continuations: join "\"-ended lines into one logical line.
-    logical = re.sub(r"\\\s*\n", " ", text)
-    for number, raw in enumerate(logical.splitlines(), 1):
-        line = raw.strip()
-        if not line:
-            continue
-        if line.startswith("#"):
-            field, sep, value = line[1:].strip().partition(":")
-            if sep and re.fullmatch(r"[a-z][a-z-]*", field.strip()):
-                meta.setdefault(field.strip(), []).append(value.strip())
-            continue
-        match = _REQ_LINE.match(line)
-        if not match:
-            raise PythonEnvError(f"{source}: entry {number} is not 'name==version': {line!r}")
-        hashes = tuple(_HASH.findall(line))
-        if not hashes:
-            raise PythonEnvError(f"{source}: {match.group(1)} has no --hash (not a hash lock)")
-        requirements.append(Requirement(canonicalize_name(match.group(1)), match.group(3), hashes))
-    if not requirements:
-        raise PythonEnvError(f"{source}: no requirements")
-    try:
-        python = SpecifierSet(meta.get("python", [f">={MIN_PYTHON}"])[0])
-    except InvalidSpecifier as exc:
-        raise PythonEnvError(f"{source}: bad 'python:' line ({exc})") from None
-    torch_index = (meta.get("torch-index") or [""])[0] or None
-    imports = tuple((meta.get("import-check") or [""])[0].split())
-    return Lock(
-        profile=profile,
-        source=source,
-        python=python,
-        torch_index=torch_index,
-        import_check=imports,
-        expected_conflicts=tuple(meta.get("expected-conflict", [])),
-        requirements=tuple(requirements),
-    )
 
 
 def check_interpreter(interpreter: str, version: str | None, lock: Lock) -> None:

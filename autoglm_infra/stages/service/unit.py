@@ -9,7 +9,6 @@ policy and the GPU-safe sandboxing of shared/reference/hardening.md section 2.
 from __future__ import annotations
 
 import ipaddress
-import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import jinja2
 
 from autoglm_infra.common.secrets import Secret, SecretError
+from autoglm_infra.common.systemd_exec import exec_line
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.stages.python_env import venv as python_env
 from autoglm_infra.stages.service.engine_args import (
@@ -52,23 +52,6 @@ class ServiceLayout:
     cache_dir: str
 
 
-_SYSTEMD_BARE = re.compile(r"^[A-Za-z0-9_@+=:,./-]+$")
-
-
-def systemd_exec_arg(arg: str) -> str:
-    """One ExecStart= token: `%` and `$` are escaped, quoting only when needed."""
-    if arg == ";":
-        return "\\;"  # a lone ';' separates commands in ExecStart=
-    escaped = arg.replace("%", "%%").replace("$", "$$")
-    if _SYSTEMD_BARE.match(escaped):
-        return escaped
-    return '"' + escaped.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def systemd_exec_line(argv: list[str]) -> str:
-    return " ".join(systemd_exec_arg(a) for a in argv)
-
-
 def systemd_environment(name: str, value: str) -> str:
     """An Environment= assignment (specifiers expand there, `$` does not)."""
     text = f"{name}={value}".replace("%", "%%")
@@ -94,7 +77,7 @@ def ip_allow(settings: Settings) -> list[str]:
     return allowed
 
 
-def cache_environment(cache_dir: str) -> dict[str, str]:
+def service_environment(cache_dir: str) -> dict[str, str]:
     """The python env stage's cache layout, plus HOME: the only paths the service writes."""
     return {
         "HOME": cache_dir,
@@ -140,7 +123,7 @@ def model_check_command(model_dir: str) -> list[str]:
 def render_unit(settings: Settings, layout: ServiceLayout) -> str:
     """The unit file's text for these settings."""
     engine = engine_command(settings, layout.venv)
-    environment = {**cache_environment(layout.cache_dir), **engine.environment}
+    environment = {**service_environment(layout.cache_dir), **engine.environment}
     pre: list[list[str]] = [model_check_command(settings.model_dir)]
     if engine.hub_alias is not None:
         hub_cache = f"/run/{RUNTIME_DIRECTORY}/hub"
@@ -167,11 +150,9 @@ def render_unit(settings: Settings, layout: ServiceLayout) -> str:
         environment=[(k, systemd_environment(k, v)) for k, v in sorted(environment.items())],
         credential_name=CREDENTIAL_NAME,
         credential_path=CREDENTIAL_PATH,
-        exec_start_pre=[systemd_exec_line(cmd) for cmd in pre],
-        exec_start=systemd_exec_line(key_wrapper(engine) + engine.argv),
-        health_gate=systemd_exec_line(
-            [HOST_PYTHON, HEALTH_GATE_PATH, health_url(settings), str(deadline)]
-        ),
+        exec_start_pre=[exec_line(cmd) for cmd in pre],
+        exec_start=exec_line(key_wrapper(engine) + engine.argv),
+        health_gate=exec_line([HOST_PYTHON, HEALTH_GATE_PATH, health_url(settings), str(deadline)]),
         start_timeout_sec=settings.service_start_timeout_sec,
         restart_sec=settings.service_restart_sec,
         cache_dir=layout.cache_dir,
