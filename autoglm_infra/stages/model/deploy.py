@@ -27,11 +27,11 @@ from autoglm_infra.stages.model.state import (
     plan_path,
 )
 
+HELPER_SOURCE = Path(model_fetch.__file__).read_bytes()
+
 
 @stage("model")
 def model(run: StageRun) -> None:
-    HELPER_SOURCE = Path(model_fetch.__file__).read_bytes()
-
     settings = run.settings
     profile = run.profile
     model_dir = settings.model_dir
