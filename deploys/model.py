@@ -12,7 +12,7 @@ from pathlib import Path
 from pyinfra import host, logger
 from pyinfra.api.exceptions import PyinfraError
 
-from autoglm_infra.hub_client import HubError, hub_token, obtain_lock
+from autoglm_infra.hub_client import HubError, hub_token, obtain_lock, token_for_endpoint
 from autoglm_infra.model_state import (
     HELPER_PATH,
     TOKEN_PATH,
@@ -33,7 +33,14 @@ settings = host_settings()
 profile = host_profile(settings.model_dir)
 model_dir = settings.model_dir
 try:
-    token = hub_token(settings.hub_token_env, settings.hub_token_file)
+    token, withheld = token_for_endpoint(
+        settings.model_source,
+        settings.hub_endpoint,
+        hub_token(settings.hub_token_env, settings.hub_token_file),
+        settings.hub_token_to_mirror,
+    )
+    if withheld:
+        logger.warning(f"{host.print_prefix}model: {withheld}")
     lock, origin = obtain_lock(
         ROOT / settings.model_lock_dir,  # an absolute model_lock_dir stays absolute
         settings.model_source,
@@ -93,6 +100,7 @@ record(
             settings.model_retry_max_delay,
             margin,
             TOKEN_PATH if token else None,
+            "modelscope" if settings.model_source == "modelscope" else "bearer",
         ),
         current=snapshot.control.files.get(plan_file),
     ),
