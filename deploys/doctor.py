@@ -9,11 +9,13 @@ everything else (model files, service unit, /health, venv, caches, containers, p
 mirrors, SELinux/AppArmor, mounts and access as the service user).
 """
 
+from pathlib import Path
+
 from pyinfra import host
 from pyinfra.facts.server import Command
 
 from autoglm_infra.doctor import listeners_script, smoke_args
-from autoglm_infra.doctor_network import proxy_env, reach_targets
+from autoglm_infra.doctor_network import download_probe_url, proxy_env, reach_targets
 from autoglm_infra.doctor_table import doctor_checks, doctor_layout
 from autoglm_infra.engine_args import served_model_name
 from autoglm_infra.pyinfra_ext.doctor_facts import DoctorProbeFact, doctor_script
@@ -30,7 +32,7 @@ script = doctor_script(
     venv_dir=settings.python_venv_dir if layout.venv_mode else None,
     user=settings.python_service_user,
     cache_dirs=layout.cache_dirs,
-    targets=reach_targets(settings),
+    targets=reach_targets(settings, download_probe_url(settings, Path(__file__).parents[1])),
     env=sorted(proxy_env(settings).items()),
     smoke_args=smoke_args(
         settings.serve_host, settings.serve_port, served_model_name(settings), layout.key_file
