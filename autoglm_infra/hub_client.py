@@ -7,7 +7,9 @@ on its own to create the lock that production and air-gapped hosts use:
     # writes data/models/huggingface/zai-org--AutoGLM-Phone-9B@main.json; commit it
 
 The token (only for gated or private repositories) comes from the environment or a
-private file via controller_secrets; it is sent as a header and never printed.
+private file via controller_secrets; it is sent as a header (ModelScope: also its
+m_session_id cookie), only to the endpoint's own host, and never printed. An endpoint that
+is not the source's own hub gets no token unless the user opts in (hub_token_to_mirror).
 """
 
 from __future__ import annotations
