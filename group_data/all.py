@@ -187,8 +187,9 @@ python_locks_dir = None
 # Hub repository of the model (or its -Multilingual twin). Allowed: owner/name.
 model_repo = "zai-org/AutoGLM-Phone-9B"
 
-# Branch, tag or commit of model_repo; locked to a commit before download. Allowed: non-empty
-# branch, tag or 40-hex commit.
+# Branch, tag or commit of model_repo; locked to a commit before download. ModelScope's default
+# branch is master, and it takes only branch and tag names. Allowed: non-empty branch, tag or
+# 40-hex commit.
 model_revision = "main"
 
 # Directory on the host that holds the verified model files. Allowed: absolute path.
@@ -236,6 +237,11 @@ model_disk_margin_mib = 1024
 # Controller environment variable holding the hub token (for gated or private repos). Allowed:
 # environment variable name.
 hub_token_env = "HF_TOKEN"
+
+# Also send the hub token to a hub_endpoint that is not the source's own (huggingface.co /
+# modelscope.cn), e.g. a private mirror that checks it; off, a third-party mirror never sees the
+# token. Allowed: true | false.
+hub_token_to_mirror = False
 
 # Controller file (mode 600) holding the hub token when hub_token_env is unset. Allowed: path on
 # the controller, or None.

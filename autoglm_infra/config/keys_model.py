@@ -41,7 +41,8 @@ class ModelKeys(Keys):
     )
     model_revision: Annotated[str, Text, AfterValidator(non_empty)] = key(
         "main",
-        "Branch, tag or commit of model_repo; locked to a commit before download.",
+        "Branch, tag or commit of model_repo; locked to a commit before download. ModelScope's "
+        "default branch is master, and it takes only branch and tag names.",
         "non-empty branch, tag or 40-hex commit",
     )
     model_dir: AbsolutePath = key(
@@ -102,6 +103,13 @@ class ModelKeys(Keys):
         "HF_TOKEN",
         "Controller environment variable holding the hub token (for gated or private repos).",
         "environment variable name",
+    )
+    hub_token_to_mirror: bool = key(
+        False,
+        "Also send the hub token to a hub_endpoint that is not the source's own "
+        "(huggingface.co / modelscope.cn), e.g. a private mirror that checks it; off, a "
+        "third-party mirror never sees the token.",
+        "true | false",
     )
     hub_token_file: Annotated[str, AfterValidator(controller_path)] | None = key(
         None,

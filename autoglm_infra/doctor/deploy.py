@@ -5,12 +5,14 @@ Neither changes anything on the host, and neither waits for a converge running t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pyinfra import host
 from pyinfra.facts.server import Command
 
 from autoglm_infra.doctor.facts import DoctorProbeFact, doctor_script
 from autoglm_infra.doctor.host import listeners_script, smoke_args
-from autoglm_infra.doctor.network import proxy_env, reach_targets
+from autoglm_infra.doctor.network import download_probe_url, proxy_env, reach_targets
 from autoglm_infra.doctor.table import doctor_checks, doctor_layout, gpu_rows
 from autoglm_infra.pyinfra_ext.report import report_checks
 from autoglm_infra.pyinfra_ext.settings import host_gpu_probe, host_profile, host_settings
@@ -29,7 +31,8 @@ def doctor() -> None:
         venv_dir=settings.python_venv_dir if layout.venv_mode else None,
         user=settings.python_service_user,
         cache_dirs=layout.cache_dirs,
-        targets=reach_targets(settings),
+        # model locks are relative to where pyinfra runs, as in the model stage
+        targets=reach_targets(settings, download_probe_url(settings, Path.cwd())),
         env=sorted(proxy_env(settings).items()),
         smoke_args=smoke_args(
             settings.serve_host, settings.serve_port, served_model_name(settings), layout.key_file

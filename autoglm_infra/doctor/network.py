@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Sequence
+from pathlib import Path
 
 from autoglm_infra.common.checks import Check, Status
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.doctor.probe import Reach
+from autoglm_infra.stages.model.lock import LockError, download_url, lock_file_path, read_lock
 
 # kind -> (key to fix, failure status): the model hub is only needed for a (re)pull.
 KEYS: dict[str, tuple[str, Status]] = {
@@ -22,11 +24,29 @@ KEYS: dict[str, tuple[str, Status]] = {
     "npm registry": ("npm_registry", "fail"),
     "docker mirror": ("docker_registry_mirrors", "fail"),
     "model hub": ("hub_endpoint", "warn"),
+    "model download": ("hub_endpoint", "warn"),
 }
+HF_CDN_SUFFIX = ".hf.co"  # cas-bridge.xethub.hf.co, cdn-lfs*.hf.co, *.cdn.hf.co
 
 
-def reach_targets(settings: Settings) -> list[tuple[str, str]]:
-    """(kind, url) of every configured endpoint; unset keys (public defaults) are not probed."""
+def download_probe_url(settings: Settings, lock_root: Path) -> str | None:
+    """Where the pull fetches the lock's largest file (LFS: the hub redirects it to its CDN),
+    from the stored lock only: the doctor asks no hub API. None without a stored lock."""
+    path = lock_file_path(lock_root / settings.model_lock_dir, settings.model_source,
+                          settings.model_repo, settings.model_revision)  # fmt: skip
+    try:
+        lock = read_lock(path)
+    except (OSError, LockError):
+        return None
+    biggest = max(lock.files, key=lambda f: f.size)
+    return download_url(lock, settings.hub_endpoint, biggest.path)
+
+
+def reach_targets(settings: Settings, download: str | None = None) -> list[tuple[str, str]]:
+    """(kind, url) of every configured endpoint; unset keys (public defaults) are not probed.
+
+    `download`: one model file's URL (download_probe_url), probed one redirect deep.
+    """
     targets = []
     if settings.proxy_url:
         targets.append(("proxy", settings.proxy_url))
@@ -38,6 +58,8 @@ def reach_targets(settings: Settings) -> list[tuple[str, str]]:
         targets.append(("npm registry", settings.npm_registry))
     targets += [("docker mirror", url) for url in settings.docker_registry_mirrors]
     targets.append(("model hub", settings.hub_endpoint))
+    if download:
+        targets.append(("model download", download))
     return targets
 
 
@@ -98,6 +120,8 @@ def reach_checks(
                     "proxy_password_file), then converge deploys/network.py",
                 )
             )
+        elif kind == "model download" and " -> " in result.result:
+            checks.append(_landed(name, bad, url, result.result))
         elif result.answered:
             checks.append(Check(name, "ok", f"{url} answers ({result.result})"))
         elif kind == "proxy":
@@ -132,3 +156,25 @@ def reach_checks(
                 )
             )
     return checks
+
+
+def _landed(name: str, bad: Status, url: str, result: str) -> Check:
+    """A download the endpoint redirected: the host must reach where it lands too."""
+    first, _, rest = result.partition(" -> ")
+    site, _, answer = rest.rpartition(": ")
+    host = urllib.parse.urlsplit(site).hostname or site
+    endpoint = urllib.parse.urlsplit(url).hostname or url
+    hf_cdn = host.endswith(HF_CDN_SUFFIX) and not (
+        endpoint == "huggingface.co" or endpoint.endswith((".huggingface.co", HF_CDN_SUFFIX))
+    )
+    whose = " (Hugging Face's CDN: the mirror does not serve the files itself)" if hf_cdn else ""
+    if answer.startswith("error"):
+        return Check(
+            name,
+            bad,
+            f"{endpoint} sends downloads to {host}{whose} ({first}), which this host cannot "
+            f"reach: {answer.removeprefix('error ')}",
+            f"allow {host} through the firewall or proxy (no_proxy), or set hub_endpoint to "
+            "a mirror that serves the files itself",
+        )
+    return Check(name, "ok", f"{endpoint} sends downloads to {host}{whose}: {answer}")

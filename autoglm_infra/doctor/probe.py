@@ -31,9 +31,22 @@ DOCKER_FORMAT = (
 REACH_TIMEOUT_S = 5
 
 # Run on the host with python3: answers every URL in parallel (any HTTP status = it
-# answers); the proxy (scheme "tcp") only needs to accept a connection.
+# answers); the proxy (scheme "tcp") only needs to accept a connection. A "model download"
+# (one file of the lock, resolved as the pull does) follows ONE redirect by hand and then
+# probes where it lands, so a CDN host the firewall blocks shows: "http 302 -> URL: error".
 REACH_SCRIPT = """
 import socket, sys, threading, urllib.error, urllib.parse, urllib.request
+class Stay(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args):
+        return None
+def status(url, follow):
+    request = urllib.request.Request(url, headers={} if follow else {"Range": "bytes=0-0"})
+    opener = urllib.request.build_opener() if follow else urllib.request.build_opener(Stay)
+    try:
+        with opener.open(request, timeout=%d) as answer:
+            return answer.status, None
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("Location")
 def probe(kind, url):
     try:
         parts = urllib.parse.urlsplit(url)
@@ -42,14 +55,22 @@ def probe(kind, url):
             socket.create_connection((parts.hostname, port), timeout=%d).close()
             result = "tcp connect"
         else:
-            try:
-                with urllib.request.urlopen(url, timeout=%d) as answer:
-                    result = "http %%d" %% answer.status
-            except urllib.error.HTTPError as exc:
-                result = "http %%d" %% exc.code
+            code, location = status(url, kind != "model download")
+            result = "http %%d" %% code
+            if location and code in (301, 302, 303, 307, 308):
+                target = urllib.parse.urljoin(url, location)
+                site = "%%s://%%s" %% urllib.parse.urlsplit(target)[:2]
+                try:
+                    result += " -> %%s: http %%d" %% (site, status(target, False)[0])
+                except Exception as exc:
+                    why = str(getattr(exc, "reason", exc) or type(exc).__name__)
+                    result += " -> %%s: error %%s" %% (site, why)
     except Exception as exc:
         result = "error " + str(getattr(exc, "reason", exc) or type(exc).__name__)
-    print("NR\\t%%s\\t%%s\\t%%s" %% (kind, url, result.replace("\\n", " ")))
+    line = "NR\\t%%s\\t%%s\\t%%s\\n" %% (kind, url, result.replace("\\n", " "))
+    with printing:  # print() writes text and newline apart: threads would interleave lines
+        sys.stdout.write(line)
+printing = threading.Lock()
 args = sys.argv[1:]
 pairs = zip(args[0::2], args[1::2])
 threads = [threading.Thread(target=probe, args=pair) for pair in pairs]

@@ -184,7 +184,9 @@ def _probe_checks(
     checks.append(selinux_check(state.lsm, state.paths, docker=not layout.venv_mode))
     checks.append(apparmor_check(state.lsm, settings.model_dir, settings.python_cache_dir))
     checks.append(containers_check(state.docker, state.containers, CONTAINER_NAME))
-    checks += reach_checks(reach_targets(settings), state.reach, settings.no_proxy)
+    # the download probe's URL came from the stored lock when the script was built
+    download = next((r.url for r in state.reach if r.kind == "model download"), None)
+    checks += reach_checks(reach_targets(settings, download), state.reach, settings.no_proxy)
     checks.append(
         exposure_check(
             settings.serve_host, settings.serve_port, parse_listeners(listeners.splitlines())

@@ -13,8 +13,18 @@ threads; whole buffers are written with O_DIRECT where the filesystem allows it,
 page cache is neither filled nor written back later), checked against size and digest,
 fsynced and renamed into place. Nothing partial ever sits at a final path, and a file that fails its
 check never replaces the one already there. Retries back off exponentially (1 s, doubling,
-up to the plan's max_delay) on 429, 5xx and dropped connections. The disk check happens
-before the first byte is fetched.
+up to the plan's max_delay) on 429, 5xx, dropped connections and a CDN refusing its signed
+URL; a 429 that announces its window (``RateLimit: "resolvers";r=0;t=55``, as the Hub
+sends) is waited out instead, up to RATELIMIT_MAX_WAIT, with a line saying so. The tries
+start again whenever bytes arrived (huggingface_hub's http_get does the same). The disk
+check happens before the first byte is fetched.
+
+Redirects are followed here, not by urllib: Python 3.10 (Ubuntu 22.04) has no 308 handler
+(HTTPRedirectHandler.http_error_308 came in 3.11) and mirrors answer 301/308. The token
+(a Bearer header; for ModelScope also its ``m_session_id`` cookie) goes only to the
+endpoint's own scheme and host: kept on a same-host redirect (a renamed repository),
+dropped when the hub sends us to a CDN. ``Accept-Encoding: identity`` is always sent,
+as huggingface_hub does, so sizes and digests are of the file's own bytes.
 
 Exit status: 0 done, 1 some file failed (named on stderr), 2 bad plan, 3 not enough disk.
 """
@@ -29,12 +39,14 @@ import json
 import mmap
 import os
 import queue
+import re
 import shutil
 import socket
 import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,6 +61,9 @@ DIRECT_IO = True  # write whole buffers with O_DIRECT where the filesystem allow
 SYNC_EVERY = 64 << 20
 READ_TIMEOUT = 60.0
 USER_AGENT = "autoglm-infra-model-fetch/1"
+REDIRECTS = (301, 302, 303, 307, 308)
+MAX_REDIRECTS = 10
+RATELIMIT_MAX_WAIT = 310.0  # one 5-minute Hub window and a margin (Hub docs: rate limits)
 
 
 class FetchError(Exception):
@@ -56,11 +71,15 @@ class FetchError(Exception):
 
 
 class Retryable(Exception):
-    """A transient failure (429, 5xx, dropped connection); `retry_after` from the server."""
+    """A transient failure (429, 5xx, dropped connection); `retry_after` from the server,
+    `rate_limit` the RateLimit description when the wait is the hub's announced window."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, retry_after: float | None = None, rate_limit: str | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.rate_limit = rate_limit
 
 
 class Restart(Exception):
@@ -85,6 +104,7 @@ class Options:
     token: str | None
     retry_base: float = 1.0
     progress_every: float = 10.0
+    auth: str = "bearer"  # 'bearer' (Hugging Face) or 'modelscope' (cookie + bearer)
 
 
 def log(message: str) -> None:
@@ -340,9 +360,66 @@ class Sink:
 # -- download --------------------------------------------------------------------------------
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """3xx surface as HTTPError; `open_following` follows them (308 included on 3.10)."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 def _opener() -> urllib.request.OpenerDirector:
     # Environment proxies (the proxy stage's http_proxy/no_proxy) apply, as for curl.
-    return urllib.request.build_opener()
+    return urllib.request.build_opener(_NoRedirect)
+
+
+def same_origin(url: str, origin: str) -> bool:
+    """Whether `url` is on the scheme and host (and port) of `origin`: where a token may go.
+
+    huggingface_hub compares the netloc of the redirect target with the request's before
+    it keeps Authorization (file_download.py, `_get_metadata_or_catch_error`).
+    """
+    a, b = urllib.parse.urlsplit(url), urllib.parse.urlsplit(origin)
+    return (a.scheme, a.netloc.lower()) == (b.scheme, b.netloc.lower())
+
+
+def auth_headers(token: str | None, auth: str) -> dict[str, str]:
+    """What carries the token: a Bearer header; ModelScope's /api/v1 routes read the
+    m_session_id cookie (modelscope_hub _legacy_api.py), and its SDK sends both."""
+    if not token:
+        return {}
+    headers = {"Authorization": f"Bearer {token}"}
+    if auth == "modelscope":
+        headers["Cookie"] = f"m_session_id={token}"
+    return headers
+
+
+def open_following(
+    url: str,
+    headers: dict[str, str],
+    secret: dict[str, str],
+    timeout: float = READ_TIMEOUT,
+    opener: urllib.request.OpenerDirector | None = None,
+) -> Any:
+    """GET `url`, following up to MAX_REDIRECTS redirects ourselves; `secret` headers only
+    while the URL stays on the first URL's scheme and host. Returns the final response;
+    HTTP errors raise urllib.error.HTTPError with `url` set to where they happened."""
+    opener = opener or _opener()
+    origin = url
+    for _ in range(MAX_REDIRECTS + 1):
+        request = urllib.request.Request(url, headers={**headers, "Accept-Encoding": "identity"})
+        if same_origin(url, origin):
+            for name, value in secret.items():
+                request.add_unredirected_header(name, value)
+        try:
+            return opener.open(request, timeout=timeout)
+        except urllib.error.HTTPError as err:
+            location = err.headers.get("Location") if err.headers is not None else None
+            if err.code not in REDIRECTS or not location:
+                err.url = url
+                raise
+            err.close()
+            url = urllib.parse.urljoin(url, location)
+    raise urllib.error.URLError(f"more than {MAX_REDIRECTS} redirects, last to {url}")
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -353,35 +430,108 @@ def _retry_after(headers: Any) -> float | None:
         return None
 
 
+_RATELIMIT = re.compile(r'"(?P<group>[^"]+)"\s*;\s*r\s*=\s*(?P<r>\d+)\s*;\s*t\s*=\s*(?P<t>\d+)')
+_POLICY = re.compile(r"q\s*=\s*(?P<q>\d+).*?w\s*=\s*(?P<w>\d+)")
+
+
+def parse_ratelimit(headers: Any) -> tuple[float, str] | None:
+    """(seconds to wait, what to say) when a 429's RateLimit header says the window is spent.
+
+    The Hub's form (huggingface_hub utils/_http.py `parse_ratelimit_headers`, PRs 3570/4662):
+    ``RateLimit: "resolvers";r=0;t=55`` and ``RateLimit-Policy: "fixed window";
+    "resolvers";q=3000;w=300``. Only r=0 counts (the headers ride on every answer); the
+    wait is t + 1 s, as huggingface_hub waits, "to avoid rounding issues".
+    """
+    match = _RATELIMIT.search((headers.get("RateLimit") or "") if headers is not None else "")
+    if match is None or int(match["r"]) != 0:
+        return None
+    policy = _POLICY.search(headers.get("RateLimit-Policy") or "")
+    window = f" of {policy['q']} requests per {policy['w']} s" if policy else ""
+    reset = int(match["t"])
+    return (
+        reset + 1.0,
+        f"the hub's '{match['group']}' rate limit{window} is spent, resets in {reset} s",
+    )
+
+
+def hub_refusal(code: int, headers: Any, token_sent: bool, what: str) -> str:
+    """A refusal from the hub in its own words (X-Error-Message) plus what to do.
+
+    Codes as hf_raise_for_status reads them (utils/_http.py): GatedRepo, RepoNotFound,
+    RevisionNotFound, EntryNotFound; "Invalid credentials in Authorization header" for a
+    bad token.
+    """
+    error_code = headers.get("X-Error-Code") if headers is not None else None
+    said = headers.get("X-Error-Message") if headers is not None else None
+    quoted = f': "{said}"' if said else ""
+    head = f"{what}: HTTP {code}{f' {error_code}' if error_code else ''}{quoted}"
+    if error_code == "GatedRepo" and code == 403:
+        todo = ("the token's account has not been granted this gated repository: ask for "
+                "access on the repository's page with that account, then retry")  # fmt: skip
+    elif error_code == "GatedRepo" or (code == 401 and not token_sent):
+        todo = ("the repository is gated or private: set a token with read access "
+                "(the variable named by hub_token_env, or hub_token_file)")  # fmt: skip
+        if not token_sent:
+            todo += ("; a token is only sent to huggingface.co or, with hub_token_to_mirror:"
+                     " true, to hub_endpoint")  # fmt: skip
+    elif code == 401:
+        todo = ("the token was refused (invalid, expired or revoked): create a new one "
+                "and set it through hub_token_env or hub_token_file")  # fmt: skip
+    elif error_code == "RevisionNotFound":
+        todo = "check model_revision"
+    elif error_code in ("RepoNotFound", "EntryNotFound") or code == 404:
+        todo = ("check model_repo (a private repository also needs a token with read "
+                "access), or re-resolve the lock (model_lock_update: true)")  # fmt: skip
+    else:
+        todo = "the token lacks access to this repository, or the hub refuses this host"
+    return f"{head}; {todo}"
+
+
 def stream_into(entry: Entry, partial: str, hasher: Any, offset: int, opts: Options,
                 progress: Progress) -> int:  # fmt: skip
     """Fetch bytes [offset, size) appended to `partial`; returns the new offset.
 
     Raises Retryable (transient), Restart (Range ignored) or FetchError (fatal).
     """
-    request = urllib.request.Request(entry.url, headers={"User-Agent": USER_AGENT})
+    headers = {"User-Agent": USER_AGENT}
     if offset:
-        request.add_header("Range", f"bytes={offset}-")
-    if opts.token:
-        # unredirected: the token is not forwarded when the hub redirects to a CDN
-        request.add_unredirected_header("Authorization", f"Bearer {opts.token}")
+        headers["Range"] = f"bytes={offset}-"
+    secret = auth_headers(opts.token, opts.auth)
     try:
-        response = _opener().open(request, timeout=READ_TIMEOUT)
+        response = open_following(entry.url, headers, secret)
     except urllib.error.HTTPError as err:
-        code = err.code
+        code, where = err.code, err.url or entry.url
         err.close()
-        if code == 429 or code >= 500:
+        if code == 429:
+            limited = parse_ratelimit(err.headers)
+            if limited is not None:
+                raise Retryable("HTTP 429", limited[0], limited[1]) from None
+            raise Retryable("HTTP 429", _retry_after(err.headers)) from None
+        if code >= 500:
             raise Retryable(f"HTTP {code}", _retry_after(err.headers)) from None
         if code == 416:
             raise Restart from None
-        if code in (401, 403):
-            raise FetchError(
-                f"{entry.path}: HTTP {code} from the hub: the repository needs a token with "
-                "access (set the variable named by hub_token_env, or hub_token_file)"
-            ) from None
-        raise FetchError(f"{entry.path}: HTTP {code} for {entry.url}") from None
+        if not same_origin(where, entry.url) and code in (401, 403):
+            # a signed CDN URL expired or was refused: the hub signs a fresh one next try
+            host = urllib.parse.urlsplit(where).netloc
+            raise Retryable(f"HTTP {code} from the CDN {host} (signed URL refused)") from None
+        raise FetchError(
+            hub_refusal(
+                code,
+                err.headers,
+                bool(secret) and same_origin(where, entry.url),
+                f"{entry.path}: the hub refused {where}",
+            )
+        ) from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
         raise Retryable(f"connection failed: {err}") from None
+    encoding = (response.headers.get("Content-Encoding") or "identity").lower()
+    if encoding != "identity":
+        response.close()
+        raise FetchError(
+            f"{entry.path}: the server sent {encoding}-encoded bytes although identity was "
+            "asked for (a compressing proxy?); exempt the hub from it (no_proxy) or fix it"
+        )
     with response:
         status = response.status
         if offset and status == 200:
@@ -461,6 +611,7 @@ def fetch(entry: Entry, opts: Options, stamps: Stamps) -> int:
         open(partial, "wb").close()
     tries, delay = 0, opts.retry_base
     while offset < entry.size:
+        before = offset
         try:
             offset = stream_into(entry, partial, hasher, offset, opts, progress)
         except Restart:
@@ -469,16 +620,24 @@ def fetch(entry: Entry, opts: Options, stamps: Stamps) -> int:
         except Retryable as err:
             if isinstance(err, _Interrupted):
                 offset = err.offset
+            if offset > before:  # bytes arrived: the link works, a new run of tries
+                tries, delay = 0, opts.retry_base
             tries += 1
             if tries >= opts.attempts:
                 raise FetchError(
                     f"{entry.path}: gave up after {tries} tries (model_download_attempts): "
                     f"{err}; the next run resumes from byte {offset}"
                 ) from None
-            wait = min(err.retry_after if err.retry_after is not None else delay, opts.max_delay)
-            log(f"{entry.path}: {err}; retry {tries}/{opts.attempts - 1} in {wait:.1f} s")
+            retry = f"retry {tries}/{opts.attempts - 1}"
+            if err.rate_limit is not None and err.retry_after is not None:
+                wait = min(err.retry_after, max(opts.max_delay, RATELIMIT_MAX_WAIT))
+                log(f"{entry.path}: {err}: {err.rate_limit}; waiting {wait:.0f} s ({retry})")
+            else:
+                wait = min(err.retry_after if err.retry_after is not None else delay,
+                           opts.max_delay)  # fmt: skip
+                log(f"{entry.path}: {err}; {retry} in {wait:.1f} s")
+                delay = min(delay * 2, opts.max_delay)
             time.sleep(wait)
-            delay = min(delay * 2, opts.max_delay)
     got = digest_of(entry, hasher)
     if got != entry.digest:
         os.unlink(partial)
@@ -513,6 +672,7 @@ def load_plan(path: str) -> tuple[list[Entry], Options, dict[str, Any]]:
         max_delay=float(doc["max_delay"]),
         margin_bytes=int(doc["margin_bytes"]),
         token=token,
+        auth=str(doc.get("auth", "bearer")),
     )
     return entries, opts, doc
 

@@ -154,6 +154,26 @@ def test_interrupted_pull_resumes_with_fewer_bytes(
     assert host_digests(host) == source_digests(source)
 
 
+def test_rate_limited_redirected_pull_waits_for_the_window(
+    world: tuple[SandboxHost, Path], hub: HubStandin, source: Path
+) -> None:
+    host, inventory = world
+    host.ssh(f"rm -f {MODEL_DIR}/{SHARD1}")
+    hub.state.cdn_redirect_status = 308
+    hub.set_faults(Fault("status", SHARD1, times=1, status=429, ratelimit_reset=1))
+    before = log_size(hub)
+    try:
+        result = run_pyinfra(inventory, DEPLOY)
+    finally:
+        hub.state.cdn_redirect_status = 302
+        hub.set_faults()
+    assert result.returncode == 0, describe_failure(result)
+    entries = [e for e in read_access_log(hub.access_log or Path())[before:] if SHARD1 in e.path]
+    assert [e.status for e in entries] == [429, 308, 200], entries
+    assert entries[1].ts - entries[0].ts >= 1.9  # RateLimit t=1 waited out, not backed off
+    assert host_digests(host) == source_digests(source)
+
+
 def test_wrong_bytes_on_lock_update_keep_the_old_file(
     world: tuple[SandboxHost, Path], hub: HubStandin, source: Path, tmp_path: Path
 ) -> None:
@@ -243,9 +263,16 @@ def test_hub_token_reaches_the_host_only_as_a_private_file(
         write_inventory(inventory, [host], {}, data)
         refused = run_pyinfra(inventory, DEPLOY, env={"TEST_HUB_TOKEN": ""})
         assert refused.returncode != 0 and "TEST_HUB_TOKEN is set but empty" in refused.stderr
-        result = run_pyinfra(inventory, DEPLOY, "-vvv", env={"TEST_HUB_TOKEN": token})
+        # not huggingface.co: a mirror, which gets no token unless the user opts in
+        withheld = run_pyinfra(inventory, DEPLOY, env={"TEST_HUB_TOKEN": token})
+        assert withheld.returncode != 0
+        assert f"is not sent to {private.url}" in withheld.stderr, withheld.stderr[-2000:]
+        assert "HTTP 401 RepoNotFound" in withheld.stderr and "Traceback" not in withheld.stderr
+        assert private.seen() and not any(s.token for s in private.seen())
+        result = run_pyinfra(inventory, DEPLOY, "-vvv", "--data", "hub_token_to_mirror=true",
+                             env={"TEST_HUB_TOKEN": token})  # fmt: skip
         assert result.returncode == 0, describe_failure(result)
-        assert private.state.cdn_auth_seen == []
+        assert private.state.cdn_auth_seen == [] and private.seen("cdn")
     assert token not in result.stderr + json.dumps(result.report)
     assert token not in inventory.read_text()
     mode = host.ssh("stat -c '%a %U' /etc/autoglm/model-hub-token").stdout.strip()

@@ -36,6 +36,9 @@ from autoglm_infra.doctor.probe import (
     paths_section,
     reach_section,
 )
+from autoglm_infra.stages.model.hub_client import fetch_lock
+from autoglm_infra.stages.model.lock import download_url
+from autoglm_testbed.hub_standin import HubStandin, make_test_repo
 
 MODEL = "/srv/autoglm/models/AutoGLM-Phone-9B"
 CACHE = "/var/cache/autoglm"
@@ -325,3 +328,56 @@ def test_reach_probe_uses_the_hosts_env_file_login_and_keeps_it_out_of_argv(
     path, auth = _RecordingProxy.seen[-1]
     assert path == "http://mirror.invalid/simple/"
     assert base64.b64decode(auth.removeprefix("Basic ")).decode() == "svc:s3cr@t"
+
+
+# -- the model download: one redirect deep -------------------------------------------------
+
+
+def _probe(targets: list[tuple[str, str]]) -> list[Reach]:
+    script = reach_section(targets, {}, env_file="/nonexistent")
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
+    return [Reach(*line.split("\t")[1:4]) for line in out.stdout.splitlines()]
+
+
+def test_the_download_probe_follows_the_hubs_redirect_to_its_cdn(tmp_path: Path) -> None:
+    repo = "test-org/Tiny-Model"
+    source = make_test_repo(tmp_path / "src", shards=1, shard_size=2**20)
+    with HubStandin(tmp_path / "hub") as hub:
+        hub.publish(repo, source)
+        lock = fetch_lock("huggingface", hub.url, repo, "main")
+        biggest = max(lock.files, key=lambda f: f.size)
+        targets = [
+            ("model hub", hub.url),
+            ("model download", download_url(lock, hub.url, biggest.path)),
+        ]
+        found = _probe(targets)
+        cdn = hub.cdn_url
+        ok = {c.name: c for c in reach_checks(targets, found)}["reach model download"]
+        assert ok.status == "ok" and "sends downloads to 127.0.0.1: http 206" in ok.evidence
+        assert any(r.result == f"http 302 -> {cdn}: http 206" for r in found), found
+        hub.cdn.shutdown()  # the CDN behind a firewall: its port no longer answers
+        hub.cdn.server_close()
+        found = _probe(targets)
+    checks = {c.name: c for c in reach_checks(targets, found)}
+    assert checks["reach model hub"].status == "ok"
+    row = checks["reach model download"]
+    assert row.status == "warn" and "which this host cannot reach" in row.evidence
+    assert "Connection refused" in row.evidence and "allow 127.0.0.1" in row.fix
+
+
+def test_a_mirror_sending_downloads_to_the_hf_cdn_is_named() -> None:
+    url = "https://hf-mirror.com/o/n/resolve/" + "a" * 40 + "/model.safetensors"
+    targets = [("model download", url)]
+    blocked = "http 302 -> https://cas-bridge.xethub.hf.co: error timed out"
+    row = reach_checks(targets, [Reach("model download", url, blocked)])[0]
+    assert row.evidence == (
+        "hf-mirror.com sends downloads to cas-bridge.xethub.hf.co (Hugging Face's CDN: the "
+        "mirror does not serve the files itself) (http 302), which this host cannot reach: "
+        "timed out"
+    )
+    fine = "http 302 -> https://cas-bridge.xethub.hf.co: http 206"
+    row = reach_checks(targets, [Reach("model download", url, fine)])[0]
+    assert row.status == "ok" and "Hugging Face's CDN" in row.evidence
+    hf = url.replace("hf-mirror.com", "huggingface.co")
+    row = reach_checks([("model download", hf)], [Reach("model download", hf, fine)])[0]
+    assert row.status == "ok" and "Hugging Face's CDN" not in row.evidence

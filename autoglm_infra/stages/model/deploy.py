@@ -16,7 +16,12 @@ from pyinfra import host, logger
 from autoglm_infra.host_tools import model_fetch
 from autoglm_infra.pyinfra_ext.operations import put_file, remove_file
 from autoglm_infra.pyinfra_ext.stage import StageRefused, StageRun, stage
-from autoglm_infra.stages.model.hub_client import HubError, hub_token, obtain_lock
+from autoglm_infra.stages.model.hub_client import (
+    HubError,
+    hub_token,
+    obtain_lock,
+    token_for_endpoint,
+)
 from autoglm_infra.stages.model.ops import ModelSnapshotFact, model_pull
 from autoglm_infra.stages.model.state import (
     HELPER_PATH,
@@ -36,7 +41,14 @@ def model(run: StageRun) -> None:
     profile = run.profile
     model_dir = settings.model_dir
     try:
-        token = hub_token(settings.hub_token_env, settings.hub_token_file)
+        token, withheld = token_for_endpoint(
+            settings.model_source,
+            settings.hub_endpoint,
+            hub_token(settings.hub_token_env, settings.hub_token_file),
+            settings.hub_token_to_mirror,
+        )
+        if withheld:
+            logger.warning(f"{host.print_prefix}model: {withheld}")
         lock, origin = obtain_lock(
             Path(settings.model_lock_dir),  # relative to where pyinfra runs (the project)
             settings.model_source,
@@ -95,6 +107,7 @@ def model(run: StageRun) -> None:
                 settings.model_retry_max_delay,
                 margin,
                 TOKEN_PATH if token else None,
+                "modelscope" if settings.model_source == "modelscope" else "bearer",
             ),
             current=snapshot.control.files.get(plan_file),
         ),

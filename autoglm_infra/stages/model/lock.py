@@ -35,6 +35,8 @@ class LockedFile:
     size: int
     sha256: str | None = None
     git_oid: str | None = None  # git blob sha1, for files that are not in LFS
+    commit: str | None = None  # the commit that last changed it (ModelScope lists it)
+    sha256_from_download: bool = False  # the hub listed no hash: we hashed its bytes
 
     @property
     def digest(self) -> str:
@@ -74,7 +76,15 @@ def check_path(path: str) -> str:
     return path
 
 
-def make_file(path: Any, size: Any, sha256: Any = None, git_oid: Any = None) -> LockedFile:
+def make_file(
+    path: Any,
+    size: Any,
+    sha256: Any = None,
+    git_oid: Any = None,
+    commit: Any = None,
+    sha256_from_download: bool = False,
+    unhashed_ok: bool = False,
+) -> LockedFile:
     if not isinstance(path, str):
         raise LockError(f"file path must be a string, got {path!r}")
     check_path(path)
@@ -86,9 +96,10 @@ def make_file(path: Any, size: Any, sha256: Any = None, git_oid: Any = None) -> 
         raise LockError(f"{path}: sha256 must be 64 hex digits, got {sha256!r}")
     if oid is not None and not _HEX40.match(oid):
         raise LockError(f"{path}: git blob id must be 40 hex digits, got {git_oid!r}")
-    if sha is None and oid is None:
+    if sha is None and oid is None and not unhashed_ok:
         raise LockError(f"{path}: the hub gave neither a sha256 nor a git blob id")
-    return LockedFile(path, size, sha, oid)
+    rev = commit.lower() if isinstance(commit, str) and _HEX40.match(commit.lower()) else None
+    return LockedFile(path, size, sha, oid, rev, sha256_from_download and sha is not None)
 
 
 def make_lock(
@@ -152,12 +163,23 @@ def parse_hf_revision(data: Any, repo: str, revision: str, endpoint: str = "") -
     return make_lock("huggingface", repo, revision, commit, files, endpoint)
 
 
-def parse_modelscope_files(data: Any, repo: str, revision: str, endpoint: str = "") -> ModelLock:
+def parse_modelscope_files(
+    data: Any,
+    repo: str,
+    revision: str,
+    endpoint: str = "",
+    commit: str | None = None,
+    unhashed_ok: bool = False,
+) -> ModelLock:
     """Lock from ModelScope `GET /api/v1/models/{id}/repo/files?Revision=..&Recursive=true`.
 
-    `Data.Files[]` have `Path`, `Size`, `Sha256` and `Type` ('blob' or 'tree'). ModelScope
-    names no commit here, so the requested revision is what is pinned (pin a tag) and
-    the per-file sha256 guards against a moved branch.
+    `Data.Files[]` have `Path`, `Size`, `Sha256` (optional: modelscope's own download checks
+    it only `if FILE_HASH in file_meta`), `Type` ('blob' or 'tree') and `Revision`, the
+    commit that last changed the file (kept per file). `commit` is the branch's or tag's
+    CommitId from `/revisions` when known, else the revision itself; downloads name the
+    revision (the SDK only ever passes branch and tag names), so the per-file sha256 is
+    what guards against a moved branch. With `unhashed_ok`, files without `Sha256` are
+    returned without a digest, for the caller to hash (hub_client does, from a download).
     """
     if not isinstance(data, Mapping):
         raise LockError(f"{repo}@{revision}: ModelScope answer is not a JSON object")
@@ -174,9 +196,16 @@ def parse_modelscope_files(data: Any, repo: str, revision: str, endpoint: str = 
             raise LockError(f"{repo}@{revision}: file entry is not an object: {item!r}")
         if item.get("Type", "blob") != "blob":
             continue
-        files.append(make_file(item.get("Path"), item.get("Size"), item.get("Sha256")))
-    commit = revision
-    return make_lock("modelscope", repo, revision, commit, files, endpoint)
+        files.append(
+            make_file(
+                item.get("Path"),
+                item.get("Size"),
+                item.get("Sha256"),
+                commit=item.get("Revision"),
+                unhashed_ok=unhashed_ok,
+            )
+        )
+    return make_lock("modelscope", repo, revision, commit or revision, files, endpoint)
 
 
 def revision_url(source: str, endpoint: str, repo: str, revision: str) -> str:
@@ -191,8 +220,8 @@ def revision_url(source: str, endpoint: str, repo: str, revision: str) -> str:
 def download_url(lock: ModelLock, endpoint: str, path: str) -> str:
     """Where the host fetches one file of the lock, always at the pinned commit."""
     base = endpoint.rstrip("/")
-    if lock.source == "modelscope":
-        query = urllib.parse.urlencode({"Revision": lock.commit, "FilePath": path})
+    if lock.source == "modelscope":  # branch or tag name: see parse_modelscope_files
+        query = urllib.parse.urlencode({"Revision": lock.revision, "FilePath": path})
         return f"{base}/api/v1/models/{lock.repo}/repo?{query}"
     return f"{base}/{lock.repo}/resolve/{lock.commit}/{urllib.parse.quote(path)}"
 
@@ -207,6 +236,15 @@ def lock_file_path(lock_dir: str | Path, source: str, repo: str, revision: str) 
     return Path(lock_dir) / source / f"{owner}--{name}@{rev}.json"
 
 
+def file_to_json(f: LockedFile) -> dict[str, Any]:
+    doc: dict[str, Any] = {"path": f.path, "size": f.size, "sha256": f.sha256, "git_oid": f.git_oid}
+    if f.commit:
+        doc["commit"] = f.commit
+    if f.sha256_from_download:
+        doc["sha256_from"] = "download"  # the hub listed none; hashed when first fetched
+    return doc
+
+
 def lock_to_json(lock: ModelLock) -> str:
     doc = {
         "lock_version": LOCK_VERSION,
@@ -216,10 +254,7 @@ def lock_to_json(lock: ModelLock) -> str:
         "commit": lock.commit,
         "resolved_from": lock.resolved_from,
         "total_size": lock.total_size,
-        "files": [
-            {"path": f.path, "size": f.size, "sha256": f.sha256, "git_oid": f.git_oid}
-            for f in lock.files
-        ],
+        "files": [file_to_json(f) for f in lock.files],
     }
     return json.dumps(doc, indent=1) + "\n"
 
@@ -233,7 +268,14 @@ def lock_from_json(text: str, origin: str = "lock") -> ModelLock:
         raise LockError(f"{origin}: not a version-{LOCK_VERSION} model lock")
     try:
         files = [
-            make_file(f.get("path"), f.get("size"), f.get("sha256"), f.get("git_oid"))
+            make_file(
+                f.get("path"),
+                f.get("size"),
+                f.get("sha256"),
+                f.get("git_oid"),
+                f.get("commit"),
+                f.get("sha256_from") == "download",
+            )
             for f in doc["files"]
         ]
         return make_lock(

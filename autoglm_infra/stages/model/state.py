@@ -181,10 +181,15 @@ def host_plan(
     max_delay: float,
     margin_bytes: int,
     token_file: str | None,
+    auth: str = "bearer",
 ) -> bytes:
-    """The helper's instructions (JSON): files with digest and URL; never the token."""
+    """The helper's instructions (JSON): files with digest and URL; never the token.
+
+    `auth` says how the token travels: 'bearer', or 'modelscope' (its cookie as well).
+    """
     doc: dict[str, Any] = {
         "version": 1,
+        "auth": auth,
         "repo": lock.repo,
         "commit": lock.commit,
         "model_dir": model_dir,
