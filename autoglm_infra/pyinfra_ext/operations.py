@@ -1,4 +1,4 @@
-"""Operations that compare against a `Snapshot` read once per stage (see remote_state).
+"""Operations that compare against a `Snapshot` read once per stage (see common/snapshot.py).
 
 Each yields only the commands needed and calls host.noop on every branch that does
 nothing, so a converged host costs no commands beyond its stage's one snapshot.
@@ -83,10 +83,16 @@ def put_file(
     + path: destination on the host
     + content: exact bytes the file must hold
     + current: the file's state from this stage's snapshot (None when missing)
-    + mode/owner/group: enforced on every run
+    + mode: octal mode, enforced on every run
+    + owner: owner, enforced on every run
+    + group: group, enforced on every run
 
-    Example: put_file(name="nouveau blacklist", path="/etc/modprobe.d/x.conf",
-             content=b"blacklist nouveau\\n", current=snap.files["/etc/modprobe.d/x.conf"])
+    **Example:**
+
+    .. code:: python
+
+        put_file(name="nouveau blacklist", path="/etc/modprobe.d/x.conf",
+                 content=b"blacklist nouveau\\n", current=snap.files.get("/etc/modprobe.d/x.conf"))
     """
     same_content, same_meta = file_matches(current, content, mode, owner, group)
     if same_content and same_meta:
@@ -111,7 +117,17 @@ def put_file(
 
 @operation()
 def remove_file(path: str, current: FileState | None) -> Generator[Any, None, None]:
-    """Remove `path` when it exists (for settings that were unset)."""
+    """Remove `path` when it exists (for settings that were unset).
+
+    + path: file to remove
+    + current: its state from this stage's snapshot (None: already absent)
+
+    **Example:**
+
+    .. code:: python
+
+        remove_file(name="pip proxy", path="/etc/pip.conf", current=snap.files.get("/etc/pip.conf"))
+    """
     if current is None:
         host.noop(f"{path} is absent")
         return
@@ -157,6 +173,13 @@ def apt_pinned(
     + refresh: installed dependencies moved to their (pinned) candidate right after the
       transaction (those it did not remove), kept marked as automatically installed
     + update: False when the caller already ran apt-get update for this change
+
+    **Example:**
+
+    .. code:: python
+
+        apt_pinned(name="driver", packages=[("nvidia-open", "580.95.05-1")],
+                   installed=snap.packages, state_file="/var/lib/autoglm/nvidia-held")
     """
     every = [*first, *packages]
     to_install, to_hold = apt_changes(every, installed)

@@ -45,7 +45,18 @@ class DockerStateFact(TypedFact[DockerState]):
 def apt_present(
     packages: Sequence[str], installed: dict[str, PackageState]
 ) -> Generator[Any, None, None]:
-    """Install the packages that are missing (any version); nothing when all are there."""
+    """Install the packages that are missing (any version); nothing when all are there.
+
+    + packages: names that must be installed
+    + installed: from this stage's snapshot
+
+    **Example:**
+
+    .. code:: python
+
+        apt_present(name="docker", packages=["docker-ce", "containerd.io"],
+                    installed=state.snapshot.packages)
+    """
     missing = [p for p in packages if p not in installed]
     if not missing:
         host.noop(f"{', '.join(packages)} installed")
@@ -64,11 +75,20 @@ def ensure_image(
     build_command: str | None = None,
     pull_hint: str = "",
 ) -> Generator[Any, None, None]:
-    """Make `ref` present: `docker load` a tarball, build (docker_files.build_command), or pull.
+    """Make `ref` present: `docker load` a tarball, build (files.build_command), or pull.
 
     + ref: image ID (tarball), derived tag (build) or name:tag@sha256 (pull)
     + present_id: what the snapshot found for `ref` ('' when missing)
-    + pull_hint: printed when the pull fails (docker_image.pull_failure_hint)
+    + tarball: local image tarball to upload and `docker load` (an image ID ref)
+    + build_command: shell that builds a derived tag (files.build_command)
+    + pull_hint: printed when the pull fails (image.pull_failure_hint)
+
+    **Example:**
+
+    .. code:: python
+
+        ensure_image(name="image", ref="vllm/vllm-openai:v0.12.0@sha256:...",
+                     present_id=state.images[ref], pull_hint=hint)
     """
     if present_id:
         host.noop(f"image {ref} present ({present_id[:19]})")
@@ -93,7 +113,19 @@ def ensure_image(
 
 @operation()
 def ensure_volume(volume: str, owner: str, current_owner: str | None) -> Generator[Any, None, None]:
-    """A named volume whose directory belongs to the container user (cap-drop ALL: no chown)."""
+    """A named volume whose directory belongs to the container user (cap-drop ALL: no chown).
+
+    + volume: docker volume name
+    + owner: 'uid:gid' the container runs as
+    + current_owner: 'uid:gid' of the volume's directory now (None: no volume)
+
+    **Example:**
+
+    .. code:: python
+
+        ensure_volume(name="cache", volume="autoglm-cache", owner="2000:2000",
+                      current_owner=state.volume_owner)
+    """
     if current_owner == owner:
         host.noop(f"volume {volume} owned by {owner}")
         return
@@ -108,7 +140,17 @@ def ensure_volume(volume: str, owner: str, current_owner: str | None) -> Generat
 
 @operation()
 def generate_env_file(path: str, exists: bool) -> Generator[Any, None, None]:
-    """Create the 0600 env file with a random API key once; never print or pass the key."""
+    """Create the 0600 env file with a random API key once; never print or pass the key.
+
+    + path: env file on the host
+    + exists: the snapshot found it (the key is then kept)
+
+    **Example:**
+
+    .. code:: python
+
+        generate_env_file(name="API key", path="/etc/autoglm/vllm.env", exists=path_exists)
+    """
     if exists:
         host.noop(f"{path} exists (API key kept)")
         return
@@ -117,7 +159,19 @@ def generate_env_file(path: str, exists: bool) -> Generator[Any, None, None]:
 
 @operation()
 def generate_file(path: str, exists: bool, command: str) -> Generator[Any, None, None]:
-    """Run `command` (which writes `path` and prints nothing secret) unless `path` exists."""
+    """Run `command` (which writes `path` and prints nothing secret) unless `path` exists.
+
+    + path: the file `command` writes
+    + exists: the snapshot found it
+    + command: shell run on the host to make it
+
+    **Example:**
+
+    .. code:: python
+
+        generate_file(name="token", path="/etc/autoglm/x", exists=False,
+                      command="make-x > /etc/autoglm/x")
+    """
     if exists:
         host.noop(f"{path} exists (kept)")
         return
@@ -126,7 +180,19 @@ def generate_file(path: str, exists: bool, command: str) -> Generator[Any, None,
 
 @operation()
 def require_dir(path: str, exists: bool, hint: str) -> Generator[Any, None, None]:
-    """Fail with `hint` at run time when `path` is still missing (an earlier stage makes it)."""
+    """Fail with `hint` at run time when `path` is still missing (an earlier stage makes it).
+
+    + path: directory that must exist
+    + exists: the snapshot found it
+    + hint: what to do when it is missing
+
+    **Example:**
+
+    .. code:: python
+
+        require_dir(name="model", path="/srv/model", exists=state.model_dir_exists,
+                    hint="run deploys/model.py first")
+    """
     if exists:
         host.noop(f"{path} exists")
         return
@@ -137,6 +203,17 @@ def require_dir(path: str, exists: bool, hint: str) -> Generator[Any, None, None
 
 @operation()
 def enable_unit(unit: str, enabled: str) -> Generator[Any, None, None]:
+    """Enable a systemd unit unless it already is.
+
+    + unit: unit name
+    + enabled: `systemctl is-enabled` from the snapshot
+
+    **Example:**
+
+    .. code:: python
+
+        enable_unit(name="enable", unit="autoglm-docker.service", enabled=state.unit_enabled)
+    """
     if enabled == "enabled":
         host.noop(f"{unit} enabled")
         return
@@ -149,6 +226,16 @@ def restart_unit(unit: str, reason: str) -> Generator[Any, None, None]:
 
     Gate it with `_if`: the caller restarts only when what the unit runs changed, the
     running container's spec hash differs, or the unit is down.
+
+    + unit: unit name
+    + reason: why it restarts (in the failure message)
+
+    **Example:**
+
+    .. code:: python
+
+        restart_unit(name="restart", unit="autoglm-docker.service", reason="image changed",
+                     _if=lambda: changed)
     """
     q = shlex.quote(unit)
     hint = shlex.quote(f"{unit} did not become healthy ({reason}); see: journalctl -u {unit}")

@@ -1,6 +1,6 @@
 """Docker-side state of a host, read in the same single command as the stage's snapshot. Pure.
 
-Adds tagged lines to `remote_state.snapshot_script` (whose parser ignores tags it does
+Adds tagged lines to `common.snapshot.snapshot_script` (whose parser ignores tags it does
 not know): the IDs of the images we need, the spec-hash label of the running container,
 the owner of the cache volume, the unit's state and whether the model directory exists.
 """

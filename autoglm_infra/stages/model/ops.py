@@ -51,8 +51,12 @@ def model_pull(
     + verify: 'full' re-hashes every file (always runs); 'stamp' trusts valid stamps
     + prune: also remove files that are not in the lock
 
-    Example: model_pull(name="Model: pull", model_dir="/srv/m", plan=plan, verify="stamp",
-             prune=False)
+    **Example:**
+
+    .. code:: python
+
+        model_pull(name="Model: pull", model_dir="/srv/m", plan=plan, verify="stamp",
+                   prune=False)
     """
     if not plan.run_helper:
         host.noop(plan.reason)

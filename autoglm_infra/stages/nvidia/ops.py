@@ -38,6 +38,21 @@ def driver_reboot(
     `loaded_version` comes from the preflight host profile: only a reboot changes the
     loaded module, so it needs no second read. With policy "never", writes `marker`
     (read by later stages and the doctor) and warns.
+
+    + policy: nvidia_reboot: 'if-needed' reboots, 'never' writes `marker` and warns
+    + driver_version: the planned driver
+    + gpu_present: the host has an NVIDIA GPU
+    + loaded_version: the loaded module's version ('' when none)
+    + marker: reboot-required file
+    + current_marker: its state from the snapshot
+
+    **Example:**
+
+    .. code:: python
+
+        driver_reboot(name="reboot", policy="never", driver_version="580.95.05", gpu_present=True,
+                      loaded_version=profile.nvidia_module_version, marker=MARKER,
+                      current_marker=None)
     """
     if not gpu_present:
         if current_marker is not None:
@@ -66,7 +81,19 @@ def driver_reboot(
 def verify_driver(
     driver_version: str, cuda_version: str, gpu_present: bool
 ) -> Generator[Any, None, None]:
-    """nvidia-smi answers, reports the planned driver, and the module matches user space."""
+    """nvidia-smi answers, reports the planned driver, and the module matches user space.
+
+    + driver_version: the planned driver
+    + cuda_version: the planned CUDA (reported)
+    + gpu_present: False skips the check
+
+    **Example:**
+
+    .. code:: python
+
+        verify_driver(name="verify", driver_version="580.95.05", cuda_version="13.0",
+                      gpu_present=True)
+    """
     yield from ()  # a check: it never runs commands of its own
     if not gpu_present:
         host.noop(f"{NO_GPU}: nvidia-smi check skipped")
@@ -91,11 +118,19 @@ def persistence_mode(
 ) -> Generator[Any, None, None]:
     """Keep the driver initialised between CUDA clients (nvidia-persistenced), on GPU hosts.
 
+    Started only while the module is loaded: after a fresh install it starts at the reboot.
+
+    + gpu_present: False skips it (nvidia-persistenced needs a GPU)
     + enabled: the unit's multi-user.target.wants link from this stage's snapshot
     + already_on: nvidia-smi reports persistence mode on every GPU (a kept driver may have
       no nvidia-persistenced unit: its installer set the mode its own way)
 
-    Started only while the module is loaded: after a fresh install it starts at the reboot.
+    **Example:**
+
+    .. code:: python
+
+        persistence_mode(name="persistence", gpu_present=True,
+                         enabled=snap.files.get(PERSISTENCED_ENABLED))
     """
     if not gpu_present:
         host.noop(f"{NO_GPU}: persistence mode skipped (nvidia-persistenced needs a GPU)")
@@ -131,6 +166,13 @@ def nvidia_apt_check(
     + prefs_name/prefs_text: the closure pin about to be written (simulated from a scratch
       copy of /etc/apt/preferences.d)
     + needed: False on a converged host, which then costs no command
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia_apt_check(name="apt check", expect=expect, installed=installed, install_args=args,
+                         refresh=[], prefs_name=name, prefs_text=text, needed=bool(args))
     """
     yield from ()  # a check: it never changes the host
     if not needed:

@@ -96,8 +96,16 @@ def service_user(
 ) -> Generator[Any, None, None]:
     """A system user with no login shell whose home is `home` (created empty, not copied).
 
-    Example: service_user(name="user", user="autoglm", home="/var/cache/autoglm",
-             current=state.user)
+    + user: user name
+    + home: its home directory
+    + current: (uid, home, shell) from the snapshot, None when missing
+
+    **Example:**
+
+    .. code:: python
+
+        service_user(name="user", user="autoglm", home="/var/cache/autoglm",
+                     current=state.user)
     """
     q, h = shlex.quote(user), shlex.quote(home)
     if current is None:
@@ -119,7 +127,20 @@ def owned_dirs(
     mode: str,
     current: Mapping[str, tuple[str, str, str]],
 ) -> Generator[Any, None, None]:
-    """Directories that exist with `owner:owner` and `mode` (e.g. the service's caches)."""
+    """Directories that exist with `owner:owner` and `mode` (e.g. the service's caches).
+
+    + paths: directories
+    + owner: user and group that own them
+    + mode: octal mode
+    + current: path -> (mode, owner, group) from the snapshot
+
+    **Example:**
+
+    .. code:: python
+
+        owned_dirs(name="caches", paths=dirs, owner="autoglm", mode="0750",
+                   current=state.dirs or {})
+    """
     wrong = [p for p in paths if current.get(p) != (mode.lstrip("0"), owner, owner)]
     if not wrong:
         host.noop(f"{len(paths)} directories owned by {owner}")
@@ -130,7 +151,18 @@ def owned_dirs(
 
 @operation()
 def venv_module(has_venv_module: bool, interpreter: str) -> Generator[Any, None, None]:
-    """Debian/Ubuntu ship `python3 -m venv` (ensurepip) in python3-venv; install it if missing."""
+    """Debian/Ubuntu ship `python3 -m venv` (ensurepip) in python3-venv; install it if missing.
+
+    + has_venv_module: the interpreter can bootstrap pip
+    + interpreter: the interpreter (for the message)
+
+    **Example:**
+
+    .. code:: python
+
+        venv_module(name="venv module", has_venv_module=state.has_venv_module,
+                    interpreter="/usr/bin/python3")
+    """
     if has_venv_module:
         host.noop(f"{interpreter} can create venvs")
         return
@@ -153,9 +185,20 @@ def locked_venv(
     Runs pip only when the venv in service was not built from this lock (or drifted).
     A failed install or check removes the new build and leaves the old venv serving.
 
-    Example: locked_venv(name="venv", lock=load_lock("cpu", DEFAULT_LOCKS_DIR),
-             interpreter="/usr/bin/python3", venv_dir="/opt/autoglm/venv",
-             digest=build_digest(lock, "/usr/bin/python3"), pip_args=[], state=state)
+    + lock: the hash lock to install
+    + interpreter: python that makes the venv
+    + venv_dir: the link the service uses
+    + digest: build digest (lock and interpreter)
+    + pip_args: index options for pip
+    + state: from this stage's PythonEnvFact
+
+    **Example:**
+
+    .. code:: python
+
+        locked_venv(name="venv", lock=load_lock("cpu", DEFAULT_LOCKS_DIR),
+                    interpreter="/usr/bin/python3", venv_dir="/opt/autoglm/venv",
+                    digest=build_digest(lock, "/usr/bin/python3"), pip_args=[], state=state)
     """
     why = needs_build(state, lock, venv_dir, digest)
     if why is None:

@@ -135,7 +135,7 @@ def check_interpreter(interpreter: str, version: str | None, lock: Lock) -> None
 
 @dataclass(frozen=True)
 class VenvState:
-    """What the python env fact read (see pyinfra_ext/python_ops.py)."""
+    """What the python env fact read (see stages/python_env/ops.py)."""
 
     interpreter_version: str | None = None  # "3.11.2"; None: interpreter missing
     has_venv_module: bool = False  # `python -m venv` can bootstrap pip (ensurepip)

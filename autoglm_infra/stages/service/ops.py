@@ -45,8 +45,18 @@ def directory(path: str, current: str | None, mode: str, owner: str = "root",
               group: str = "root") -> Generator[Any, None, None]:  # fmt: skip
     """Ensure a directory exists with mode/owner (`current` is 'mode owner group' or None).
 
-    Example: directory(name="media", path="/srv/autoglm/media", current=snap.dirs[...],
-             mode="755")
+    + path: directory
+    + current: 'mode owner group' from the snapshot, None when missing
+    + mode: octal mode
+    + owner: owner
+    + group: group
+
+    **Example:**
+
+    .. code:: python
+
+        directory(name="media", path="/srv/autoglm/media", current=snap.dirs[...],
+                  mode="755")
     """
     if current == f"{mode.lstrip('0')} {owner} {group}":
         host.noop(f"{path} exists")
@@ -58,8 +68,15 @@ def directory(path: str, current: str | None, mode: str, owner: str = "root",
 def generate_api_key(path: str, exists: bool) -> Generator[Any, None, None]:
     """Create a random API key on the host, once (0600 root); the key never leaves it.
 
-    Example: generate_api_key(name="API key", path="/etc/autoglm/credentials/api-key",
-             exists=snap.files.files.get(path) is not None)
+    + path: key file on the host
+    + exists: the snapshot found it
+
+    **Example:**
+
+    .. code:: python
+
+        generate_api_key(name="API key", path="/etc/autoglm/credentials/api-key",
+                         exists=snap.files.files.get(path) is not None)
     """
     if exists:
         host.noop(f"{path} exists (generated earlier or uploaded)")
@@ -88,9 +105,20 @@ def run_service(
     unit's last log lines and fails the operation, so the converge reports it. After a
     good start the inputs record is written from the host's files.
 
-    Example: run_service(name="Service: run", unit_name="autoglm-serve.service",
-             reload=True, enable=True, reasons=["service is inactive"],
-             inputs=["/etc/systemd/system/autoglm-serve.service"])
+    + unit_name: the service's unit
+    + reload: the unit file changed: daemon-reload
+    + enable: the unit is not enabled
+    + reasons: why it must (re)start; empty: no start
+    + inputs: files whose digests are recorded after a good start
+    + log_lines: journal lines shown when the start fails
+
+    **Example:**
+
+    .. code:: python
+
+        run_service(name="Service: run", unit_name="autoglm-serve.service",
+                    reload=True, enable=True, reasons=["service is inactive"],
+                    inputs=["/etc/systemd/system/autoglm-serve.service"])
     """
     unit = shlex.quote(unit_name)
     if not (reload or enable or reasons):

@@ -43,6 +43,14 @@ def smoke_test(args: Sequence[str]) -> Generator[Any, None, None]:
     """/health, /v1/models and a chat completion on the host; fail the host when broken.
 
     Runs at execution time, after the service stage started or restarted the server.
+
+    + args: arguments of host_tools/smoke.py (URL, model, --chat ...)
+
+    **Example:**
+
+    .. code:: python
+
+        smoke_test(name="smoke", args=["--base-url", "http://127.0.0.1:8000", "--chat"])
     """
     yield from ()  # a check: never a change
     result = parse_smoke(str(host.get_fact(Command, smoke_command(args)) or ""))
