@@ -1,7 +1,8 @@
 """Python env stage, pure core: profile choice, hash locks, install and swap plan.
 
 A *profile* names one hash-locked requirement file under data/locks: ``cpu`` for
-GPU-less hosts, ``<engine>-<torch flavour>`` (e.g. ``vllm-cu128``) for GPU hosts. A lock
+GPU-less hosts and, for GPU hosts, the lock the stack table names for the engine release and
+torch flavour (``vllm-0.33.0-cu130``; ``vllm-cu128`` is vLLM 0.12.0's). A lock
 is the output of scripts/lock_requirements.py: ``# key: value`` metadata lines, then
 ``name==version --hash=sha256:...`` entries, complete (installed with ``--no-deps``).
 
@@ -24,6 +25,8 @@ from urllib.parse import urlsplit
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
+
+from autoglm_infra.stack.resolver import StackPlan
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_LOCKS_DIR = ROOT / "data" / "locks"
@@ -96,13 +99,20 @@ class Lock:
 # profile and lock
 
 
-def select_profile(requested: str, engine: str, torch_flavour: str) -> str:
-    """The lock profile: explicit, or for 'auto' the serving engine's lock for the plan's
-    torch flavour (`vllm-cu128`), and `cpu` when the engine is `transformers serve` on CPU
+def select_profile(requested: str, engine: str, planned: str) -> str:
+    """The lock profile: explicit, or for 'auto' the stack plan's (`planned`, from
+    `plan_profile`), and `cpu` when the engine is `transformers serve` on CPU
     (serve_engine=cpu, what GPU-less hosts run)."""
     if requested != AUTO:
         return requested
-    return CPU_PROFILE if engine == CPU_PROFILE else f"{engine}-{torch_flavour}"
+    return CPU_PROFILE if engine == CPU_PROFILE else planned
+
+
+def plan_profile(plan: StackPlan) -> str:
+    """The lock the stack table names for the plan's engine release and torch flavour
+    (`vllm-0.33.0-cu130`); where the table has none (no lock can be made from PyPI), the
+    name `scripts/lock_requirements.py` would give it, so the refusal names the command."""
+    return plan.lock_profile or f"{plan.engine}-{plan.engine_version}-{plan.torch_flavour}"
 
 
 # <profile>.py312.txt: the same profile resolved for another Python minor.

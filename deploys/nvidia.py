@@ -41,6 +41,8 @@ if decided.refusal:  # a driver no package manager owns: stop before any change
     raise PyinfraError(f"NVIDIA stage refused {host.name}: {decided.refusal}")
 for note in plan.notes:
     logger.info(f"{host.print_prefix}stack: {note}")
+for warning in plan.warnings:  # an ended driver branch, a known defect of the torch build
+    logger.warning(f"{host.print_prefix}stack: WARNING: {warning}")
 for part in decided.components:
     logger.info(f"{host.print_prefix}{part.name}: {part.action}: {part.why}")
 

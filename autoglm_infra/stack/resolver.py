@@ -423,7 +423,7 @@ def _warn_lifecycle(
     )
     warnings.append(
         f"driver branch {row.branch} ({row.lifecycle}) reached end of life {when}: no more "
-        f"security fixes from NVIDIA; {fix}"
+        f"security fixes from NVIDIA; fix: {fix}"
     )
 
 
