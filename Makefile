@@ -9,7 +9,7 @@ SANDBOX := $(PY) -m autoglm_testbed.hosts
 APT_PACKAGES := debootstrap systemd-container iptables zstd openssh-client gnupg dpkg-dev apt-utils vagrant busybox-static apt-cacher-ng openssl curl systemd python3-pip
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: help deps venv lint typecheck unit integration test test-under-load slow demo sandbox sandbox-down vagrant vagrant-deps vagrant-down bench docs clean
+.PHONY: help deps venv lint typecheck unit integration test test-under-load slow gpu-acceptance demo sandbox sandbox-down vagrant vagrant-deps vagrant-down bench docs clean
 
 help:
 	@echo "make demo          converge two throw-away sandbox hosts end to end, twice"
@@ -18,6 +18,7 @@ help:
 	@echo "make sandbox HOSTS=n / make sandbox-down   boot / remove sandbox hosts"
 	@echo "make vagrant       a real VM (locally built box), converged twice; make vagrant-down"
 	@echo "make bench         no-op re-run and fan-out benchmarks"
+	@echo "make gpu-acceptance   on a GPU host: read-only preflight, gpu_check, torch bench"
 	@echo "make docs          regenerate the README variable table and group_data/all.py"
 
 # Host tools (root, Debian 12). The stamp keys on the package list so edits re-run it.
@@ -60,9 +61,13 @@ test: lint typecheck deps
 test-under-load:
 	scripts/test-under-load
 
-# Outside `make test`: installs the production GPU lock (~4 GB from PyPI, ~7 min).
+# Outside `make test`: installs the GPU locks (each ~10 GB installed from PyPI, 3-5 min here).
 slow: venv
 	$(VENV)/bin/pytest -m slow tests/slow
+
+# On a GPU host, as root: read-only preflight, gpu_check (@local) and a torch CUDA bench.
+gpu-acceptance: venv
+	$(PY) scripts/gpu_acceptance.py $(if $(PYTHON_BENCH),--python $(PYTHON_BENCH))
 
 demo: venv deps
 	$(PY) -m autoglm_testbed.demo

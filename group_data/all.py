@@ -18,6 +18,11 @@ serve_port = 8000
 # vllm | cpu.
 serve_engine = "vllm"
 
+# Engine release (stack/nvidia_stack.yaml): 'auto' takes the newest default candidate that fits
+# the host (vLLM 0.33.0 on CUDA 13 / Turing+, else 0.19.1); 0.12.0 is Open-AutoGLM's README stack.
+# Allowed: auto | a release in stack/nvidia_stack.yaml (0.33.0, 0.19.1, 0.12.0, 0.34.0).
+serve_engine_version = "auto"
+
 # Model name clients send; None derives it from model_repo (autoglm-phone-9b). Allowed: name of
 # letters, digits, . _ - or None.
 serve_model_name = None

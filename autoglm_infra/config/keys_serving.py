@@ -33,6 +33,14 @@ def media_dir(value: str) -> str:
     return value
 
 
+def engine_version(value: str) -> str:
+    if value != "auto" and not re.fullmatch(r"[0-9]+(\.[0-9A-Za-z]+)+", value):
+        raise ValueError(
+            "must be 'auto' or an engine release listed in stack/nvidia_stack.yaml, e.g. 0.33.0"
+        )
+    return value
+
+
 def extra_arg(value: str) -> str:
     if not value or "\n" in value or "\x00" in value:
         raise ValueError("each extra argument must be a non-empty single-line string")
@@ -55,6 +63,13 @@ class ServingKeys(Keys):
         "vllm",
         "Serving engine: vLLM on GPU hosts; cpu (`transformers serve`) for GPU-less test hosts.",
         "vllm | cpu",
+    )
+    serve_engine_version: Annotated[str, AfterValidator(engine_version)] = key(
+        "auto",
+        "Engine release (stack/nvidia_stack.yaml): 'auto' takes the newest default candidate "
+        "that fits the host (vLLM 0.33.0 on CUDA 13 / Turing+, else 0.19.1); 0.12.0 is "
+        "Open-AutoGLM's README stack.",
+        "auto | a release in stack/nvidia_stack.yaml (0.33.0, 0.19.1, 0.12.0, 0.34.0)",
     )
     serve_model_name: Annotated[str, AfterValidator(model_name)] | None = key(
         None,

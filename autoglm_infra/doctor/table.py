@@ -97,7 +97,18 @@ def gpu_rows(
     checks = evaluate_gpu(profile, probe, plan.driver_version, plan.cuda_version, host.packages)
     if probe.read:
         checks = [*component_checks(host), *checks]
-    return checks, plan
+    return [*checks, *stack_warning_checks(plan)], plan
+
+
+def stack_warning_checks(plan: StackPlan) -> list[Check]:
+    """The plan's warnings (an ended driver branch, a known torch defect such as the torch
+    2.9 Conv3d one), each a `warn` row whose fix is the part after "fix:"."""
+    rows = []
+    for warning in plan.warnings:
+        evidence, _, fix = warning.partition("; fix: ")
+        name = "driver lifecycle" if warning.startswith("driver branch") else "engine stack"
+        rows.append(Check(name, "warn", evidence, fix or "see stack/nvidia_stack.yaml"))
+    return rows
 
 
 def component_checks(host: HostPlan) -> list[Check]:
@@ -202,7 +213,7 @@ def _venv_checks(
     try:
         flavour = ""
         if settings.python_profile == pe.AUTO and settings.serve_engine != pe.CPU_PROFILE:
-            flavour = plan.torch_flavour if plan else ""
+            flavour = pe.plan_profile(plan) if plan else ""
         name = pe.select_profile(settings.python_profile, settings.serve_engine, flavour)
         locks = pe.load_lock_variants(
             name, Path(settings.python_locks_dir or DEFAULT_LOCKS_DIR), settings.python_profile

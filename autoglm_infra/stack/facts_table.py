@@ -35,6 +35,8 @@ _NUMERIC_VERSION = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 _PCI_ID = re.compile(r"(?:0x)?([0-9a-f]{1,4})")
 _DEB_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 _DEB_VERSION = re.compile(r"[0-9][A-Za-z0-9.+~:-]*")
+_MONTH = re.compile(r"20[0-9]{2}-(0[1-9]|1[0-2])")
+_PROFILE = re.compile(r"[a-z0-9][a-z0-9.-]*")
 
 
 class StackTableError(ValueError):
@@ -173,6 +175,7 @@ class DriverBranch(_SourcedRow):
     branch: int = Field(gt=0)
     version: str
     lifecycle: str
+    eol: str | None = None  # YYYY-MM NVIDIA ends the branch
     default_candidate: bool
     package_scheme: PackageScheme
     architectures: tuple[str, ...] = Field(min_length=1)
@@ -183,6 +186,18 @@ class DriverBranch(_SourcedRow):
     @classmethod
     def _numeric(cls, value: str) -> str:
         return _check_numeric(value)
+
+    @field_validator("eol")
+    @classmethod
+    def _month(cls, value: str | None) -> str | None:
+        if value is not None and not _MONTH.fullmatch(value):
+            raise ValueError(f"eol {value!r} is not a month YYYY-MM")
+        return value
+
+    @property
+    def ended(self) -> bool:
+        """The lifecycle says end of life without a recorded month."""
+        return self.eol is None and "end of life" in self.lifecycle.lower()
 
     @model_validator(mode="after")
     def _consistent(self) -> DriverBranch:
@@ -328,11 +343,17 @@ class TorchFlavour(_SourcedRow):
     arches: tuple[CpuArch, ...] = Field(min_length=1)
     min_compute_capability: str
     max_compute_capability: str
+    pip_cudnn: str | None = None  # the nvidia-cudnn wheel this torch wheel pins
 
     @field_validator("cuda", "min_compute_capability", "max_compute_capability")
     @classmethod
     def _numeric(cls, value: str) -> str:
         return _check_numeric(value)
+
+    @field_validator("pip_cudnn")
+    @classmethod
+    def _optional_numeric(cls, value: str | None) -> str | None:
+        return None if value is None else _check_numeric(value)
 
     @model_validator(mode="after")
     def _tag_matches_cuda(self) -> TorchFlavour:
@@ -353,14 +374,25 @@ class TorchRelease(_Frozen):
 class EngineFlavour(_SourcedRow):
     name: str
     arches: tuple[CpuArch, ...] = Field(min_length=1)
+    lock_profile: str | None = None  # autoglm_infra/locks/<lock_profile>.txt; None: no PyPI lock
+
+    @field_validator("lock_profile")
+    @classmethod
+    def _profile(cls, value: str | None) -> str | None:
+        if value is not None and not _PROFILE.fullmatch(value):
+            raise ValueError(f"lock_profile {value!r} is not a lock profile name")
+        return value
 
 
 class Engine(_SourcedRow):
     name: str
     version: str
+    released: str = ""  # YYYY-MM-DD
+    default_candidate: bool = False  # serve_engine_version=auto may pick it
     torch_version: str
     default_flavour: str
     min_compute_capability: str
+    docker_image: str = ""  # image tag for docker mode, e.g. vllm/vllm-openai:v0.33.0
     flavours: tuple[EngineFlavour, ...] = Field(min_length=1)
 
     @field_validator("min_compute_capability")
@@ -368,8 +400,29 @@ class Engine(_SourcedRow):
     def _numeric(cls, value: str) -> str:
         return _check_numeric(value)
 
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.version}"
+
     def flavour(self, name: str) -> EngineFlavour | None:
         return next((f for f in self.flavours if f.name == name), None)
+
+
+class KnownDefect(_SourcedRow):
+    """A torch build's defect that matters for the model; plans on it carry a warning."""
+
+    id: str
+    torch_versions: tuple[str, ...] = Field(min_length=1)
+    cudnn_below: str | None = None  # affected only with the wheel's cuDNN below this
+    summary: str
+    fix: str
+
+    def affects(self, torch_version: str, pip_cudnn: str | None) -> bool:
+        if torch_version not in self.torch_versions:
+            return False
+        if self.cudnn_below is None or pip_cudnn is None:
+            return True
+        return parse_version(pip_cudnn) < parse_version(self.cudnn_below)
 
 
 class StackTable(_Frozen):
@@ -385,6 +438,7 @@ class StackTable(_Frozen):
     torch: tuple[TorchRelease, ...] = Field(min_length=1)
     engines: tuple[Engine, ...] = Field(min_length=1)
     driver_revisions: tuple[DriverRevision, ...] = ()
+    known_defects: tuple[KnownDefect, ...] = ()
 
     # -- lookups -------------------------------------------------------------------------
     def architecture(self, name: str) -> Architecture | None:
@@ -416,8 +470,20 @@ class StackTable(_Frozen):
     def torch_release(self, version: str) -> TorchRelease | None:
         return next((t for t in self.torch if t.version == version), None)
 
-    def engine(self, name: str) -> Engine | None:
-        return next((e for e in self.engines if e.name == name), None)
+    def engine(self, name: str, version: str | None = None) -> Engine | None:
+        """The release `version` of engine `name`; without a version, its newest release."""
+        if version is not None:
+            return next((e for e in self.engines if (e.name, e.version) == (name, version)), None)
+        releases = self.engine_releases(name)
+        return releases[0] if releases else None
+
+    def engine_releases(self, name: str) -> list[Engine]:
+        """Every release of engine `name`, newest first."""
+        named = [e for e in self.engines if e.name == name]
+        return sorted(named, key=lambda e: _release_key(e.version), reverse=True)
+
+    def defects(self, torch_version: str, pip_cudnn: str | None) -> list[KnownDefect]:
+        return [d for d in self.known_defects if d.affects(torch_version, pip_cudnn)]
 
     # -- cross-row consistency -----------------------------------------------------------
     @model_validator(mode="after")
@@ -430,7 +496,7 @@ class StackTable(_Frozen):
         _unique(problems, "cuda_toolkits", [c.version for c in self.cuda_toolkits])
         _unique(problems, "cudnn", [c.version for c in self.cudnn])
         _unique(problems, "torch", [t.version for t in self.torch])
-        _unique(problems, "engines", [e.name for e in self.engines])
+        _unique(problems, "engines", [(e.name, e.version) for e in self.engines])
         for i, gpu in enumerate(self.gpus):
             arch = self.architecture(gpu.architecture)
             if arch is None:
@@ -497,6 +563,11 @@ class StackTable(_Frozen):
                         f"{list(engine_flavour.arches)} exceed torch {engine_torch.version}'s "
                         f"{list(torch_flavour.arches)}"
                     )
+
+
+def _release_key(version: str) -> tuple[int, ...]:
+    """'0.5.6.post1' -> (0, 5, 6, 1): numeric parts in order, for newest-first sorting."""
+    return tuple(int(part) for part in re.findall(r"[0-9]+", version))
 
 
 def _unique(problems: list[str], where: str, keys: list[Any]) -> None:

@@ -25,6 +25,7 @@ def stack_request(settings: Settings, profile: HostProfile) -> StackRequest:
         cuda_version=settings.cuda_version,
         cudnn_version=settings.cudnn_version,
         engine="vllm",
+        engine_version=settings.serve_engine_version,
         repo_base_url=settings.nvidia_repo_base_url,
     )
 

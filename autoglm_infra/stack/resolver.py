@@ -1,6 +1,6 @@
 """Pure stack resolver: which driver, CUDA toolkit, cuDNN and torch wheel a host gets.
 
-Every number comes from the compatibility table (autoglm_infra/stack/nvidia_stack.yaml); this module
+Every number comes from the compatibility table (stack/nvidia_stack.yaml); this module
 only applies the rules. Impossible combinations raise :class:`StackError` with a message
 that names the configuration keys, the numbers and the fix, for example::
 
@@ -20,9 +20,10 @@ Never imports pyinfra: deploy code turns the plan into operations.
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from autoglm_infra.stack.facts_table import (
     PINNING_PACKAGE_PREFIX,
@@ -53,6 +54,7 @@ KEY_FLAVOUR = "nvidia_driver_flavour"
 KEY_CUDA = "cuda_version"
 KEY_CUDNN = "cudnn_version"
 KEY_ENGINE = "engine"
+KEY_ENGINE_VERSION = "serve_engine_version"
 KEY_REPO = "nvidia_repo_base_url"
 
 AUTO = "auto"
@@ -89,6 +91,7 @@ class StackRequest:
     cuda_version: str = AUTO  # "auto" or e.g. "12.8"
     cudnn_version: str = AUTO  # "auto" | "none" | "9" | "9.10"
     engine: str = "vllm"
+    engine_version: str = AUTO  # "auto" (newest default_candidate release that fits) or "0.33.0"
     repo_base_url: str = DEFAULT_REPO_BASE_URL
     # A healthy driver already loaded on the host and kept (see stack_adopt): the plan is
     # resolved against its exact version and installs no driver package.
@@ -96,6 +99,8 @@ class StackRequest:
     # CUDA versions to prefer when cuda_version is auto (the host's toolkits, the driver's
     # own CUDA), best first: a fitting wheel of one of these wins over the engine default.
     prefer_cuda: tuple[str, ...] = ()
+    # The day end-of-life dates are compared with (None: today).
+    today: datetime.date | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,13 @@ class StackPlan:
     torch_version: str
     hold_packages: tuple[str, ...]  # apt-mark hold: unattended upgrades must not swap these
     notes: tuple[str, ...]  # why each auto choice was made, and any unverified facts used
+    lock_profile: str = (
+        ""  # autoglm_infra/locks profile of the engine flavour ("" when none exists)
+    )
+    docker_image: str = ""  # the engine release's image tag for docker mode
+    pip_cudnn: str = ""  # the cuDNN wheel the torch wheel pins ("" when not recorded)
+    # Ended driver branches and known defects of the chosen torch build, each with its fix.
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -146,14 +158,47 @@ class _Wheel:
 
 
 def resolve_stack(request: StackRequest, table: StackTable | None = None) -> StackPlan:
-    """Resolve a host's NVIDIA stack; deterministic; raises StackError when impossible."""
+    """Resolve a host's NVIDIA stack; deterministic; raises StackError when impossible.
+
+    With serve_engine_version=auto the engine's default-candidate releases are tried newest
+    first and the first that fits the host wins (a note says why newer ones did not)."""
     facts = table if table is not None else default_stack_table()
+    releases = _engine_releases(request.engine, request.engine_version, facts)
+    if len(releases) == 1 and request.engine_version.strip().lower() != AUTO:
+        return _resolve(request, facts, releases[0])
+    skipped: list[str] = []
+    errors: list[StackError] = []
+    for engine in releases:
+        try:
+            plan = _resolve(request, facts, engine)
+        except StackError as exc:
+            errors.append(exc)
+            skipped.append(f"{engine.label}: {exc}")
+            continue
+        note = (
+            f"{KEY_ENGINE_VERSION} auto -> {engine.version}: newest {engine.name} release "
+            "marked default_candidate in the table that fits this host"
+        )
+        if skipped:
+            note += " (" + "; ".join(skipped) + ")"
+        return replace(plan, notes=(note, *plan.notes))
+    if len({str(e) for e in errors}) == 1:
+        raise errors[0]
+    raise StackError(
+        f"{KEY_ENGINE_VERSION}=auto: no {releases[0].name} release fits this host: "
+        + "; ".join(skipped),
+        sorted({k for e in errors for k in e.keys} | {KEY_ENGINE_VERSION}),
+    )
+
+
+def _resolve(request: StackRequest, facts: StackTable, engine: Engine) -> StackPlan:
     notes: list[str] = []
+    warnings: list[str] = []
 
     target = _resolve_os(request.os, facts)
     repo_url = _repo_url(request.repo_base_url, target)
     gpus = _identify_gpus(request.gpus, facts, notes)
-    engine, torch_release = _resolve_engine(request.engine, facts)
+    torch_release = _engine_torch(engine, facts)
     branch_req = _apply_release(
         request.driver_version, _parse_branch(request.driver_branch, facts), facts, notes
     )
@@ -224,6 +269,14 @@ def resolve_stack(request: StackRequest, table: StackTable | None = None) -> Sta
         )
 
     _note_unverified(notes, target, gpus, branch, wheel, engine, cudnn)
+    _warn_lifecycle(warnings, facts, branch, target, request.today or datetime.date.today())
+    pip_cudnn = wheel.torch_flavour.pip_cudnn or ""
+    for defect in facts.defects(torch_release.version, wheel.torch_flavour.pip_cudnn):
+        cudnn_text = f", cuDNN {pip_cudnn}" if pip_cudnn else ""
+        warnings.append(
+            f"{engine.label} runs torch {torch_release.version}+{wheel.name}{cudnn_text}: "
+            f"{defect.summary}; fix: {defect.fix} ({defect.id}, stack/nvidia_stack.yaml)"
+        )
     hold = _unique_names((*driver_packages, *cuda_packages, *cudnn_packages))
     return StackPlan(
         repo_url=repo_url,
@@ -241,6 +294,10 @@ def resolve_stack(request: StackRequest, table: StackTable | None = None) -> Sta
         torch_version=torch_release.version,
         hold_packages=hold,
         notes=tuple(notes),
+        lock_profile=wheel.engine_flavour.lock_profile or "",
+        docker_image=engine.docker_image,
+        pip_cudnn=pip_cudnn,
+        warnings=tuple(warnings),
     )
 
 
@@ -309,15 +366,67 @@ def _identify_gpus(
     return tuple(found)
 
 
-def _resolve_engine(name: str, facts: StackTable) -> tuple[Engine, TorchRelease]:
-    engine = facts.engine(name.strip().lower())
-    if engine is None:
-        known = ", ".join(f"{e.name} {e.version}" for e in facts.engines)
+def _engine_releases(name: str, version: str, facts: StackTable) -> list[Engine]:
+    """The release asked for, or for auto the default candidates (every release of an
+    engine that marks none), newest first."""
+    engine_name = name.strip().lower()
+    releases = facts.engine_releases(engine_name)
+    if not releases:
+        known = ", ".join(sorted({e.name for e in facts.engines}))
         raise StackError(f"{KEY_ENGINE}={name!r} is unknown: use one of {known}", [KEY_ENGINE])
+    wanted = version.strip().lower()
+    if wanted == AUTO:
+        return [e for e in releases if e.default_candidate] or releases
+    exact = [e for e in releases if e.version == wanted]
+    if not exact:
+        known = ", ".join(e.version for e in releases)
+        raise StackError(
+            f"{KEY_ENGINE_VERSION}={version!r} is not a known {engine_name} release: use auto "
+            f"or one of {known}",
+            [KEY_ENGINE_VERSION],
+        )
+    return exact
+
+
+def _engine_torch(engine: Engine, facts: StackTable) -> TorchRelease:
     release = facts.torch_release(engine.torch_version)
     if release is None:  # guarded by table validation
         raise StackError(f"the table lists no torch {engine.torch_version} for {engine.name}")
-    return engine, release
+    return release
+
+
+def _warn_lifecycle(
+    warnings: list[str],
+    facts: StackTable,
+    branch: DriverBranch,
+    target: OsTarget,
+    today: datetime.date,
+) -> None:
+    """A plan on a branch NVIDIA has ended says so, with the date and a supported branch."""
+    row = facts.branch(branch.branch) or branch
+    if row.eol is not None:
+        year, month = (int(part) for part in row.eol.split("-"))
+        if (today.year, today.month) <= (year, month):
+            return
+        when = f"in {datetime.date(year, month, 1):%B %Y}"
+    elif row.ended:
+        when = "(date not recorded)"
+    else:
+        return
+    live = [
+        b
+        for b in reversed(_branches_ascending(facts))
+        if b.default_candidate and target.repo_path in b.repos and b.eol is not None
+    ]
+    fix = (
+        f"move to {KEY_BRANCH}={live[0].branch} ({live[0].lifecycle})"
+        if live
+        else "move to a supported branch"
+    )
+    warnings.append(
+        f"driver branch {row.branch} ({row.lifecycle}) reached end of life {when}: no more "
+        f"security fixes from NVIDIA; fix: {fix}"
+    )
 
 
 def _parse_branch(value: str, facts: StackTable) -> DriverBranch | None:
@@ -386,7 +495,7 @@ def _apply_release(
     notes.append(
         f"{KEY_VERSION}={text}: branch {branch.branch} at this release instead of its "
         f"pinned {pinned} (package revisions from driver_revisions in "
-        "autoglm_infra/stack/nvidia_stack.yaml)"
+        "stack/nvidia_stack.yaml)"
     )
     return branch.model_copy(update={"version": text, "packages": FamilyPackages(**families)})
 
@@ -874,7 +983,7 @@ def _note_unverified(
     if unverified:
         notes.append(
             "relies on table rows marked verified: false (see their notes in "
-            "autoglm_infra/stack/nvidia_stack.yaml): " + ", ".join(unverified)
+            "stack/nvidia_stack.yaml): " + ", ".join(unverified)
         )
 
 

@@ -25,10 +25,11 @@ MANAGED = (
     "/etc/apt/keyrings/autoglm-nvidia-cuda.gpg /etc/apt/sources.list.d/autoglm-nvidia-cuda.sources"
 )
 CLOSURE_PIN = "/etc/apt/preferences.d/autoglm-nvidia-pin"
-# What the default plan (Debian 12, no GPU -> open, R580) installs: the table's pinned
-# versions, written out here so the test does not agree with the resolver by construction.
-TOOLKIT = ("cuda-toolkit-12-8", "12.8.1-1")
-CUDNN = "9.10.2.21-1"
+# What the default plan (Debian 12, no GPU -> open, R580; serve_engine_version auto -> vLLM
+# 0.33.0 on CUDA 13.0) installs: the table's pinned versions, written out here so the test
+# does not agree with the resolver by construction.
+TOOLKIT = ("cuda-toolkit-13-0", "13.0.2-1")
+CUDNN = "9.17.1.4-1"
 
 # preflight + nvidia only: the later stages are converged by test_full.py
 DEPLOY = "tests/sandbox/deploys/preflight_nvidia.py"

@@ -25,13 +25,14 @@ def flag(argv: list[str], name: str) -> str:
 
 
 def vllm(**data: Any) -> list[str]:
-    return vllm_command(Settings(**data), f"{VENV}/bin/python").argv
+    return vllm_command(Settings(**data), VENV).argv
 
 
 def test_vllm_defaults_follow_open_autoglm() -> None:
     argv = vllm()
-    assert argv[:3] == [f"{VENV}/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
-    assert flag(argv, "--model") == "/srv/autoglm/models/AutoGLM-Phone-9B"
+    # `vllm serve <model>`: the current entrypoint (the api_server module is deprecated)
+    assert argv[:3] == [f"{VENV}/bin/vllm", "serve", "/srv/autoglm/models/AutoGLM-Phone-9B"]
+    assert "--model" not in argv
     assert flag(argv, "--served-model-name") == "autoglm-phone-9b"
     assert flag(argv, "--max-model-len") == "25480"
     assert flag(argv, "--chat-template-content-format") == "string"
@@ -89,7 +90,7 @@ def test_extra_args_come_last_one_token_each() -> None:
 
 
 def test_api_key_never_in_argv_only_named_env() -> None:
-    command = vllm_command(Settings(), f"{VENV}/bin/python")
+    command = vllm_command(Settings(), VENV)
     assert command.key_env == VLLM_API_KEY_ENV
     assert not any("api-key" in a or "API_KEY" in a for a in command.argv)
     assert command.environment["VLLM_NO_USAGE_STATS"] == "1"
@@ -122,7 +123,7 @@ def test_cpu_engine_serves_same_name_through_hub_alias() -> None:
 
 
 def test_engine_choice_defaults_to_vllm() -> None:
-    assert engine_command(Settings(), VENV).argv[0] == f"{VENV}/bin/python"
+    assert engine_command(Settings(), VENV).argv[:2] == [f"{VENV}/bin/vllm", "serve"]
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ recorded, verbatim), and what the NVIDIA stage decides for it (issue 24)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +21,7 @@ from autoglm_infra.stack.installed import (
 )
 from autoglm_infra.stages.nvidia.apt_check import stale_closure
 from autoglm_infra.stages.nvidia.files import closure_preferences
-from autoglm_infra.stages.nvidia.gpu_checks import parse_gpu_probe
+from autoglm_infra.stages.nvidia.gpu_checks import CUDA_VERSION_SED, SMI_QUERY, parse_gpu_probe
 
 RECORDED = Path(__file__).resolve().parents[1] / "fixtures" / "recorded"
 H200_PROBE = (RECORDED / "h200-gpu-probe.txt").read_text().splitlines()
@@ -63,20 +64,52 @@ def test_recorded_probe_parses_into_the_hosts_real_facts() -> None:
     }  # fmt: skip
 
 
-def test_recorded_nvidia_smi_gives_the_cuda_version_the_probe_reads() -> None:
-    """The probe's own sed over the recorded plain nvidia-smi output."""
+# From R610 on the banner reads "KMD Version:" / "CUDA UMD Version:". No R610+ output is
+# recorded here: this banner line is the one a public install note shows for driver
+# 610.57.04 on Ubuntu (2026-09-30, "| NVIDIA-SMI 610.57.04  KMD Version: 610.57.04  CUDA UMD
+# Version: 13.3 |", same column layout as the recorded 580 banner); the rest of the sample
+# is the recorded H200 output. A constructed sample, not a recording.
+R610_BANNER = (
+    "| NVIDIA-SMI 610.57.04              KMD Version: 610.57.04     CUDA UMD Version: 13.3     |"
+)
+
+
+def sed_cuda(text: str, sed: list[str]) -> list[str]:
+    """The probe's own sed expression over an nvidia-smi output."""
     out = subprocess.run(
-        ["sed", "-n", "s/.*CUDA Version: *\\([0-9.]*\\).*/cuda=\\1/p"],
-        input=(RECORDED / "h200-nvidia-smi.txt").read_text(),
-        capture_output=True,
-        text=True,
-        check=True,
+        [*sed, "-n", CUDA_VERSION_SED], input=text, capture_output=True, text=True, check=True
     )
-    assert out.stdout.split() == ["cuda=13.0"]
+    return out.stdout.split()
+
+
+def seds() -> list[list[str]]:
+    """GNU sed, and busybox's where installed (the expression is POSIX BRE)."""
+    found = [["sed"]]
+    if shutil.which("busybox"):
+        found.append(["busybox", "sed"])
+    return found
+
+
+def test_recorded_nvidia_smi_gives_the_cuda_version_the_probe_reads() -> None:
+    """The probe's own sed over the recorded plain nvidia-smi output (R580: CUDA Version)."""
+    recorded = (RECORDED / "h200-nvidia-smi.txt").read_text()
+    for sed in seds():
+        assert sed_cuda(recorded, sed) == ["cuda=13.0"], sed
     assert (
         "Driver Version                                         : 580.159.04"
         in (RECORDED / "h200-nvidia-smi-q.txt").read_text()
     )
+
+
+def test_r610_banner_with_cuda_umd_version_is_read_too() -> None:
+    recorded = (RECORDED / "h200-nvidia-smi.txt").read_text().splitlines(keepends=True)
+    banner = next(i for i, line in enumerate(recorded) if "CUDA Version:" in line)
+    assert len(recorded[banner].rstrip("\n")) == len(R610_BANNER)  # same table width
+    constructed = "".join([*recorded[:banner], R610_BANNER + "\n", *recorded[banner + 1 :]])
+    for sed in seds():
+        assert sed_cuda(constructed, sed) == ["cuda=13.3"], sed
+    # the driver's version is read from --query-gpu, not the banner: no other probe change
+    assert "driver_version" in SMI_QUERY
 
 
 def test_nvrm_line_gives_version_and_flavour() -> None:
@@ -160,8 +193,13 @@ def _driver_host(version: str, cuda: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_current_branches_595_and_620_are_known_and_adopted() -> None:
-    for version, cuda in (("595.71.05", "13.2"), ("620.70.06", "13.2")):
+def test_current_branches_595_to_620_are_known_and_adopted() -> None:
+    for version, cuda in (
+        ("595.71.05", "13.2"),
+        ("610.57.04", "13.3"),
+        ("615.71.09", "13.4"),
+        ("620.70.06", "13.2"),
+    ):
         found = installed_stack(parse_gpu_probe(_driver_host(version, cuda)))
         decided = host_plan(Settings(), H200_HOST, found)
         assert decided.components[0].action == KEEP, decided.components[0]
@@ -171,7 +209,7 @@ def test_current_branches_595_and_620_are_known_and_adopted() -> None:
 
 
 def test_a_driver_branch_the_table_does_not_know_is_not_stacked_over() -> None:
-    found = installed_stack(parse_gpu_probe(_driver_host("610.57.04", "13.2")))
+    found = installed_stack(parse_gpu_probe(_driver_host("600.12.04", "13.2")))  # no such branch
     decided = host_plan(Settings(), H200_HOST, found)
     assert decided.components[0].action == REFUSE
     assert not [n for n, _ in decided.packages if n.startswith(("nvidia-", "cuda-drivers"))]

@@ -52,7 +52,7 @@ def lock(text: str = LOCK) -> Lock:
     ],
 )
 def test_select_profile(requested: str, engine: str, expected: str) -> None:
-    assert pe.select_profile(requested, engine, "cu128") == expected
+    assert pe.select_profile(requested, engine, "vllm-cu128") == expected
 
 
 def test_shipped_locks_parse_and_cover_cpu_and_gpu() -> None:

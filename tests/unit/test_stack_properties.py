@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from autoglm_infra.common.hash_lock import DEFAULT_LOCKS_DIR
 from autoglm_infra.stack import (
     GpuDevice,
     OsInfo,
@@ -49,6 +51,11 @@ flavours = st.sampled_from(["auto", "open", "proprietary", "closed"])
 cudas = st.sampled_from(["auto", *(c.version for c in TABLE.cuda_toolkits), "11.8", "12"])
 cudnns = st.sampled_from(["auto", "none", "9", *(c.version for c in TABLE.cudnn), "8", "9.x"])
 engines = st.sampled_from([*(e.name for e in TABLE.engines), "tgi"])
+engine_versions = st.sampled_from(["auto", *(e.version for e in TABLE.engines), "0.99.0", ""])
+LOCKS = DEFAULT_LOCKS_DIR
+# A fixed day, so that end-of-life warnings are part of the deterministic outcome.
+TODAY = datetime.date(2026, 12, 4)
+todays = st.sampled_from([TODAY, datetime.date(2026, 1, 15), datetime.date(2030, 1, 1)])
 
 
 @st.composite
@@ -62,6 +69,8 @@ def requests(draw: st.DrawFn, gpus: st.SearchStrategy[GpuDevice] = known_gpus) -
         cuda_version=draw(cudas),
         cudnn_version=draw(cudnns),
         engine=draw(engines),
+        engine_version=draw(engine_versions),
+        today=draw(todays),
     )
 
 
@@ -80,6 +89,8 @@ def table_requests(draw: st.DrawFn) -> StackRequest:
         cuda_version=draw(auto_or([c.version for c in TABLE.cuda_toolkits])),
         cudnn_version=draw(auto_or(["none", "9", *(c.version for c in TABLE.cudnn)])),
         engine=draw(st.sampled_from([e.name for e in TABLE.engines])),
+        engine_version=draw(auto_or([e.version for e in TABLE.engines])),
+        today=draw(todays),
     )
 
 
@@ -132,6 +143,25 @@ def check_plan_invariants(request: StackRequest, plan: StackPlan) -> None:
         p.version.startswith(plan.driver_version) or p.name.startswith("nvidia-driver-pinning-")
         for p in plan.driver_packages
     )
+
+    engine = TABLE.engine(plan.engine, plan.engine_version)
+    assert engine is not None and engine.torch_version == plan.torch_version
+    if request.engine_version == "auto":
+        candidates = [e for e in TABLE.engine_releases(plan.engine) if e.default_candidate]
+        assert engine in candidates or not candidates
+    else:
+        assert plan.engine_version == request.engine_version
+    if plan.lock_profile:  # the python stage can install what the plan names
+        assert (LOCKS / f"{plan.lock_profile}.txt").is_file()
+    # end of life: a plan on a branch past its month always says so, with the month
+    today = request.today or TODAY
+    if branch.eol is not None:
+        year, month = map(int, branch.eol.split("-"))
+        ended = (today.year, today.month) > (year, month)
+        month_name = datetime.date(year, month, 1).strftime("%B %Y")
+        said = [w for w in plan.warnings if f"driver branch {branch.branch} " in w]
+        assert bool(said) == ended
+        assert all(month_name in w for w in said)
 
 
 @PROPERTY_SETTINGS
@@ -188,6 +218,7 @@ def test_blackwell_on_a_pre_570_branch_is_always_refused(
             cuda_version=request.cuda_version,
             cudnn_version=request.cudnn_version,
             engine=request.engine,
+            engine_version=request.engine_version,
         )
         assert outcome(bad).error is not None
 
@@ -205,6 +236,7 @@ def test_pre_turing_gpus_with_open_modules_are_always_refused(
         cuda_version=request.cuda_version,
         cudnn_version=request.cudnn_version,
         engine=request.engine,
+        engine_version=request.engine_version,
     )
     assert outcome(bad).error is not None
 
@@ -223,6 +255,7 @@ def test_pre_turing_gpus_on_branches_after_580_are_always_refused(
             cuda_version=request.cuda_version,
             cudnn_version=request.cudnn_version,
             engine=request.engine,
+            engine_version=request.engine_version,
         )
         assert outcome(bad).error is not None
 
@@ -244,5 +277,38 @@ def test_an_explicit_branch_below_the_cuda_minimum_is_always_refused(
                 cuda_version=cuda.version,
                 cudnn_version=request.cudnn_version,
                 engine=request.engine,
+                engine_version=request.engine_version,
             )
             assert outcome(bad).error is not None
+
+
+@PROPERTY_SETTINGS
+@given(requests(), st.sampled_from([e for e in TABLE.engines if e.name == "vllm"]))
+def test_an_explicit_release_on_a_branch_below_all_its_wheels_is_always_refused(
+    request: StackRequest, engine: object
+) -> None:
+    """Minimum-driver refusal for every engine release and flavour in the table."""
+    from autoglm_infra.stack.facts_table import Engine
+
+    assert isinstance(engine, Engine)
+    release = TABLE.torch_release(engine.torch_version)
+    assert release is not None
+    lowest = min(
+        parse_version(TABLE.cuda(f.cuda).min_driver)  # type: ignore[union-attr]
+        for f in release.flavours
+        if engine.flavour(f.name) is not None
+    )
+    for branch in TABLE.driver_branches:
+        if parse_version(branch.version) >= lowest:
+            continue
+        bad = StackRequest(
+            os=request.os,
+            gpus=request.gpus,
+            driver_branch=str(branch.branch),
+            driver_flavour=request.driver_flavour,
+            cudnn_version=request.cudnn_version,
+            engine="vllm",
+            engine_version=engine.version,
+            today=TODAY,
+        )
+        assert outcome(bad).error is not None

@@ -44,6 +44,10 @@ def table() -> StackTable:
 
 
 def resolve(table: StackTable, os: OsInfo = UBUNTU_2204, **kwargs: Any) -> StackPlan:
+    """These scenarios test the resolver's rules on the Open-AutoGLM README release (vLLM
+    0.12.0); serve_engine_version=auto and the newer releases are in test_stack_engines.py."""
+    if kwargs.get("engine", "vllm") == "vllm":
+        kwargs.setdefault("engine_version", "0.12.0")
     return resolve_stack(StackRequest(os=os, **kwargs), table)
 
 
@@ -195,7 +199,7 @@ def test_mirror_base_url_replaces_nvidia_and_trailing_slash_is_tolerated(
 
 def test_explicit_branch_570_with_auto_cuda_falls_back_from_a_cu129_default_to_cu128() -> None:
     def cu129_default(raw: dict[str, Any]) -> None:
-        next(e for e in raw["engines"] if e["name"] == "vllm")["default_flavour"] = "cu129"
+        next(e for e in raw["engines"] if e["version"] == "0.12.0")["default_flavour"] = "cu129"
 
     plan = resolve(table_with(cu129_default), gpus=(H100_SXM,), driver_branch="570")
 

@@ -170,12 +170,66 @@ def test_every_torch_flavour_referenced_by_an_engine_exists(table: StackTable) -
 
 
 def test_vllm_0_12_runs_on_pypis_torch_2_9_0_cu128_build_by_default(table: StackTable) -> None:
-    vllm = table.engine("vllm")
+    vllm = table.engine("vllm", "0.12.0")
 
-    assert vllm is not None
-    assert (vllm.version, vllm.torch_version, vllm.default_flavour) == ("0.12.0", "2.9.0", "cu128")
-    # The default must be a flavour this repository has a lock for.
-    assert (DEFAULT_LOCKS_DIR / f"vllm-{vllm.default_flavour}.txt").is_file()
+    assert vllm is not None and not vllm.default_candidate  # selectable, never auto
+    assert (vllm.torch_version, vllm.default_flavour) == ("2.9.0", "cu128")
+    default = vllm.flavour(vllm.default_flavour)
+    assert default is not None and default.lock_profile == "vllm-cu128"
+
+
+def test_every_lock_profile_in_the_table_has_a_lock(table: StackTable) -> None:
+    locks = DEFAULT_LOCKS_DIR
+    named = [f.lock_profile for e in table.engines for f in e.flavours if f.lock_profile]
+
+    assert "vllm-0.33.0-cu130" in named and "vllm-0.19.1-cu128" in named
+    for profile in named:
+        assert (locks / f"{profile}.txt").is_file(), profile
+        assert (locks / f"{profile}.in").is_file(), profile
+
+
+def test_auto_candidates_have_a_lock_for_their_default_flavour(table: StackTable) -> None:
+    """serve_engine_version=auto must never pick a release the python stage cannot install."""
+    candidates = [e for e in table.engines if e.default_candidate]
+
+    assert [e.version for e in table.engine_releases("vllm") if e.default_candidate] == [
+        "0.33.0",
+        "0.19.1",
+    ]
+    for engine in candidates:
+        default = engine.flavour(engine.default_flavour)
+        assert default is not None and default.lock_profile, engine.label
+
+
+def test_current_rows_match_pypi_metadata(table: StackTable) -> None:
+    """The numbers read from the wheels on PyPI (sources in the rows)."""
+    current, newest = table.engine("vllm", "0.33.0"), table.engine("vllm")
+    first_tf5 = table.engine("vllm", "0.19.1")
+    assert current is not None and newest is not None and first_tf5 is not None
+    assert newest.version == "0.34.0" and newest.torch_version == "2.14.0"
+    assert not newest.default_candidate  # its flashinfer-python==0.7.3 is not on PyPI
+    assert current.torch_version == "2.14.0" and first_tf5.torch_version == "2.10.0"
+    torch_214 = table.torch_release("2.14.0")
+    assert torch_214 is not None
+    cu130 = torch_214.flavour("cu130")
+    assert cu130 is not None and (cu130.cuda, cu130.pip_cudnn) == ("13.0", "9.24.0.43")
+    assert {e.docker_image for e in table.engines if e.name == "vllm"} == {
+        f"vllm/vllm-openai:v{v}" for v in ("0.12.0", "0.19.1", "0.33.0", "0.34.0")
+    }
+
+
+def test_driver_branches_590_to_615_use_the_pinning_scheme(table: StackTable) -> None:
+    for number in (590, 595, 610, 615, 620):
+        branch = table.branch(number)
+        assert branch is not None and branch.package_scheme == "pinning", number
+        ubuntu = branch.packages.for_family("ubuntu")
+        assert ubuntu is not None
+        names = [p.name for p in ubuntu.open]
+        assert names[0].startswith("nvidia-driver-pinning-") and names[1] == "nvidia-open"
+    eols = {b.branch: b.eol for b in table.driver_branches}
+    assert (eols[570], eols[580], eols[595], eols[610], eols[620]) == (
+        "2026-02", "2028-06", "2027-03", "2026-08", "2029-09"
+    )  # fmt: skip
 
 
 def test_supported_os_targets_and_repo_paths(table: StackTable) -> None:
@@ -245,7 +299,7 @@ def test_the_unmodified_table_round_trips(tmp_path: Path) -> None:
         ),
         (
             lambda raw: raw["engines"][0]["flavours"][0].update(name="cu124"),
-            r"engines\[0\] cu124: torch 2\.9\.0 has no such flavour",
+            r"engines\[0\] cu124: torch 2\.14\.0 has no such flavour",
         ),
         (
             lambda raw: raw["cuda_toolkits"][-1].update(min_driver="560.0"),

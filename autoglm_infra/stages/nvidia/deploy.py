@@ -53,6 +53,8 @@ def nvidia(run: StageRun) -> None:
         raise StageRefused(f"{decided.refusal}")
     for note in plan.notes:
         logger.info(f"{host.print_prefix}stack: {note}")
+    for warning in plan.warnings:  # an ended driver branch, a known defect of the torch build
+        logger.warning(f"{host.print_prefix}stack: WARNING: {warning}")
     for part in decided.components:
         logger.info(f"{host.print_prefix}{part.name}: {part.action}: {part.why}")
 

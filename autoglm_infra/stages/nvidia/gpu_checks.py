@@ -20,6 +20,9 @@ from autoglm_infra.stages.nvidia.files import HELD_STATE, REBOOT_REQUIRED
 # Open-AutoGLM recommends 24 GB or more of GPU memory for the 9B model.
 RECOMMENDED_VRAM_MIB = 24 * 1024
 SMI_QUERY = "index,pci.bus_id,name,driver_version,persistence_mode,memory.total"
+# The driver's CUDA from the plain `nvidia-smi` banner: "CUDA Version: 13.0" up to R595,
+# "CUDA UMD Version: 13.3" (next to "KMD Version:") from R610 on. POSIX BRE, for any sed.
+CUDA_VERSION_SED = r"s/.*CUDA \(UMD \)\{0,1\}Version: *\([0-9][0-9.]*\).*/cuda=\2/p"
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class GpuProbe:
     smi_installed: bool = False
     smi_error: str = ""  # first line nvidia-smi printed when it failed
     gpus: tuple[SmiGpu, ...] = ()
-    cuda_supported: str = ""  # the "CUDA Version" nvidia-smi prints: the driver's maximum
+    cuda_supported: str = ""  # nvidia-smi's "CUDA [UMD] Version": the driver's maximum
     module_version: str = ""
     uvm_loaded: bool = False
     packages: dict[str, str] = field(default_factory=dict)  # name -> installed version
@@ -64,7 +67,7 @@ def gpu_probe_script(package_patterns: Sequence[str]) -> str:
             "if command -v nvidia-smi >/dev/null 2>&1; then echo smi=installed",
             f"  if out=$(nvidia-smi --query-gpu={SMI_QUERY} --format=csv,noheader,nounits 2>&1)",
             '  then printf "%s\\n" "$out" | sed "s/^/gpu=/"',
-            "    nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\\([0-9.]*\\).*/cuda=\\1/p'",
+            f"    nvidia-smi 2>/dev/null | sed -n '{CUDA_VERSION_SED}'",
             '  else printf "%s\\n" "$out" | head -n1 | sed "s/^/smi_error=/"; fi',
             "fi",
             "[ -r /sys/module/nvidia/version ] && echo module=$(cat /sys/module/nvidia/version)",

@@ -38,7 +38,7 @@ def python_env(run: StageRun) -> None:
         flavour = ""
         if settings.python_profile == pe.AUTO and settings.serve_engine != pe.CPU_PROFILE:
             # the torch wheel follows the driver kept on the host (nvidia_driver_policy=adopt)
-            flavour = host_plan_for(settings, profile).plan.torch_flavour
+            flavour = pe.plan_profile(host_plan_for(settings, profile).plan)
         name = pe.select_profile(settings.python_profile, settings.serve_engine, flavour)
         locks_dir = Path(settings.python_locks_dir or DEFAULT_LOCKS_DIR)
         pe.load_lock_variants(name, locks_dir, settings.python_profile)  # refuse before any command

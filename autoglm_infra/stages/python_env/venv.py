@@ -1,7 +1,8 @@
 """Python env stage, pure core: profile choice, hash locks, install and swap plan.
 
-A *profile* names one hash-locked requirement file under autoglm_infra/locks/: ``cpu``
-for GPU-less hosts, ``<engine>-<torch flavour>`` (e.g. ``vllm-cu128``) for GPU hosts. A lock
+A *profile* names one hash-locked requirement file under autoglm_infra/locks/: ``cpu`` for
+GPU-less hosts and, for GPU hosts, the lock the stack table names for the engine release and
+torch flavour (``vllm-0.33.0-cu130``; ``vllm-cu128`` is vLLM 0.12.0's). A lock
 is the output of scripts/lock_requirements.py: ``# key: value`` metadata lines, then
 ``name==version --hash=sha256:...`` entries, complete (installed with ``--no-deps``).
 
@@ -31,6 +32,7 @@ from autoglm_infra.common.hash_lock import (
     parse_lock,
     variant_paths,
 )
+from autoglm_infra.stack.resolver import StackPlan
 
 CPU_PROFILE = "cpu"
 AUTO = "auto"
@@ -57,13 +59,20 @@ class PythonEnvError(HashLockError):
 # profile and lock
 
 
-def select_profile(requested: str, engine: str, torch_flavour: str) -> str:
-    """The lock profile: explicit, or for 'auto' the serving engine's lock for the plan's
-    torch flavour (`vllm-cu128`), and `cpu` when the engine is `transformers serve` on CPU
+def select_profile(requested: str, engine: str, planned: str) -> str:
+    """The lock profile: explicit, or for 'auto' the stack plan's (`planned`, from
+    `plan_profile`), and `cpu` when the engine is `transformers serve` on CPU
     (serve_engine=cpu, what GPU-less hosts run)."""
     if requested != AUTO:
         return requested
-    return CPU_PROFILE if engine == CPU_PROFILE else f"{engine}-{torch_flavour}"
+    return CPU_PROFILE if engine == CPU_PROFILE else planned
+
+
+def plan_profile(plan: StackPlan) -> str:
+    """The lock the stack table names for the plan's engine release and torch flavour
+    (`vllm-0.33.0-cu130`); where the table has none (no lock can be made from PyPI), the
+    name `scripts/lock_requirements.py` would give it, so the refusal names the command."""
+    return plan.lock_profile or f"{plan.engine}-{plan.engine_version}-{plan.torch_flavour}"
 
 
 def load_lock(

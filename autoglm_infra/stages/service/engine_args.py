@@ -1,10 +1,10 @@
 """The serving engine's command line and environment, from settings. Pure: no pyinfra.
 
-`vllm` (GPU hosts) follows Open-AutoGLM's recommended launch (README "Option B"), with
-one deliberate change: `--allowed-local-media-path` is a dedicated directory, never `/`
-(vLLM's help calls that option a security risk). `cpu` runs `transformers serve` with the
-same endpoint surface (/health, /v1/models, /v1/chat/completions) and model name, for
-GPU-less sandbox and Vagrant hosts.
+`vllm` (GPU hosts) follows Open-AutoGLM's recommended launch (README "Option B") through
+`vllm serve`, with one deliberate change: `--allowed-local-media-path` is a dedicated
+directory, never `/` (vLLM's help calls that option a security risk). `cpu` runs
+`transformers serve` with the same endpoint surface (/health, /v1/models,
+/v1/chat/completions) and model name, for GPU-less sandbox and Vagrant hosts.
 
 The API key never appears here: the unit's wrapper exports it from the systemd
 credential into `EngineCommand.key_env` just before exec.
@@ -61,13 +61,16 @@ def _compact_json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def vllm_command(settings: Settings, python: str) -> EngineCommand:
-    """vLLM's OpenAI server with Open-AutoGLM's flags and the configured tuning."""
+def vllm_command(settings: Settings, venv: str) -> EngineCommand:
+    """vLLM's OpenAI server with Open-AutoGLM's flags and the configured tuning.
+
+    Started as `vllm serve <model>` (the venv's console script), vLLM's current entrypoint
+    in every release the stack table knows; Open-AutoGLM's README still uses the
+    deprecated `python -m vllm.entrypoints.openai.api_server --model <model>`, which takes
+    the same flags. The Docker image's entrypoint is the same `vllm serve`."""
     argv = [
-        python,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
+        f"{venv}/bin/vllm",
+        "serve",
         settings.model_dir,
         "--served-model-name",
         served_model_name(settings),
@@ -140,4 +143,4 @@ def engine_command(settings: Settings, venv: str) -> EngineCommand:
     """The configured engine's command for a venv at `venv`."""
     if settings.serve_engine == "cpu":
         return cpu_command(settings, venv)
-    return vllm_command(settings, f"{venv}/bin/python")
+    return vllm_command(settings, venv)
