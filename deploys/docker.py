@@ -29,6 +29,7 @@ from autoglm_infra.docker_image import (
     load_derived_lock,
     pull_failure_hint,
 )
+from autoglm_infra.pyinfra_ext.converge_lock import take_converge_lock
 from autoglm_infra.pyinfra_ext.docker_ops import (
     DockerStateFact,
     apt_present,
@@ -54,6 +55,7 @@ PACKAGE_PATTERNS = (
 )
 
 settings = host_settings()
+take_converge_lock("docker", settings.converge_lock_wait)  # before any fact is read
 profile = host_profile(settings.model_dir)
 
 

@@ -21,6 +21,7 @@ from autoglm_infra.model_state import (
     plan_model,
     plan_path,
 )
+from autoglm_infra.pyinfra_ext.converge_lock import take_converge_lock
 from autoglm_infra.pyinfra_ext.model_ops import ModelSnapshotFact, model_pull
 from autoglm_infra.pyinfra_ext.operations import put_file, remove_file
 from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HELPER_SOURCE = (ROOT / "autoglm_infra" / "host_tools" / "model_fetch.py").read_bytes()
 
 settings = host_settings()
+take_converge_lock("model", settings.converge_lock_wait)  # before any fact is read
 profile = host_profile(settings.model_dir)
 model_dir = settings.model_dir
 try:

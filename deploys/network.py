@@ -15,6 +15,7 @@ from pyinfra.operations import server
 from autoglm_infra import network_files as nw
 from autoglm_infra.config.keys_network import NPM_TOKEN_ENV, PROXY_PASSWORD_ENV
 from autoglm_infra.controller_secrets import read_secret
+from autoglm_infra.pyinfra_ext.converge_lock import take_converge_lock
 from autoglm_infra.pyinfra_ext.network_ops import move_files, remove_paths
 from autoglm_infra.pyinfra_ext.operations import SnapshotFact, put_file, remove_file
 from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
@@ -29,6 +30,7 @@ def _read_ca(path: str) -> nw.CaCert:
 
 
 settings = host_settings()
+take_converge_lock("network", settings.converge_lock_wait)  # before any fact is read
 profile = host_profile(settings.model_dir)
 try:
     password = (

@@ -11,6 +11,7 @@ from pyinfra.operations import server
 from autoglm_infra import nvidia_files as nf
 from autoglm_infra.installed_stack import installed_stack
 from autoglm_infra.nvidia_apt_check import Expectation, stale_closure
+from autoglm_infra.pyinfra_ext.converge_lock import take_converge_lock
 from autoglm_infra.pyinfra_ext.nvidia_ops import (
     PERSISTENCED_ENABLED,
     driver_reboot,
@@ -25,6 +26,7 @@ from autoglm_infra.stack.facts_table import PINNING_PACKAGE_PREFIX
 from autoglm_infra.stack_adopt import host_plan
 
 settings = host_settings()
+take_converge_lock("nvidia", settings.converge_lock_wait)  # before any fact is read
 profile = host_profile(settings.model_dir)
 found = host_gpu_probe()
 try:

@@ -12,6 +12,7 @@ from pyinfra import host, logger
 from pyinfra.api.exceptions import PyinfraError
 
 from autoglm_infra import python_env as pe
+from autoglm_infra.pyinfra_ext.converge_lock import take_converge_lock
 from autoglm_infra.pyinfra_ext.python_ops import (
     PythonEnvFact,
     locked_venv,
@@ -23,6 +24,7 @@ from autoglm_infra.pyinfra_ext.settings import host_plan_for, host_profile, host
 from autoglm_infra.pyinfra_ext.stage_changes import PYTHON_ENV, record
 
 settings = host_settings()
+take_converge_lock("python env", settings.converge_lock_wait)  # before any fact is read
 profile = host_profile(settings.model_dir)
 cache_dirs = [settings.python_cache_dir, *pe.cache_environment(settings.python_cache_dir).values()]
 try:

@@ -13,6 +13,7 @@ from pyinfra.api.exceptions import PyinfraError
 from autoglm_infra import service_unit as su
 from autoglm_infra.controller_secrets import SecretError, read_secret
 from autoglm_infra.model_state import plan_path, stamps_path
+from autoglm_infra.pyinfra_ext.converge_lock import take_converge_lock
 from autoglm_infra.pyinfra_ext.operations import put_file
 from autoglm_infra.pyinfra_ext.service_ops import (
     ServiceSnapshotFact,
@@ -26,6 +27,7 @@ from autoglm_infra.python_env import STAMP_FILE
 from autoglm_infra.service_state import INPUTS_RECORD, expected_inputs, restart_reasons
 
 settings = host_settings()
+take_converge_lock("service", settings.converge_lock_wait)  # before any fact is read
 
 if settings.serve_mode != "venv":
     host.noop(f"service stage: serve_mode is {settings.serve_mode}, not venv")

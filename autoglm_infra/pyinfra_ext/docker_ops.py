@@ -12,6 +12,7 @@ from pyinfra.api import FileUploadCommand, StringCommand, operation
 
 from autoglm_infra import docker_files as df
 from autoglm_infra.docker_state import DockerState, parse_docker_state, state_script
+from autoglm_infra.pyinfra_ext.converge_lock import tie_to_controller
 from autoglm_infra.pyinfra_ext.operations import APT_ENV, APT_OPTS
 from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
 from autoglm_infra.remote_state import PackageState
@@ -98,14 +99,17 @@ def ensure_image(
         yield FileUploadCommand(tarball, remote)
         # docker load checks every layer against the config the image ID hashes
         yield StringCommand(
-            f"docker load --quiet --input {qr} >/dev/null; rc=$?; rm -f {qr}; [ $rc -eq 0 ] && "
-            f"docker image inspect -f '{{{{.Id}}}}' {q} >/dev/null"
+            tie_to_controller(
+                f"docker load --quiet --input {qr} >/dev/null; rc=$?; rm -f {qr}; [ $rc -eq 0 ] "
+                f"&& docker image inspect -f '{{{{.Id}}}}' {q} >/dev/null"
+            )
         )
     elif build_command is not None:
-        yield StringCommand(build_command)
+        yield StringCommand(tie_to_controller(build_command))
     else:
         hint = shlex.quote(pull_hint or f"docker pull {ref} failed")
-        yield StringCommand(f"docker pull --quiet {q} || {{ printf '%s\\n' {hint} >&2; exit 1; }}")
+        pull = f"docker pull --quiet {q} || {{ printf '%s\\n' {hint} >&2; exit 1; }}"
+        yield StringCommand(tie_to_controller(pull))
 
 
 @operation()

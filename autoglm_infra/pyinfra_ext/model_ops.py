@@ -18,6 +18,7 @@ from autoglm_infra.model_state import (
     parse_listing,
     split_lines,
 )
+from autoglm_infra.pyinfra_ext.converge_lock import tie_to_controller
 from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
 from autoglm_infra.remote_state import Snapshot, parse_snapshot, snapshot_script
 
@@ -57,4 +58,4 @@ def model_pull(
     if not plan.run_helper:
         host.noop(plan.reason)
         return
-    yield StringCommand(helper_command(model_dir, verify, prune))
+    yield StringCommand(tie_to_controller(helper_command(model_dir, verify, prune)))
