@@ -67,6 +67,10 @@ preflight_min_mem_gib = 16
 # >= 0.
 preflight_min_disk_gib = 40
 
+# Seconds a converge waits for another one holding the same host (the host-side lock in /run/lock)
+# before it stops that host naming the holder; 0: do not wait. Allowed: integer 0-86400.
+converge_lock_wait = 600
+
 # HTTP(S) proxy for apt, pip, npm, Docker and the shell; credentials never go here. Allowed:
 # http(s) URL without user:pass, or None.
 proxy_url = None

@@ -26,13 +26,16 @@ endpoint's own scheme and host: kept on a same-host redirect (a renamed reposito
 dropped when the hub sends us to a CDN. ``Accept-Encoding: identity`` is always sent,
 as huggingface_hub does, so sizes and digests are of the file's own bytes.
 
-Exit status: 0 done, 1 some file failed (named on stderr), 2 bad plan, 3 not enough disk.
+Exit status: 0 done, 1 some file failed (named on stderr), 2 bad plan, 3 not enough disk
+(before the first byte, or the disk filled up during the pull: partials are removed), 4
+another pull still writes into model_dir (one writer per directory: `.autoglm/fetch.lock`).
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import fcntl
 import hashlib
 import http.client
 import json
@@ -68,6 +71,10 @@ RATELIMIT_MAX_WAIT = 310.0  # one 5-minute Hub window and a margin (Hub docs: ra
 
 class FetchError(Exception):
     """One file cannot be fetched; the message names it and says why."""
+
+
+class DiskFull(FetchError):
+    """The filesystem of model_dir ran out of space while writing a file."""
 
 
 class Retryable(Exception):
@@ -570,6 +577,12 @@ def stream_into(entry: Entry, partial: str, hasher: Any, offset: int, opts: Opti
             dropped = err
         finally:
             write_error = sink.close()  # the hasher covers exactly the file again
+    if write_error is not None and write_error.errno == errno.ENOSPC:
+        os.unlink(partial)  # frees what this file took; the files in place are untouched
+        raise DiskFull(
+            f"no space left on device at {opts.model_dir} while writing {entry.path} "
+            f"({entry.size / 2**20:.1f} MiB); its partial download was removed"
+        )
     if write_error is not None:
         raise FetchError(
             f"{entry.path}: cannot write {partial}: {write_error}; the next run resumes "
@@ -722,14 +735,63 @@ def extra_files(model_dir: str, entries: list[Entry], keep_partials: set[str]) -
     return sorted(found)
 
 
-def run(plan_file: str, verify: str, prune: bool, retry_base: float, progress_every: float) -> int:
+def dir_lock(model_dir: str, wait_s: float) -> int | None:
+    """Hold `.autoglm/fetch.lock` (flock) for this process's life: one writer per model_dir.
+
+    A pull whose controller was lost is killed on the host (converge_lock.tied_command);
+    this waits the few seconds until it is gone instead of writing beside it."""
+    path = os.path.join(model_dir, META_DIR, "fetch.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait_s
+    told = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "?"
+            if time.monotonic() >= deadline:
+                log(
+                    f"another pull still writes into {model_dir} ({holder}); waited "
+                    f"{wait_s:.0f} s; nothing was changed: converge again once it is gone"
+                )
+                os.close(fd)
+                return None
+            if not told:
+                log(f"waiting for another pull writing into {model_dir} ({holder})")
+                told = True
+            time.sleep(0.5)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%H:%M:%S')}\n".encode(), 0)
+    return fd
+
+
+def run(
+    plan_file: str,
+    verify: str,
+    prune: bool,
+    retry_base: float,
+    progress_every: float,
+    lock_wait: float = 120.0,
+) -> int:
     try:
         entries, opts, _ = load_plan(plan_file)
     except (OSError, ValueError, KeyError, TypeError) as err:
         log(f"cannot read plan {plan_file}: {err}")
         return 2
     opts = Options(**{**opts.__dict__, "retry_base": retry_base, "progress_every": progress_every})
-    os.makedirs(opts.model_dir, exist_ok=True)
+    os.makedirs(os.path.join(opts.model_dir, META_DIR), exist_ok=True)
+    lock_fd = dir_lock(opts.model_dir, lock_wait)
+    if lock_fd is None:
+        return 4
+    try:
+        return pull_locked(entries, opts, verify, prune)
+    finally:
+        os.close(lock_fd)  # also lets a later run in this process take it
+
+
+def pull_locked(entries: list[Entry], opts: Options, verify: str, prune: bool) -> int:
+    """The pull itself, with model_dir's lock held (see `run`)."""
     stamps = Stamps(opts.model_dir, {e.path for e in entries})
     started = time.monotonic()
 
@@ -755,6 +817,7 @@ def run(plan_file: str, verify: str, prune: bool, retry_base: float, progress_ev
 
     # 3. downloads, several at once
     errors: list[str] = []
+    full: set[str] = set()  # files that hit a full disk
     transferred = 0
     if to_fetch:
         log(f"fetching {len(to_fetch)} files, {needed / 2**20:.1f} MiB, {opts.workers} at once")
@@ -762,6 +825,9 @@ def run(plan_file: str, verify: str, prune: bool, retry_base: float, progress_ev
         def one(entry: Entry) -> int:
             try:
                 return fetch(entry, opts, stamps)
+            except DiskFull as err:
+                full.add(entry.path)
+                errors.append(str(err))
             except FetchError as err:
                 errors.append(str(err))
             except OSError as err:
@@ -792,6 +858,17 @@ def run(plan_file: str, verify: str, prune: bool, retry_base: float, progress_ev
     )
     for error in errors:
         log(f"ERROR {error}")
+    if full:
+        left = missing_bytes([e for e in to_fetch if e.path in full], opts.model_dir)
+        free = shutil.disk_usage(opts.model_dir).free
+        log(
+            f"ERROR no space left on device at {opts.model_dir}: the pull still needs "
+            f"{left / 2**20:.1f} MiB (+ {opts.margin_bytes / 2**20:.1f} MiB margin, "
+            f"model_disk_margin_mib), {free / 2**20:.1f} MiB are free; partial downloads "
+            "were removed and the files already in place kept. Free space there (or point "
+            "model_dir at a larger disk) and converge again"
+        )
+        return 3
     return 1 if errors else 0
 
 

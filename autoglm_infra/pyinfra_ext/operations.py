@@ -27,9 +27,11 @@ from autoglm_infra.common.snapshot import (
 from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
 
 APT_ENV = "DEBIAN_FRONTEND=noninteractive"
+# apt/dpkg are never killed half-way (a broken dpkg state is worse than a late one): a
+# converge whose controller was lost lets them finish, and the next one waits for their lock.
 APT_OPTS = (
     "-y -q --no-install-recommends -o Dpkg::Options::=--force-confdef "
-    "-o Dpkg::Options::=--force-confold"
+    "-o Dpkg::Options::=--force-confold -o DPkg::Lock::Timeout=300"
 )
 
 

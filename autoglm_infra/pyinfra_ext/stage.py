@@ -23,6 +23,7 @@ from pyinfra.api.operation import OperationMeta
 
 from autoglm_infra.common.host_profile import HostProfile
 from autoglm_infra.config.schema import Settings
+from autoglm_infra.pyinfra_ext.converge_lock import take_converge_lock
 from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
 
 
@@ -67,8 +68,11 @@ def current_run() -> StageRun:
     return _runs[key]
 
 
-def stage(title: str) -> Callable[[Callable[[StageRun], None]], Callable[..., None]]:
-    """Make `func` a stage called `title` (as it names itself in refusals)."""
+def stage(
+    title: str, changes_host: bool = True
+) -> Callable[[Callable[[StageRun], None]], Callable[..., None]]:
+    """Make `func` a stage called `title` (as it names itself in refusals). A stage that
+    changes the host first takes its converge lock, before it reads the host's state."""
 
     def decorate(func: Callable[[StageRun], None]) -> Callable[..., None]:
         @functools.wraps(func)
@@ -76,6 +80,8 @@ def stage(title: str) -> Callable[[Callable[[StageRun], None]], Callable[..., No
             run = run or current_run()
             outer, run.stage = run.stage, title
             try:
+                if changes_host:
+                    take_converge_lock(title, run.settings.converge_lock_wait)
                 func(run)
             except StageRefused as exc:  # user-facing: pyinfra prints it without a traceback
                 raise PyinfraError(f"{title} stage refused {host.name}: {exc}") from None

@@ -342,7 +342,7 @@ def test_sink_writes_and_hashes_exactly_what_was_submitted(
     assert hasher.hexdigest() == hashlib.sha256(head + body).hexdigest()
 
 
-def test_write_error_stops_the_file_and_keeps_the_partial_for_resume(
+def test_disk_full_mid_file_names_the_space_and_removes_the_partial(
     hub: HubStandin,
     tmp_path: Path,
     source: Path,
@@ -360,11 +360,11 @@ def test_write_error_stops_the_file_and_keeps_the_partial_for_resume(
         real_write(self, buf, n)  # type: ignore[arg-type]
 
     monkeypatch.setattr(model_fetch.Sink, "_write", disk_full_after_1mib)
-    assert pull(plan) == 1
+    assert pull(plan) == 3  # issue 20: a full disk is a clear error, temp files removed
     err = capsys.readouterr().err
-    assert f"{SHARD1}: cannot write" in err and "No space left on device" in err
-    assert "the next run resumes from byte 1048576" in err
-    assert (model / (SHARD1 + ".partial")).stat().st_size == 2**20
+    assert f"no space left on device at {model} while writing {SHARD1}" in err
+    assert "the pull still needs" in err and "MiB are free" in err
+    assert not list(model.rglob("*.partial"))
     assert not (model / SHARD1).exists()
     monkeypatch.undo()
     assert pull(plan) == 0

@@ -10,6 +10,7 @@ from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, operation
 
 from autoglm_infra.common.snapshot import PackageState
+from autoglm_infra.pyinfra_ext.converge_lock import tie_to_controller
 from autoglm_infra.pyinfra_ext.operations import APT_ENV, APT_OPTS
 from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
 from autoglm_infra.stages.docker import files as df
@@ -101,14 +102,17 @@ def ensure_image(
         yield FileUploadCommand(tarball, remote)
         # docker load checks every layer against the config the image ID hashes
         yield StringCommand(
-            f"docker load --quiet --input {qr} >/dev/null; rc=$?; rm -f {qr}; [ $rc -eq 0 ] && "
-            f"docker image inspect -f '{{{{.Id}}}}' {q} >/dev/null"
+            tie_to_controller(
+                f"docker load --quiet --input {qr} >/dev/null; rc=$?; rm -f {qr}; [ $rc -eq 0 ] "
+                f"&& docker image inspect -f '{{{{.Id}}}}' {q} >/dev/null"
+            )
         )
     elif build_command is not None:
-        yield StringCommand(build_command)
+        yield StringCommand(tie_to_controller(build_command))
     else:
         hint = shlex.quote(pull_hint or f"docker pull {ref} failed")
-        yield StringCommand(f"docker pull --quiet {q} || {{ printf '%s\\n' {hint} >&2; exit 1; }}")
+        pull = f"docker pull --quiet {q} || {{ printf '%s\\n' {hint} >&2; exit 1; }}"
+        yield StringCommand(tie_to_controller(pull))
 
 
 @operation()

@@ -10,6 +10,7 @@ from pyinfra import host
 from pyinfra.api import StringCommand, operation
 
 from autoglm_infra.common.snapshot import Snapshot, parse_snapshot, snapshot_script
+from autoglm_infra.pyinfra_ext.converge_lock import tie_to_controller
 from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
 from autoglm_infra.stages.model.state import (
     ModelDirState,
@@ -61,4 +62,4 @@ def model_pull(
     if not plan.run_helper:
         host.noop(plan.reason)
         return
-    yield StringCommand(helper_command(model_dir, verify, prune))
+    yield StringCommand(tie_to_controller(helper_command(model_dir, verify, prune)))

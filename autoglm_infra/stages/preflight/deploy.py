@@ -16,7 +16,7 @@ from autoglm_infra.stages.preflight.problems import (
 )
 
 
-@stage("preflight")
+@stage("preflight", changes_host=False)
 def preflight(run: StageRun) -> None:
     settings, profile = run.settings, run.profile
     minimums = Minimums(

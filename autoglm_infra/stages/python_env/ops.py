@@ -18,6 +18,7 @@ from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, operation
 
 from autoglm_infra.common.hash_lock import Lock
+from autoglm_infra.pyinfra_ext.converge_lock import tie_to_controller
 from autoglm_infra.pyinfra_ext.operations import APT_ENV, APT_OPTS
 from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
 from autoglm_infra.stages.python_env.venv import (
@@ -210,4 +211,5 @@ def locked_venv(
     upload = f"{builds}/.lock-{digest[:16]}.txt"
     yield StringCommand(f"mkdir -p {shlex.quote(builds)} && chmod 755 {shlex.quote(builds)}")
     yield FileUploadCommand(BytesIO(lock.requirements_text().encode()), upload)
-    yield StringCommand(build_script(lock, interpreter, venv_dir, digest, new, upload, pip_args))
+    script = build_script(lock, interpreter, venv_dir, digest, new, upload, pip_args)
+    yield StringCommand(tie_to_controller(script))  # a lost controller leaves no pip behind

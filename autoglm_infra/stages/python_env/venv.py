@@ -36,6 +36,8 @@ from autoglm_infra.stack.resolver import StackPlan
 
 CPU_PROFILE = "cpu"
 AUTO = "auto"
+BUILD_LOCK = ".build.lock"  # flock'ed by the build writing into <venv>.builds
+BUILD_LOCK_WAIT_S = 120  # a killed run's build is gone within seconds (converge_lock)
 STAMP_FILE = "autoglm-lock.sha256"  # inside a built venv: digest of what built it
 LOCK_COPY = "autoglm-lock.txt"  # inside a built venv: the requirements it was built from
 CACHE_SUBDIRS: dict[str, str] = {
@@ -287,7 +289,14 @@ def build_script(
         'last-failed.log)" >&2; exit 1; }'
     )
     explain = (
-        f"if grep -q 'DO NOT MATCH THE HASHES' {q_new}/build.log; then "
+        f"if grep -q 'No space left on device' {q_new}/build.log; then "
+        f"cp -f {q_new}/build.log {log} 2>/dev/null; rm -rf {q_new}; "
+        f'in_service=$(du -sm "$(readlink -f {q_venv})" 2>/dev/null | cut -f1); '
+        f'fail "no space left on device at {builds_dir(venv_dir)}: $(df -m --output=avail '
+        f"{q_builds} | tail -1 | tr -d ' ') MiB free once the failed build was removed; a build "
+        f"of lock {lock.profile} needs about as much as the venv in service "
+        f'(${{in_service:-?}} MiB, see du -sm {venv_dir}/); free space there and converge again"; '
+        f"elif grep -q 'DO NOT MATCH THE HASHES' {q_new}/build.log; then "
         'fail "hash mismatch: the index served a file whose sha256 is not in lock '
         f"{lock.profile} (tampered file or wrong mirror): $(grep -A3 'DO NOT MATCH' "
         f"{q_new}/build.log | grep -E 'Expected|Got|from' | tr -s ' ' | tr '\\n' ' ')\"; "
@@ -298,22 +307,38 @@ def build_script(
         f"else fail \"pip install failed: $(tail -5 {q_new}/build.log | tr '\\n' ' ')\"; fi"
     )
     check = pip_check_filter(lock.expected_conflicts)
+    q_imports = shlex.quote(imports)
+    busy = (
+        f'echo "autoglm python env: another build still runs in {builds_dir(venv_dir)} '
+        f"(waited {BUILD_LOCK_WAIT_S} s for {builds_dir(venv_dir)}/{BUILD_LOCK}); nothing "
+        'changed; run again once it is gone" >&2; exit 1'
+    )
     steps = [
         "set -u",
         fail,
-        f"rm -rf {q_new} && mkdir -p {q_builds} && chmod 755 {q_builds}",
+        f"mkdir -p {q_builds} && chmod 755 {q_builds}",
+        # one writer per build directory: a killed run's build holds this until it is gone
+        f"exec 8>>{q_builds}/{BUILD_LOCK} && flock -w {BUILD_LOCK_WAIT_S} 8 || {{ {busy}; }}",
+        # a build that passed its checks before its run was lost is reused, not redone
+        f'if [ "$(cat {q_new}/{STAMP_FILE} 2>/dev/null)" = {digest} ] && '
+        f"{q_new}/bin/python -c {q_imports} >/dev/null 2>&1; then "
+        f"rm -f {shlex.quote(lock_upload)}; "
+        f'echo "autoglm python env: reusing the checked build {new}"; else',
+        f"rm -rf {q_new}",
         f"{shlex.quote(interpreter)} -m venv {q_new} || fail 'python -m venv failed'",
         f"mv {shlex.quote(lock_upload)} {q_new}/{LOCK_COPY}",
         f"{q_new}/bin/python -m pip install --no-input --disable-pip-version-check "
         f"--no-cache-dir --require-hashes --only-binary=:all: --no-deps {pip} "
         f"-r {q_new}/{LOCK_COPY} > {q_new}/build.log 2>&1 || {{ {explain}; }}",
-        f"{q_new}/bin/python -c {shlex.quote(imports)} >> {q_new}/build.log 2>&1 "
+        f"{q_new}/bin/python -c {q_imports} >> {q_new}/build.log 2>&1 "
         f"|| fail 'the new venv cannot import {' '.join(lock.import_check)}'",
         f"problems=$({q_new}/bin/python -m pip check 2>&1 | {check} | grep -v '^No broken' "
         "|| true)",
         '[ -z "$problems" ] || fail "pip check: $problems"',
-        f"printf '%s\\n' {digest} > {q_new}/{STAMP_FILE}",
         f"rm -f {q_new}/build.log && chown -R root:root {q_new} && chmod -R go-w,a+rX {q_new}",
+        # last: the stamp vouches for a complete, checked and locked-down build
+        f"printf '%s\\n' {digest} > {q_new}/{STAMP_FILE}",
+        "fi",
         # a real directory at the venv path (not made by us) is kept aside, not deleted
         f"if [ -d {q_venv} ] && [ ! -L {q_venv} ]; then mv {q_venv} {q_builds}/unmanaged-$$; fi",
         f"previous=$(readlink {q_venv} || true)",
