@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from autoglm_infra.common.hash_lock import DEFAULT_LOCKS_DIR
 from autoglm_infra.stages.python_env import venv as pe
 from autoglm_testbed.converge import (
     ConvergeResult,
@@ -43,7 +44,7 @@ SITE_TORCH = f"ls -d {pe.builds_dir(VENV)}/*/lib/python3*/site-packages/torch 2>
 
 @pytest.fixture(scope="module")
 def mirror(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PypiMirror]:
-    wheels = WheelCache().ensure(pe.load_lock("cpu", pe.DEFAULT_LOCKS_DIR))
+    wheels = WheelCache().ensure(pe.load_lock("cpu", DEFAULT_LOCKS_DIR))
     sandbox._ensure_network()  # the bridge address the stand-ins bind to
     with PypiMirror(tmp_path_factory.mktemp("pypi"), controller_address(sandbox), wheels) as served:
         yield served
