@@ -69,16 +69,25 @@ def current_run() -> StageRun:
 
 
 def stage(
-    title: str, changes_host: bool = True
+    title: str, position: int, changes_host: bool = True
 ) -> Callable[[Callable[[StageRun], None]], Callable[..., None]]:
     """Make `func` a stage called `title` (as it names itself in refusals). A stage that
-    changes the host first takes its converge lock, before it reads the host's state."""
+    changes the host first takes its converge lock, before it reads the host's state.
+
+    `position` is the stage's place in the complete converge. pyinfra identifies an
+    operation by the line numbers of its call stack; stages called from one loop share
+    those lines up to their own files, so hosts running different stage lists (venv and
+    docker mode) could give two different operations one identity and pyinfra stops with
+    "Cycle detected in operation ordering DAG". The position, pushed as a pyinfra loop
+    position, makes every operation's identity its stage's, whichever stages run.
+    """
 
     def decorate(func: Callable[[StageRun], None]) -> Callable[..., None]:
         @functools.wraps(func)
         def run_stage(run: StageRun | None = None) -> None:
             run = run or current_run()
             outer, run.stage = run.stage, title
+            host.loop_position.append(position)
             try:
                 if changes_host:
                     take_converge_lock(title, run.settings.converge_lock_wait)
@@ -86,6 +95,7 @@ def stage(
             except StageRefused as exc:  # user-facing: pyinfra prints it without a traceback
                 raise PyinfraError(f"{title} stage refused {host.name}: {exc}") from None
             finally:
+                host.loop_position.pop()
                 run.stage = outer
 
         return run_stage

@@ -292,7 +292,7 @@ def converge_docker(settings: Settings, profile: HostProfile) -> None:
     logger.info(f"{host.print_prefix}docker: container spec {wanted_hash}, image {run_image}")
 
 
-@stage("Docker")
+@stage("Docker", 7)
 def docker(run: StageRun) -> None:
     if run.settings.serve_mode == "docker":
         converge_docker(run.settings, run.profile)

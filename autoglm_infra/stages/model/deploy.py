@@ -35,7 +35,7 @@ from autoglm_infra.stages.model.state import (
 HELPER_SOURCE = Path(model_fetch.__file__).read_bytes()
 
 
-@stage("model")
+@stage("model", 5)
 def model(run: StageRun) -> None:
     settings = run.settings
     profile = run.profile

@@ -33,7 +33,7 @@ def _read_ca(path: str) -> nw.CaCert:
     return nw.ca_cert(path, data)
 
 
-@stage("network")
+@stage("network", 2)
 def network(run: StageRun) -> None:
     settings = run.settings
     profile = run.profile

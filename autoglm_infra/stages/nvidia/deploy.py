@@ -33,7 +33,7 @@ from autoglm_infra.stages.nvidia.ops import (
 )
 
 
-@stage("NVIDIA")
+@stage("NVIDIA", 3)
 def nvidia(run: StageRun) -> None:
     settings = run.settings
     profile = run.profile

@@ -16,7 +16,7 @@ from autoglm_infra.stages.preflight.problems import (
 )
 
 
-@stage("preflight", changes_host=False)
+@stage("preflight", 1, changes_host=False)
 def preflight(run: StageRun) -> None:
     settings, profile = run.settings, run.profile
     minimums = Minimums(

@@ -26,7 +26,7 @@ from autoglm_infra.stages.python_env.ops import (
 )
 
 
-@stage("python env")
+@stage("python env", 4)
 def python_env(run: StageRun) -> None:
     settings = run.settings
     profile = run.profile

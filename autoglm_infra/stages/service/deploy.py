@@ -26,7 +26,7 @@ from autoglm_infra.stages.service.ops import (
 from autoglm_infra.stages.service.state import INPUTS_RECORD, expected_inputs, restart_reasons
 
 
-@stage("service")
+@stage("service", 6)
 def service(run: StageRun) -> None:
     settings = run.settings
 

@@ -17,7 +17,7 @@ from autoglm_infra.stages.service.unit import CREDENTIAL_PATH
 from autoglm_infra.stages.verify.ops import smoke_test
 
 
-@stage("verify", changes_host=False)
+@stage("verify", 8, changes_host=False)
 def verify(run: StageRun) -> None:
     settings = run.settings
     address = ipaddress.ip_address(settings.serve_host)
