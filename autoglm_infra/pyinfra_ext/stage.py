@@ -1,6 +1,6 @@
 """Stages as functions: one prelude, one refusal path, and what each stage queued to change.
 
-A stage is `@stage("python env")` on `def python_env(run: StageRun) -> None`. Called with no
+A stage is `@stage("python env", 4)` on `def python_env(run: StageRun) -> None`. Called with no
 argument (a deploy file running one stage) it uses the host's run in this invocation;
 `full.py` passes one `StageRun` through every stage, so the service stage sees what the
 python env and model stages queued in this very run. A stage refuses a host by
