@@ -36,9 +36,14 @@ class StageRun:
     """One converge of the current host: its settings, profile and queued changes."""
 
     settings: Settings
-    profile: HostProfile
     _queued: list[tuple[str, str, OperationMeta]] = field(default_factory=list)
     stage: str = ""
+
+    @property
+    def profile(self) -> HostProfile:
+        """The host's profile, read on first use: after the stage took the converge lock,
+        so a run that waited reads what the previous run left."""
+        return host_profile(self.settings.model_dir)
 
     def record(self, what: str, meta: OperationMeta) -> OperationMeta:
         """Remember that the running stage queued `meta` (described as `what`)."""
@@ -63,8 +68,7 @@ def current_run() -> StageRun:
     """The current host's run in this pyinfra invocation (created on first use)."""
     key = (id(state), host.name)
     if key not in _runs:
-        settings = host_settings()
-        _runs[key] = StageRun(settings, host_profile(settings.model_dir))
+        _runs[key] = StageRun(host_settings())
     return _runs[key]
 
 

@@ -152,8 +152,11 @@ def test_index_without_a_locked_file_fails_clearly(
         (["python_profile=gpu9"], ["python_profile='gpu9': unknown profile", "cpu"]),
         # serve_engine=vllm resolves the stack plan; CUDA 12.9 means flavour cu129, not locked here
         (
-            ["serve_engine=vllm", "cuda_version=12.9"],
-            ["no lock for profile 'vllm-cu129'", "lock_requirements.py"],
+            ["serve_engine=vllm", "serve_engine_version=0.19.1", "cuda_version=12.9"],
+            [
+                "no lock for profile 'vllm-0.19.1-cu129' (resolved from the stack plan)",
+                "lock_requirements.py",
+            ],
         ),
         (["python_interpreter=/usr/bin/python9"], ["python_interpreter='/usr/bin/python9'"]),
     ],
