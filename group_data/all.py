@@ -235,6 +235,10 @@ model_retry_max_delay = 60
 # stamp | full.
 model_verify = "stamp"
 
+# Doctor's model check. stamp: trust the stamps the pull left (reads no weights); full: re-hash
+# every file in parallel and name each whose bytes changed. Allowed: stamp | full.
+doctor_model_verify = "stamp"
+
 # Remove files in model_dir that are not in the lock (they are always reported). Allowed: true |
 # false.
 model_prune = False

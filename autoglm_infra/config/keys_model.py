@@ -89,6 +89,12 @@ class ModelKeys(Keys):
         "stamp: trust per-file size/mtime/inode stamps (no reading); full: re-hash every file.",
         "stamp | full",
     )
+    doctor_model_verify: Literal["stamp", "full"] = key(
+        "stamp",
+        "Doctor's model check. stamp: trust the stamps the pull left (reads no weights); "
+        "full: re-hash every file in parallel and name each whose bytes changed.",
+        "stamp | full",
+    )
     model_prune: bool = key(
         False,
         "Remove files in model_dir that are not in the lock (they are always reported).",

@@ -10,13 +10,18 @@ from pathlib import Path
 from pyinfra import host
 from pyinfra.facts.server import Command
 
-from autoglm_infra.doctor.facts import DoctorProbeFact, doctor_script
+from autoglm_infra.doctor.facts import DoctorProbeFact, ModelContentsFact, doctor_script
 from autoglm_infra.doctor.host import listeners_script, smoke_args
+from autoglm_infra.doctor.model import contents_script
 from autoglm_infra.doctor.network import download_probe_url, proxy_env, reach_targets
 from autoglm_infra.doctor.table import doctor_checks, doctor_layout, gpu_rows
+from autoglm_infra.host_tools import model_fetch
 from autoglm_infra.pyinfra_ext.report import report_checks
 from autoglm_infra.pyinfra_ext.settings import host_gpu_probe, host_profile, host_settings
+from autoglm_infra.stages.model.state import plan_path
 from autoglm_infra.stages.service.engine_args import served_model_name
+
+HELPER_SOURCE = Path(model_fetch.__file__).read_text(encoding="utf-8")
 
 
 def doctor() -> None:
@@ -44,7 +49,11 @@ def doctor() -> None:
     )
     state = host.get_fact(DoctorProbeFact, script=script)
     listening = str(host.get_fact(Command, listeners_script()) or "")
-    report_checks("doctor", doctor_checks(settings, profile, probe, state, listening))
+    contents = None
+    if settings.doctor_model_verify == "full":
+        script = contents_script(HELPER_SOURCE, plan_path(settings.model_dir))
+        contents = host.get_fact(ModelContentsFact, script=script)
+    report_checks("doctor", doctor_checks(settings, profile, probe, state, listening, contents))
 
 
 def gpu_check() -> None:

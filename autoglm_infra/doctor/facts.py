@@ -83,3 +83,14 @@ class DoctorProbeFact(TypedFact[DoctorProbe]):
 
     def process(self, output: list[str]) -> DoctorProbe:
         return parse_doctor_probe(output)
+
+
+class ModelContentsFact(TypedFact[list[str]]):
+    """`doctor_model_verify: full`: the model stage's helper re-hashing every file."""
+
+    def command(self, script: str) -> str:  # type: ignore[override]
+        """`script` is `doctor.model.contents_script(...)`."""
+        return script
+
+    def process(self, output: list[str]) -> list[str]:
+        return list(output)

@@ -2,11 +2,15 @@
 
 Reuses the model stage's stamp logic (`plan_model`): a file whose size, mtime and inode
 still match the stamp written when it was verified is trusted; nothing is re-hashed.
+`doctor_model_verify: full` adds a row that re-hashes every file on the host with the
+model stage's own helper (`--check`, parallel, read-only): bytes that changed under an
+unchanged stamp are found only there.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,6 +21,13 @@ from autoglm_infra.stages.model.state import PARTIAL, ModelDirState, plan_model
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 PULL_FIX = "run deploys/model.py: it re-fetches missing or changed files and re-verifies them"
+# a stamp still matches a file whose bytes changed in place: only a full verify re-reads it
+REHASH_FIX = (
+    "run deploys/model.py --data model_verify=full: it re-hashes every file and "
+    "re-fetches those that differ (with the default stamp mode it would trust them)"
+)
+CHECK_MARK = "MODEL_CHECK "
+_CHECK_EOF = "AUTOGLM_MODEL_FETCH_EOF"
 
 
 def lock_from_plan(text: str | None) -> ModelLock | None:
@@ -92,7 +103,8 @@ def model_files_check(state: ModelDirState, lock: ModelLock | None, model_dir: s
         name,
         "ok",
         f"{len(plan.verified)} files of {lock.repo}@{lock.commit[:12]} "
-        "match their verification stamps",
+        "match their verification stamps (size, mtime, inode; bytes not re-read: "
+        "doctor_model_verify: full re-hashes them)",
     )
 
 
@@ -195,4 +207,57 @@ def model_access_check(
         f"{user} cannot read: {_few(list(unreadable))}",
         f"chmod -R a+rX {model_dir} (and a+x on its parent directories); "
         "or give the service user's group read access (chgrp -R GROUP, chmod -R g+rX)",
+    )
+
+
+def contents_script(helper_source: str, plan_file: str) -> str:
+    """Run the model stage's helper in `--check` mode, its source on stdin: the doctor
+    vouches with the code it ships, not with whatever helper the host holds."""
+    plan = shlex.quote(plan_file)
+    return "\n".join(
+        [
+            f"if ! test -f {plan}; then echo {CHECK_MARK}NO_PLAN; exit 0; fi",
+            f"command -v python3 >/dev/null || {{ echo {CHECK_MARK}NO_PYTHON; exit 0; }}",
+            f"python3 - --plan {plan} --check <<'{_CHECK_EOF}'",
+            helper_source.rstrip("\n"),
+            _CHECK_EOF,
+        ]
+    )
+
+
+def model_contents_check(lines: Sequence[str], model_dir: str) -> Check:
+    """The row for `doctor_model_verify: full`: what re-hashing every file found."""
+    name = "model contents"
+    found = next((ln[len(CHECK_MARK) :] for ln in lines if ln.startswith(CHECK_MARK)), None)
+    if found == "NO_PLAN":
+        return Check(name, "warn", f"no download plan in {model_dir}/.autoglm: nothing to "
+                     "re-hash against (not pulled by the model stage)", PULL_FIX)  # fmt: skip
+    if found == "NO_PYTHON":
+        return Check(name, "fail", "python3 is not installed: the files were not re-hashed",
+                     "apt-get install python3-minimal")  # fmt: skip
+    doc = _json(found)
+    kinds = ("ok", "changed", "wrong_size", "missing", "unreadable")
+    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list) for k in kinds):
+        tail = " | ".join(lines[-3:]) if lines else "no output"
+        return Check(name, "fail", f"the re-hash did not report (printed: {tail})",
+                     "run again with -vv to see the helper's error")  # fmt: skip
+    problems = [
+        f"{label}: {_few([str(p) for p in doc[kind]])}"
+        for kind, label in (
+            ("changed", "bytes differ from the lock"),
+            ("wrong_size", "wrong size"),
+            ("missing", "missing"),
+            ("unreadable", "cannot be read"),
+        )
+        if doc[kind]
+    ]
+    total = sum(len(doc[k]) for k in kinds)
+    if problems:
+        return Check(name, "fail", f"re-hashed {total} files: " + "; ".join(problems), REHASH_FIX)
+    gib = int(doc.get("bytes", 0)) / 1024**3
+    return Check(
+        name,
+        "ok",
+        f"re-hashed all {total} files ({gib:.2f} GiB) in {doc.get('seconds', '?')} s: "
+        "every digest matches the lock",
     )

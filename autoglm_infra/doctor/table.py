@@ -7,6 +7,7 @@ included: a probe that printed nothing reads as nothing, never as "ok".
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from autoglm_infra.doctor.model import (
     context_length_check,
     lock_from_plan,
     model_access_check,
+    model_contents_check,
     model_files_check,
     model_format_check,
 )
@@ -128,8 +130,10 @@ def doctor_checks(
     gpu: GpuProbe,
     state: DoctorProbe,
     listeners: str,
+    contents: Sequence[str] | None = None,
 ) -> list[Check]:
-    """Every row of the doctor's table, in the order an operator reads them."""
+    """Every row of the doctor's table, in the order an operator reads them. `contents`:
+    the output of the full re-hash (`doctor_model_verify: full`), None when not run."""
     layout = doctor_layout(settings)
     minimums = Minimums(
         settings.preflight_min_cpus, settings.preflight_min_mem_gib, settings.preflight_min_disk_gib
@@ -158,7 +162,7 @@ def doctor_checks(
                 "run again with -vv to see the probe's output and error",
             ),
         ]
-    return checks + _probe_checks(settings, layout, state, plan, listeners)
+    return checks + _probe_checks(settings, layout, state, plan, listeners, contents)
 
 
 def _probe_checks(
@@ -167,12 +171,14 @@ def _probe_checks(
     state: DoctorProbe,
     plan: StackPlan | None,
     listeners: str,
+    contents: Sequence[str] | None,
 ) -> list[Check]:
     model_exists = state.model.exists
     checks = [
         model_files_check(
             state.model, lock_from_plan(state.model_texts.get("plan.json")), settings.model_dir
         ),
+        *([] if contents is None else [model_contents_check(contents, settings.model_dir)]),
         model_format_check(state.model, state.model_texts),
         model_access_check(
             state.model_unreadable,

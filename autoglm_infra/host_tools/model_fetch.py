@@ -26,6 +26,10 @@ endpoint's own scheme and host: kept on a same-host redirect (a renamed reposito
 dropped when the hub sends us to a CDN. ``Accept-Encoding: identity`` is always sent,
 as huggingface_hub does, so sizes and digests are of the file's own bytes.
 
+``--check`` reads instead of pulling (the doctor's deep mode): every file of the plan is
+re-hashed in parallel and one ``MODEL_CHECK {json}`` line says which match, differ or are
+missing. It writes nothing (no stamp, no lock file) and never waits for a pull.
+
 Exit status: 0 done, 1 some file failed (named on stderr), 2 bad plan, 3 not enough disk
 (before the first byte, or the disk filled up during the pull: partials are removed), 4
 another pull still writes into model_dir (one writer per directory: `.autoglm/fetch.lock`).
@@ -670,12 +674,12 @@ def fetch(entry: Entry, opts: Options, stamps: Stamps) -> int:
 # -- the run ---------------------------------------------------------------------------------
 
 
-def load_plan(path: str) -> tuple[list[Entry], Options, dict[str, Any]]:
+def load_plan(path: str, read_token: bool = True) -> tuple[list[Entry], Options, dict[str, Any]]:
     with open(path, encoding="utf-8") as fh:
         doc = json.load(fh)
     entries = [Entry(f["path"], int(f["size"]), f["digest"], f["url"]) for f in doc["files"]]
     token = None
-    if doc.get("token_file"):
+    if doc.get("token_file") and read_token:
         with open(doc["token_file"], encoding="utf-8") as fh:
             token = fh.read().strip() or None
     opts = Options(
@@ -872,14 +876,57 @@ def pull_locked(entries: list[Entry], opts: Options, verify: str, prune: bool) -
     return 1 if errors else 0
 
 
+def check_contents(plan_file: str) -> int:
+    """Re-hash every file of the plan, in parallel, changing nothing; one MODEL_CHECK line."""
+    try:
+        entries, opts, _ = load_plan(plan_file, read_token=False)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log(f"cannot read plan {plan_file}: {err}")
+        return 2
+    started = time.monotonic()
+
+    def verdict(entry: Entry) -> tuple[str, str]:
+        final = os.path.join(opts.model_dir, entry.path)
+        try:
+            if os.stat(final).st_size != entry.size:
+                return "wrong_size", entry.path
+            hasher, _ = hash_file(entry, final)
+        except FileNotFoundError:
+            return "missing", entry.path
+        except OSError as err:
+            return "unreadable", f"{entry.path} ({err.strerror})"
+        except FetchError as err:  # a digest kind this helper does not know
+            return "unreadable", str(err)
+        return ("ok" if digest_of(entry, hasher) == entry.digest else "changed"), entry.path
+
+    with ThreadPoolExecutor(max(1, min(len(entries), os.cpu_count() or 1))) as pool:
+        verdicts = list(pool.map(verdict, entries))
+    result: dict[str, Any] = {
+        k: [] for k in ("ok", "changed", "wrong_size", "missing", "unreadable")
+    }
+    for kind, what in verdicts:
+        result[kind].append(what)
+    result["bytes"] = sum(
+        e.size for e, (kind, _) in zip(entries, verdicts, strict=True) if kind in ("ok", "changed")
+    )
+    result["seconds"] = round(time.monotonic() - started, 2)
+    print("MODEL_CHECK " + json.dumps(result, sort_keys=True), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--plan", required=True, help="plan JSON written by the model stage")
     parser.add_argument("--verify", choices=("stamp", "full"), default="stamp")
     parser.add_argument("--prune", action="store_true", help="remove files not in the plan")
+    parser.add_argument(
+        "--check", action="store_true", help="re-hash every file, change nothing, report"
+    )
     parser.add_argument("--retry-base", type=float, default=1.0, help=argparse.SUPPRESS)
     parser.add_argument("--progress-every", type=float, default=10.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.check:
+        return check_contents(args.plan)
     socket.setdefaulttimeout(READ_TIMEOUT)
     return run(args.plan, args.verify, args.prune, args.retry_base, args.progress_every)
 

@@ -22,7 +22,7 @@ from autoglm_testbed.hosts import (
     write_inventory,
 )
 from autoglm_testbed.nvidia_repo import NvidiaRepoStandin
-from autoglm_testbed.world import Standins, start_standins
+from autoglm_testbed.world import Standins, full_group_data, host_data_for, start_standins
 
 ROOT = Path(__file__).resolve().parents[2]
 # Overridable so that several developers' sessions on one machine use separate sandboxes.
@@ -126,3 +126,14 @@ def standins(sandbox: Sandbox) -> Iterator[Standins]:
 def nvidia_repo(standins: Standins) -> NvidiaRepoStandin:
     """The signed NVIDIA repository stand-in, served on the sandbox bridge for the session."""
     return standins.nvidia_repo
+
+
+@pytest.fixture(scope="module")
+def full_world_host(
+    sandbox_hosts: HostFactory, standins: Standins, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[SandboxHost, Path]:
+    """A fresh host and its inventory for the complete deploy against the stand-ins."""
+    hosts = sandbox_hosts(1)
+    inventory = tmp_path_factory.mktemp("full-world") / "inventory.py"
+    write_inventory(inventory, hosts, host_data_for(hosts, standins), full_group_data(standins))
+    return hosts[0], inventory

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,17 +31,11 @@ Checks = dict[str, dict[str, str]]
 
 
 @pytest.fixture(scope="module")
-def converged(
-    sandbox_hosts: Callable[..., list[SandboxHost]],
-    standins: Standins,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[SandboxHost, Path]:
-    hosts = sandbox_hosts(1)
-    inventory = tmp_path_factory.mktemp("doctor") / "inventory.py"
-    write_inventory(inventory, hosts, host_data_for(hosts, standins), full_group_data(standins))
+def converged(full_world_host: tuple[SandboxHost, Path]) -> tuple[SandboxHost, Path]:
+    _, inventory = full_world_host
     result = run_pyinfra(inventory, "deploys/full.py")
     assert result.returncode == 0, describe_failure(result)
-    return hosts[0], inventory
+    return full_world_host
 
 
 def doctor(inventory: Path, out: Path, *extra: str) -> tuple[int, Checks, str]:
@@ -86,6 +80,37 @@ def test_missing_shard_is_named(converged: tuple[SandboxHost, Path], tmp_path: P
     assert f"missing: {name}" in checks["model files"]["evidence"]
     assert "deploys/model.py" in checks["model files"]["fix"]
     assert "names files that are not present" in checks["model format"]["evidence"]
+
+
+def test_deep_mode_names_a_shard_changed_under_its_stamp(
+    converged: tuple[SandboxHost, Path], tmp_path: Path
+) -> None:
+    host, inventory = converged
+    name = host.ssh(f"cd {TINY_MODEL_DIR} && ls model-00001-of-*.safetensors").stdout.strip()
+    shard = f"{TINY_MODEL_DIR}/{name}"
+
+    def keeping_mtime(command: str) -> str:
+        return f'm=$(stat -c %y {shard}); {command}; touch -d "$m" {shard}'
+
+    host.ssh(f"cp -p {shard} /root/shard.orig")
+    # bit rot: same size, same inode, mtime put back; the stamp still matches
+    host.ssh(keeping_mtime(f"printf XXXX | dd of={shard} bs=1 seek=1000 conv=notrunc status=none"))
+    try:
+        rc, checks, _ = doctor(inventory, tmp_path / "stamp")
+        assert rc == 0 and checks["model files"]["status"] == "ok"
+        assert "model contents" not in checks  # not re-hashed unless asked
+        rc, checks, stderr = doctor(
+            inventory, tmp_path / "full", "--data", "doctor_model_verify=full"
+        )
+        assert rc != 0, stderr[-3000:]
+        row = checks["model contents"]
+        assert row["status"] == "fail" and f"bytes differ from the lock: {name}" in row["evidence"]
+        assert "model_verify=full" in row["fix"]
+    finally:
+        host.ssh(keeping_mtime(f"cat /root/shard.orig > {shard}"))
+    rc, checks, stderr = doctor(inventory, tmp_path / "again", "--data", "doctor_model_verify=full")
+    assert rc == 0 and checks["model contents"]["status"] == "ok", stderr[-3000:]
+    assert "every digest matches the lock" in checks["model contents"]["evidence"]
 
 
 def test_corrupted_index_is_named(converged: tuple[SandboxHost, Path], tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from autoglm_infra.common.secrets import Secret
+from autoglm_infra.doctor.model import contents_script, model_contents_check
 from autoglm_infra.host_tools import model_fetch
 from autoglm_infra.stages.model import hub_client
 from autoglm_infra.stages.model.hub_client import HubError, fetch_lock, obtain_lock
@@ -369,3 +370,44 @@ def test_disk_full_mid_file_names_the_space_and_removes_the_partial(
     monkeypatch.undo()
     assert pull(plan) == 0
     assert same_tree(model, source)
+
+
+def deep_check(plan: str) -> list[str]:
+    """The doctor's deep mode as it runs on a host: its script, through a real shell."""
+    script = contents_script(HELPER.read_text(encoding="utf-8"), plan)
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+    return done.stdout.splitlines()
+
+
+def tree_state(model: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in model.rglob("*") if p.is_file()}
+
+
+def test_doctor_deep_mode_finds_bit_rot_that_stamps_miss_and_changes_nothing(
+    pulled: tuple[ModelLock, Path, str],
+) -> None:
+    lock, model, plan = pulled
+    clean = model_contents_check(deep_check(plan), str(model))
+    assert clean.status == "ok" and f"re-hashed all {len(lock.files)} files" in clean.evidence
+    shard = model / "model-00002-of-00003.safetensors"
+    st = shard.stat()
+    with shard.open("r+b") as fh:  # same size, mtime put back, same inode
+        fh.seek(4242)
+        fh.write(b"\x00" if fh.read(1) != b"\x00" else b"\x01")
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+    (model / "config.json").unlink()
+    assert controller_view(lock, model) == ["config.json"]  # the stamp misses the shard
+    before = tree_state(model)
+    found = model_contents_check(deep_check(plan), str(model))
+    assert found.status == "fail"
+    assert f"bytes differ from the lock: {shard.name}" in found.evidence
+    assert "missing: config.json" in found.evidence
+    assert "model_verify=full" in found.fix
+    assert tree_state(model) == before  # read-only: no stamp, no lock file, no fetch
+
+
+def test_doctor_deep_mode_without_a_plan_or_with_a_broken_helper(tmp_path: Path) -> None:
+    lines = deep_check(str(tmp_path / "plan.json"))
+    assert model_contents_check(lines, "/m").status == "warn"
+    broken = model_contents_check(["Traceback (most recent call last):", "boom"], "/m")
+    assert broken.status == "fail" and "did not report" in broken.evidence
