@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from autoglm_infra.common.hash_lock import DEFAULT_LOCKS_DIR
+from autoglm_infra.stages.python_env.venv import load_lock
 from autoglm_testbed.hosts import (
     HostSpec,
     Sandbox,
@@ -22,7 +24,14 @@ from autoglm_testbed.hosts import (
     write_inventory,
 )
 from autoglm_testbed.nvidia_repo import NvidiaRepoStandin
-from autoglm_testbed.world import Standins, full_group_data, host_data_for, start_standins
+from autoglm_testbed.pypi_mirror import PypiMirror, WheelCache
+from autoglm_testbed.world import (
+    Standins,
+    controller_address,
+    full_group_data,
+    host_data_for,
+    start_standins,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 # Overridable so that several developers' sessions on one machine use separate sandboxes.
@@ -137,3 +146,12 @@ def full_world_host(
     inventory = tmp_path_factory.mktemp("full-world") / "inventory.py"
     write_inventory(inventory, hosts, host_data_for(hosts, standins), full_group_data(standins))
     return hosts[0], inventory
+
+
+@pytest.fixture(scope="module")
+def mirror(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PypiMirror]:
+    """A pip index with the wheels of the CPU lock, on the sandbox bridge, for one module."""
+    wheels = WheelCache().ensure(load_lock("cpu", DEFAULT_LOCKS_DIR))
+    sandbox._ensure_network()  # the bridge address the index binds to
+    with PypiMirror(tmp_path_factory.mktemp("pypi"), controller_address(sandbox), wheels) as served:
+        yield served

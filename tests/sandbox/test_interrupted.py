@@ -4,13 +4,18 @@ One host goes through the scenarios in order: the controller SIGKILLed inside th
 build (while a second controller finds the host taken), the re-run that must succeed and
 the one after that must change nothing; then the same for the model download at a
 second kill point; two model converges started together (one waits for the other); a
-disk that fills up in the middle of a pull. The venv build is the slow step: it runs
-once (plus the rebuild after the kill).
+disk that fills up in the middle of a pull, then in the middle of a venv build. The venv
+build is the slow step: it runs once (plus the rebuild after the kill). A second, fresh
+host runs the complete deploy and is killed at a random operation of its first converge
+(the seed is in every failure message), then inside the unit start.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -29,7 +34,7 @@ from autoglm_testbed.converge import (
 )
 from autoglm_testbed.hosts import Sandbox, SandboxHost, write_inventory
 from autoglm_testbed.hub_standin import HubStandin, make_test_repo
-from autoglm_testbed.pypi_mirror import PypiMirror, WheelCache
+from autoglm_testbed.pypi_mirror import PypiMirror
 from autoglm_testbed.waiting import wait_until
 from autoglm_testbed.world import controller_address
 
@@ -39,15 +44,11 @@ REPO = "test-org/Tiny-Model"
 MODEL_DIR = "/srv/autoglm/models/tiny"
 SHARD = 4 * 2**20
 HOLDER = "/run/lock/autoglm-converge.holder"
+UNIT = "autoglm-serve.service"
+STARTED = "Starting operation:"
+# how each stage of a venv host's complete converge names its operations, in order
+VENV_HOST_STAGES = ("network:", "NVIDIA:", "Python env:", "Model:", "Service:", "Verify:")
 SITE_TORCH = f"ls -d {pe.builds_dir(VENV)}/*/lib/python3*/site-packages/torch 2>/dev/null || true"
-
-
-@pytest.fixture(scope="module")
-def mirror(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PypiMirror]:
-    wheels = WheelCache().ensure(pe.load_lock("cpu", DEFAULT_LOCKS_DIR))
-    sandbox._ensure_network()  # the bridge address the stand-ins bind to
-    with PypiMirror(tmp_path_factory.mktemp("pypi"), controller_address(sandbox), wheels) as served:
-        yield served
 
 
 @pytest.fixture(scope="module")
@@ -265,3 +266,89 @@ def test_disk_full_in_the_middle_of_a_pull_is_a_clear_error(
     host.ssh(f"rm -f {small}/filler")
     converge_ok(inventory_small, "deploys/model.py")
     host.ssh(f"umount {small}")
+
+
+def test_disk_full_in_the_middle_of_a_venv_build_keeps_the_venv_in_service(
+    world: tuple[SandboxHost, Path],
+) -> None:
+    host, inventory = world
+    in_service = remote(host, f"readlink {VENV}")
+    assert in_service, "the venv scenario above leaves a venv in service"
+    # another interpreter path is another build (its digest names the interpreter); that
+    # build's directory gets a small filesystem of its own, so pip fills it mid-install
+    interpreter = "/usr/bin/python3.11"
+    digest = pe.build_digest(pe.load_lock("cpu", DEFAULT_LOCKS_DIR), interpreter)
+    new = pe.next_build_path(VENV, digest, in_service)
+    host.ssh(f"mkdir -p {new} && mount -t tmpfs -o size=64m tmpfs {new}")
+    try:
+        result = run_pyinfra(
+            inventory, "deploys/python_env.py", "--data", f"python_interpreter={interpreter}"
+        )
+        assert result.returncode != 0
+        err = result.stderr
+        assert f"no space left on device at {pe.builds_dir(VENV)}" in err, err[-3000:]
+        assert "MiB free" in err and "needs about as much as the venv in service" in err
+        assert f"{VENV} still serves the previous venv" in err
+        assert "Traceback" not in err
+        assert remote(host, f"ls -A {new}") == "", "the failed build's files were left behind"
+    finally:
+        host.ssh(f"umount {new} && rmdir {new}")
+    assert remote(host, f"readlink {VENV}") == in_service
+    assert remote(host, f"{VENV}/bin/python -c 'import torch; print(1)'") == "1"
+    assert converge_ok(inventory, "deploys/python_env.py").changed() == []
+
+
+def started_operations(controller: Controller) -> list[str]:
+    return [ln.split(STARTED, 1)[1].strip() for ln in controller.stderr().splitlines()
+            if STARTED in ln]  # fmt: skip
+
+
+def test_first_complete_converge_killed_at_a_random_operation_then_at_the_unit_start(
+    full_world_host: tuple[SandboxHost, Path], tmp_path: Path
+) -> None:
+    host, inventory = full_world_host
+    # the kill point varies from run to run (AUTOGLM_KILL_SEED=<seed> replays one): a stage
+    # of the venv host's converge, and up to 2 s after its first operation started
+    seed = int(os.environ.get("AUTOGLM_KILL_SEED") or secrets.randbelow(10**6))
+    rng = random.Random(seed)
+    stage, after = rng.choice(VENV_HOST_STAGES), rng.uniform(0, 2)
+    first = Controller(inventory, "deploys/full.py", tmp_path)
+    wait_until(
+        lambda: (first.proc.poll(), started_operations(first)),
+        lambda seen: seen[0] is not None or any(op.startswith(stage) for op in seen[1]),
+        f"the first operation of stage {stage!r} (seed {seed})",
+        timeout=900,
+        step=0.2,
+    )
+    try:
+        first.proc.wait(timeout=after)
+    except subprocess.TimeoutExpired:
+        first.kill()
+    ops = started_operations(first)
+    assert first.proc.returncode == -signal.SIGKILL, (
+        f"seed {seed}: the first converge ended (rc {first.proc.returncode}) after "
+        f"{len(ops)} operations, before the kill in stage {stage!r}:\n" + first.stderr()[-2000:]
+    )
+    where = f"seed {seed}: killed {after:.1f} s into operation {len(ops)} ({ops[-1]})"
+    print(where)  # pytest -s or -rP shows the kill point of a passing run
+    rerun = run_pyinfra(inventory, "deploys/full.py")
+    assert rerun.returncode == 0, f"{where}\n{describe_failure(rerun)}"
+    assert "Traceback" not in rerun.stderr, where
+    again = converge_ok(inventory, "deploys/full.py")
+    assert again.changed() == [], f"{where}: {again.changed()}"
+
+    # the unit start: the service stage is killed once it has started the unit
+    host.ssh(f"systemctl stop {UNIT}; rm -f /etc/systemd/system/{UNIT}; systemctl daemon-reload")
+    second = Controller(inventory, "deploys/full.py", tmp_path)
+    try:
+        wait_for_remote(
+            host,
+            f"systemctl is-active {UNIT} | grep -E '^(activating|active)$' || true",
+            "the service stage starting the unit",
+            second,
+        )
+    finally:
+        second.kill()
+    converge_ok(inventory, "deploys/full.py")  # whatever the killed run left, this finishes it
+    assert converge_ok(inventory, "deploys/full.py").changed() == []
+    assert remote(host, f"systemctl is-active {UNIT}") == "active"

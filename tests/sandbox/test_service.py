@@ -19,8 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra.common.hash_lock import DEFAULT_LOCKS_DIR
-from autoglm_infra.stages.python_env import venv as pe
 from autoglm_testbed.converge import (
     ConvergeResult,
     converge_twice,
@@ -29,7 +27,7 @@ from autoglm_testbed.converge import (
 )
 from autoglm_testbed.hosts import Sandbox, SandboxHost, write_inventory
 from autoglm_testbed.hub_standin import HubStandin
-from autoglm_testbed.pypi_mirror import PypiMirror, WheelCache
+from autoglm_testbed.pypi_mirror import PypiMirror
 from autoglm_testbed.tiny_model import write_tiny_model
 from autoglm_testbed.waiting import unit_properties, wait_until
 from autoglm_testbed.world import controller_address
@@ -45,14 +43,6 @@ RESTART_SEC = 3
 BURST = 3
 KEY = "svc-key-Zq8rT2wLx9"
 NEW_KEY = "svc-key-Hn4vB7cKm1"
-
-
-@pytest.fixture(scope="module")
-def mirror(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PypiMirror]:
-    wheels = WheelCache().ensure(pe.load_lock("cpu", DEFAULT_LOCKS_DIR))
-    sandbox._ensure_network()  # the bridge address the servers bind to
-    with PypiMirror(tmp_path_factory.mktemp("pypi"), controller_address(sandbox), wheels) as served:
-        yield served
 
 
 @pytest.fixture(scope="module")
