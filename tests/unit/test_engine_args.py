@@ -129,7 +129,7 @@ def test_engine_choice_defaults_to_vllm() -> None:
 @pytest.mark.parametrize(
     ("data", "key"),
     [
-        ({"serve_engine": "sglang"}, "serve_engine"),
+        ({"serve_engine": "tgi"}, "serve_engine"),
         ({"vllm_gpu_memory_utilization": 1.5}, "vllm_gpu_memory_utilization"),
         ({"vllm_tensor_parallel_size": 0}, "vllm_tensor_parallel_size"),
         ({"vllm_max_model_len": 10}, "vllm_max_model_len"),
