@@ -21,8 +21,10 @@ from autoglm_testbed.hosts import (
     SandboxHost,
     write_inventory,
 )
+from autoglm_testbed.hub_standin import HubStandin
 from autoglm_testbed.nvidia_repo import NvidiaRepoStandin
-from autoglm_testbed.world import Standins, start_standins
+from autoglm_testbed.tiny_model import write_tiny_model
+from autoglm_testbed.world import Standins, controller_address, start_standins
 
 ROOT = Path(__file__).resolve().parents[2]
 # Overridable so that several developers' sessions on one machine use separate sandboxes.
@@ -32,6 +34,8 @@ STATE_DIR = Path(os.environ.get("AUTOGLM_SANDBOX_STATE_DIR", str(ROOT / ".sandbo
 # Percent of one core each host may use (README: running the suite under load); unset: no cap.
 CPU_QUOTA = os.environ.get("AUTOGLM_SANDBOX_CPU_QUOTA", "")
 PYINFRA = str(ROOT / ".venv" / "bin" / "pyinfra")
+# The repository the tiny model is published under by `tiny_hub`.
+TINY_REPO = "test-org/AutoGLM-Tiny"
 
 HostFactory = Callable[..., list[SandboxHost]]
 InventoryFactory = Callable[..., Path]
@@ -96,6 +100,17 @@ def sandbox_hosts(sandbox: Sandbox) -> Iterator[HostFactory]:
 
     yield make
     sandbox.remove(made)
+
+
+@pytest.fixture(scope="module")
+def tiny_hub(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubStandin]:
+    """A hub stand-in on the sandbox bridge serving the tiny model as TINY_REPO (per module)."""
+    source = tmp_path_factory.mktemp("tiny") / "model"
+    write_tiny_model(source)
+    sandbox._ensure_network()  # the bridge address the server binds to
+    with HubStandin(tmp_path_factory.mktemp("hub"), controller_address(sandbox)) as served:
+        served.publish(TINY_REPO, source)
+        yield served
 
 
 @pytest.fixture

@@ -56,20 +56,10 @@ def mirror(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 @pytest.fixture(scope="module")
-def hub(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubStandin]:
-    source = tmp_path_factory.mktemp("tiny") / "model"
-    write_tiny_model(source)
-    sandbox._ensure_network()
-    with HubStandin(tmp_path_factory.mktemp("hub"), controller_address(sandbox)) as served:
-        served.publish(REPO, source)
-        yield served
-
-
-@pytest.fixture(scope="module")
 def world(
     sandbox_hosts: Callable[..., list[SandboxHost]],
     mirror: PypiMirror,
-    hub: HubStandin,
+    tiny_hub: HubStandin,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[SandboxHost, Path]:
     (host,) = sandbox_hosts(1)
@@ -80,7 +70,7 @@ def world(
         "python_torch_index_url": None,  # the mirror holds torch+cpu too
         "model_repo": REPO,
         "model_dir": MODEL_DIR,
-        "hub_endpoint": hub.url,
+        "hub_endpoint": tiny_hub.url,
         "model_lock_dir": str(work / "locks"),
         "serve_engine": "cpu",
         "service_restart_sec": RESTART_SEC,
@@ -264,7 +254,7 @@ def test_key_generated_once_on_host_when_controller_has_none(
 
 def test_model_change_restarts_in_the_same_run(
     world: tuple[SandboxHost, Path],
-    hub: HubStandin,
+    tiny_hub: HubStandin,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -273,7 +263,7 @@ def test_model_change_restarts_in_the_same_run(
     host, inventory = world
     monkeypatch.setenv("AUTOGLM_API_KEY", KEY)
     write_tiny_model(tmp_path / "v2", seed=99)
-    hub.publish(REPO, tmp_path / "v2", branch="v2")
+    tiny_hub.publish(REPO, tmp_path / "v2", branch="v2")
     before = unit_show(host, "InvocationID")["InvocationID"]
     first, _ = converge_twice(inventory, STAGES[0], *STAGES[1:], "--data", "model_revision=v2")
     assert any(op.startswith("Service: run") for op in first.changed()), first.changed()
