@@ -195,3 +195,20 @@ def test_bad_sglang_input_is_refused_and_changes_nothing(
     assert "Traceback" not in refused.stderr
     assert refused.changed() == []
     assert snapshot(host) == before
+
+
+def test_at_info_sglang_logs_the_key_which_is_why_the_unit_runs_it_at_warning(
+    world: tuple[SandboxHost, Path],
+) -> None:
+    """The hazard the unit's `--log-level warning` avoids (sgl-project/sglang #37457): with
+    `--log-level info` appended the start-up dump puts the key in the journal. Runs last."""
+    host, inventory = world
+    cursor = host.ssh("journalctl -n 0 --show-cursor --no-pager | tail -1").stdout.split()[-1]
+    info = converge(
+        inventory, "--data", 'serve_extra_args=["--log-level","info"]', stages=STAGES[2:]
+    )
+    assert info.returncode == 0, describe_failure(info)
+    journal = host.ssh(f"journalctl -u {UNIT} --after-cursor='{cursor}' --no-pager -o cat").stdout
+    assert "server_args=" in journal and KEY in journal
+    back = converge(inventory, stages=STAGES[2:])
+    assert back.returncode == 0, describe_failure(back)
