@@ -14,13 +14,14 @@ serve_host = "127.0.0.1"
 # TCP port of the OpenAI-compatible endpoint. Allowed: integer 1-65535.
 serve_port = 8000
 
-# Serving engine: vLLM on GPU hosts; cpu (`transformers serve`) for GPU-less test hosts. Allowed:
-# vllm | cpu.
+# Serving engine: vLLM or SGLang on GPU hosts; cpu (`transformers serve`) for GPU-less test hosts.
+# Allowed: vllm | sglang | cpu.
 serve_engine = "vllm"
 
 # Engine release (stack/nvidia_stack.yaml): 'auto' takes the newest default candidate that fits
-# the host (vLLM 0.33.0 on CUDA 13 / Turing+, else 0.19.1); 0.12.0 is Open-AutoGLM's README stack.
-# Allowed: auto | a release in stack/nvidia_stack.yaml (0.33.0, 0.19.1, 0.12.0, 0.34.0).
+# the host (vLLM 0.33.0 on CUDA 13 / Turing+, else 0.19.1; SGLang 0.5.23); 0.12.0 is Open-
+# AutoGLM's README stack. Allowed: auto | a release of serve_engine in stack/nvidia_stack.yaml
+# (vllm: 0.33.0, 0.19.1, 0.12.0, 0.34.0; sglang: 0.5.23).
 serve_engine_version = "auto"
 
 # Model name clients send; None derives it from model_repo (autoglm-phone-9b). Allowed: name of

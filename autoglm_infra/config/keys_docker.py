@@ -224,6 +224,13 @@ class DockerKeys(Keys):
                 raise ValueError(f"docker_derived_lock: {exc.reason}") from None
         if getattr(self, "serve_mode", "docker") != "docker":
             return self
+        if getattr(self, "serve_engine", "vllm") == "sglang":
+            # the container gets vLLM's entrypoint, flags and key variable (VLLM_API_KEY)
+            raise ValueError(
+                "serve_engine: sglang runs in venv mode only (docker mode starts the vLLM "
+                "image's `vllm serve` with VLLM_API_KEY, which SGLang does not read); use "
+                "serve_mode: venv, or serve_engine: vllm in docker mode"
+            )
         image = self.docker_image
         if image is None:
             raise ValueError(

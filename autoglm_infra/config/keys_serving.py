@@ -59,17 +59,19 @@ class ServingKeys(Keys):
     serve_port: Annotated[int, Field(ge=1, le=65535)] = key(
         8000, "TCP port of the OpenAI-compatible endpoint.", "integer 1-65535"
     )
-    serve_engine: Literal["vllm", "cpu"] = key(
+    serve_engine: Literal["vllm", "sglang", "cpu"] = key(
         "vllm",
-        "Serving engine: vLLM on GPU hosts; cpu (`transformers serve`) for GPU-less test hosts.",
-        "vllm | cpu",
+        "Serving engine: vLLM or SGLang on GPU hosts; cpu (`transformers serve`) for GPU-less "
+        "test hosts.",
+        "vllm | sglang | cpu",
     )
     serve_engine_version: Annotated[str, AfterValidator(engine_version)] = key(
         "auto",
         "Engine release (stack/nvidia_stack.yaml): 'auto' takes the newest default candidate "
-        "that fits the host (vLLM 0.33.0 on CUDA 13 / Turing+, else 0.19.1); 0.12.0 is "
-        "Open-AutoGLM's README stack.",
-        "auto | a release in stack/nvidia_stack.yaml (0.33.0, 0.19.1, 0.12.0, 0.34.0)",
+        "that fits the host (vLLM 0.33.0 on CUDA 13 / Turing+, else 0.19.1; SGLang 0.5.23); "
+        "0.12.0 is Open-AutoGLM's README stack.",
+        "auto | a release of serve_engine in stack/nvidia_stack.yaml (vllm: 0.33.0, 0.19.1, "
+        "0.12.0, 0.34.0; sglang: 0.5.23)",
     )
     serve_model_name: Annotated[str, AfterValidator(model_name)] | None = key(
         None,

@@ -152,12 +152,15 @@ def max_positions(config_text: str | None) -> int | None:
     return None
 
 
+ENGINE_NAMES = {"vllm": "vLLM", "sglang": "SGLang"}
+
+
 def context_length_check(
     config_text: str | None, max_model_len: int, engine: str, *, model_exists: bool
 ) -> Check:
     name = "context length"
     limit = max_positions(config_text)
-    if engine != "vllm":
+    if engine not in ENGINE_NAMES:  # both pass it on: --max-model-len / --context-length
         return Check(name, "skip", f"serve_engine is {engine}: vllm_max_model_len is not used")
     if not model_exists:
         return Check(name, "skip", "no model directory: no config.json to compare with")
@@ -173,7 +176,7 @@ def context_length_check(
             name,
             "fail",
             f"vllm_max_model_len is {max_model_len}, above the model's "
-            f"max_position_embeddings {limit}: vLLM refuses to start",
+            f"max_position_embeddings {limit}: {ENGINE_NAMES[engine]} refuses to start",
             f"set vllm_max_model_len to {limit} or less",
         )
     return Check(

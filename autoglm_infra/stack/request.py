@@ -24,7 +24,8 @@ def stack_request(settings: Settings, profile: HostProfile) -> StackRequest:
         driver_flavour=settings.nvidia_driver_flavour,
         cuda_version=settings.cuda_version,
         cudnn_version=settings.cudnn_version,
-        engine="vllm",
+        # the CPU engine (GPU-less test hosts) still plans vLLM's NVIDIA stack
+        engine="sglang" if settings.serve_engine == "sglang" else "vllm",
         engine_version=settings.serve_engine_version,
         repo_base_url=settings.nvidia_repo_base_url,
     )

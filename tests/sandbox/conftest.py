@@ -23,8 +23,10 @@ from autoglm_testbed.hosts import (
     SandboxHost,
     write_inventory,
 )
+from autoglm_testbed.hub_standin import HubStandin
 from autoglm_testbed.nvidia_repo import NvidiaRepoStandin
 from autoglm_testbed.pypi_mirror import PypiMirror, WheelCache
+from autoglm_testbed.tiny_model import write_tiny_model
 from autoglm_testbed.world import (
     Standins,
     controller_address,
@@ -41,6 +43,8 @@ STATE_DIR = Path(os.environ.get("AUTOGLM_SANDBOX_STATE_DIR", str(ROOT / ".sandbo
 # Percent of one core each host may use (README: running the suite under load); unset: no cap.
 CPU_QUOTA = os.environ.get("AUTOGLM_SANDBOX_CPU_QUOTA", "")
 PYINFRA = str(ROOT / ".venv" / "bin" / "pyinfra")
+# The repository the tiny model is published under by `tiny_hub`.
+TINY_REPO = "test-org/AutoGLM-Tiny"
 
 HostFactory = Callable[..., list[SandboxHost]]
 InventoryFactory = Callable[..., Path]
@@ -105,6 +109,17 @@ def sandbox_hosts(sandbox: Sandbox) -> Iterator[HostFactory]:
 
     yield make
     sandbox.remove(made)
+
+
+@pytest.fixture(scope="module")
+def tiny_hub(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubStandin]:
+    """A hub stand-in on the sandbox bridge serving the tiny model as TINY_REPO (per module)."""
+    source = tmp_path_factory.mktemp("tiny") / "model"
+    write_tiny_model(source)
+    sandbox._ensure_network()  # the bridge address the server binds to
+    with HubStandin(tmp_path_factory.mktemp("hub"), controller_address(sandbox)) as served:
+        served.publish(TINY_REPO, source)
+        yield served
 
 
 @pytest.fixture

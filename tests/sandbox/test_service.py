@@ -14,7 +14,7 @@ import json
 import re
 import shlex
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,12 +25,11 @@ from autoglm_testbed.converge import (
     describe_failure,
     run_pyinfra,
 )
-from autoglm_testbed.hosts import Sandbox, SandboxHost, write_inventory
+from autoglm_testbed.hosts import SandboxHost, write_inventory
 from autoglm_testbed.hub_standin import HubStandin
 from autoglm_testbed.pypi_mirror import PypiMirror
 from autoglm_testbed.tiny_model import write_tiny_model
 from autoglm_testbed.waiting import unit_properties, wait_until
-from autoglm_testbed.world import controller_address
 
 STAGES = ("deploys/python_env.py", "deploys/model.py", "deploys/service.py")
 SERVICE = "deploys/service.py"
@@ -46,20 +45,10 @@ NEW_KEY = "svc-key-Hn4vB7cKm1"
 
 
 @pytest.fixture(scope="module")
-def hub(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubStandin]:
-    source = tmp_path_factory.mktemp("tiny") / "model"
-    write_tiny_model(source)
-    sandbox._ensure_network()
-    with HubStandin(tmp_path_factory.mktemp("hub"), controller_address(sandbox)) as served:
-        served.publish(REPO, source)
-        yield served
-
-
-@pytest.fixture(scope="module")
 def world(
     sandbox_hosts: Callable[..., list[SandboxHost]],
     mirror: PypiMirror,
-    hub: HubStandin,
+    tiny_hub: HubStandin,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[SandboxHost, Path]:
     (host,) = sandbox_hosts(1)
@@ -70,7 +59,7 @@ def world(
         "python_torch_index_url": None,  # the mirror holds torch+cpu too
         "model_repo": REPO,
         "model_dir": MODEL_DIR,
-        "hub_endpoint": hub.url,
+        "hub_endpoint": tiny_hub.url,
         "model_lock_dir": str(work / "locks"),
         "serve_engine": "cpu",
         "service_restart_sec": RESTART_SEC,
@@ -254,7 +243,7 @@ def test_key_generated_once_on_host_when_controller_has_none(
 
 def test_model_change_restarts_in_the_same_run(
     world: tuple[SandboxHost, Path],
-    hub: HubStandin,
+    tiny_hub: HubStandin,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -263,7 +252,7 @@ def test_model_change_restarts_in_the_same_run(
     host, inventory = world
     monkeypatch.setenv("AUTOGLM_API_KEY", KEY)
     write_tiny_model(tmp_path / "v2", seed=99)
-    hub.publish(REPO, tmp_path / "v2", branch="v2")
+    tiny_hub.publish(REPO, tmp_path / "v2", branch="v2")
     before = unit_show(host, "InvocationID")["InvocationID"]
     first, _ = converge_twice(inventory, STAGES[0], *STAGES[1:], "--data", "model_revision=v2")
     assert any(op.startswith("Service: run") for op in first.changed()), first.changed()

@@ -4,7 +4,7 @@
     # also into other interpreters (each takes the lock variant for its Python minor):
     AUTOGLM_SLOW_PYTHONS="python3.10 python3.12" .venv/bin/pytest -m slow tests/slow
     # only some profiles:
-    AUTOGLM_SLOW_PROFILES="vllm-0.33.0-cu130" .venv/bin/pytest -m slow tests/slow
+    AUTOGLM_SLOW_PROFILES="sglang-0.5.23-cu130" .venv/bin/pytest -m slow tests/slow
 
 Same pip flags as the stage (`--require-hashes --only-binary=:all: --no-deps`), pip's
 normal configuration for the index; then the lock's import check and `pip check`, where
@@ -30,9 +30,9 @@ pytestmark = pytest.mark.slow
 
 INTERPRETERS = [sys.executable, *os.environ.get("AUTOGLM_SLOW_PYTHONS", "").split()]
 # The Open-AutoGLM README profile (transformers 5 forced over vLLM 0.12.0's pin) and the
-# two conflict-free ones (autoglm_infra/locks/README.md).
+# conflict-free ones, SGLang's included (autoglm_infra/locks/README.md).
 OVERLAY_PROFILES = ["vllm-cu128"]
-CLEAN_PROFILES = ["vllm-0.19.1-cu128", "vllm-0.33.0-cu130"]
+CLEAN_PROFILES = ["vllm-0.19.1-cu128", "vllm-0.33.0-cu130", "sglang-0.5.23-cu130"]
 PROFILES = os.environ.get("AUTOGLM_SLOW_PROFILES", "").split() or OVERLAY_PROFILES + CLEAN_PROFILES
 
 

@@ -114,6 +114,9 @@ def test_context_length_against_max_position_embeddings() -> None:
     )
     assert over.status == "fail" and over.fix == "set vllm_max_model_len to 2048 or less"
     assert context_length_check(glm, 99999, "cpu", model_exists=True).status == "skip"
+    small = json.dumps({"max_position_embeddings": 2048})
+    sglang = context_length_check(small, 25480, "sglang", model_exists=True)
+    assert sglang.status == "fail" and "SGLang refuses to start" in sglang.evidence
     assert context_length_check("{}", 25480, "vllm", model_exists=True).status == "warn"
     absent = context_length_check(None, 25480, "vllm", model_exists=False)
     assert absent.status == "skip" and "no model directory" in absent.evidence

@@ -1,4 +1,5 @@
-"""Engine command lines from settings: Open-AutoGLM's vLLM flags, tuning keys, CPU engine."""
+"""Engine command lines from settings: Open-AutoGLM's vLLM and SGLang flags, tuning keys, CPU
+engine."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import pytest
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.config.validate import find_problems
 from autoglm_infra.stages.service.engine_args import (
+    SGLANG_KEY_CONFIG,
     VLLM_API_KEY_ENV,
     cpu_command,
     engine_command,
     served_model_name,
+    sglang_command,
     vllm_command,
 )
 
@@ -129,7 +132,15 @@ def test_engine_choice_defaults_to_vllm() -> None:
 @pytest.mark.parametrize(
     ("data", "key"),
     [
-        ({"serve_engine": "sglang"}, "serve_engine"),
+        ({"serve_engine": "tgi"}, "serve_engine"),
+        (
+            {
+                "serve_engine": "sglang",
+                "serve_mode": "docker",
+                "docker_image": "x:1@sha256:" + "a" * 64,
+            },
+            "serve_engine",
+        ),
         ({"vllm_gpu_memory_utilization": 1.5}, "vllm_gpu_memory_utilization"),
         ({"vllm_tensor_parallel_size": 0}, "vllm_tensor_parallel_size"),
         ({"vllm_max_model_len": 10}, "vllm_max_model_len"),
@@ -140,3 +151,53 @@ def test_engine_choice_defaults_to_vllm() -> None:
 )
 def test_bad_engine_settings_name_their_key(data: dict[str, Any], key: str) -> None:
     assert [p.key for p in find_problems(data)] == [key]
+
+
+# -- SGLang ----------------------------------------------------------------------------------
+
+
+def sglang(**data: Any) -> list[str]:
+    return sglang_command(Settings(serve_engine="sglang", **data), VENV).argv
+
+
+def test_sglang_uses_open_autoglms_flags_through_sglang_serve() -> None:
+    """Open-AutoGLM (Chinese README): --served-model-name autoglm-phone-9b --context-length
+    25480 --mm-enable-dp-encoder --mm-process-config '{"image":{"max_pixels":5000000}}'."""
+    argv = sglang(model_dir="/srv/m", serve_port=8123)
+    assert argv[:4] == [f"{VENV}/bin/sglang", "serve", "--model-path", "/srv/m"]
+    assert flag(argv, "--served-model-name") == "autoglm-phone-9b"
+    assert (flag(argv, "--host"), flag(argv, "--port")) == ("127.0.0.1", "8123")
+    assert flag(argv, "--context-length") == "25480"
+    assert "--mm-enable-dp-encoder" in argv
+    assert json.loads(flag(argv, "--mm-process-config")) == {"image": {"max_pixels": 5000000}}
+    assert json.loads(flag(argv, "--limit-mm-data-per-request")) == {"image": 10}
+    assert (flag(argv, "--tp-size"), flag(argv, "--dtype")) == ("1", "auto")
+    assert flag(argv, "--load-format") == "safetensors"
+    assert engine_command(Settings(serve_engine="sglang"), VENV).argv[:2] == [
+        f"{VENV}/bin/sglang",
+        "serve",
+    ]
+
+
+def test_sglang_key_comes_from_a_config_file_and_start_up_logs_stay_at_warning() -> None:
+    command = sglang_command(Settings(serve_engine="sglang"), VENV)
+    assert command.key_env is None and command.key_config == SGLANG_KEY_CONFIG
+    assert flag(command.argv, "--config") == SGLANG_KEY_CONFIG
+    assert SGLANG_KEY_CONFIG.endswith(".yaml")  # SGLang refuses other suffixes
+    assert flag(command.argv, "--log-level") == "warning"  # info logs the key (sglang #37457)
+    assert not any("api-key" in a.removeprefix(SGLANG_KEY_CONFIG) for a in command.argv[:-1])
+
+
+def test_sglang_tuning_keys_map_to_its_flags_and_extra_args_come_last() -> None:
+    argv = sglang(
+        vllm_tensor_parallel_size=2,
+        vllm_max_num_seqs=16,
+        vllm_enable_chunked_prefill=False,
+        vllm_max_model_len=8192,
+        serve_extra_args=["--mem-fraction-static", "0.8"],
+    )
+    assert (flag(argv, "--tp-size"), flag(argv, "--max-running-requests")) == ("2", "16")
+    assert (flag(argv, "--chunked-prefill-size"), flag(argv, "--context-length")) == ("-1", "8192")
+    assert argv[-2:] == ["--mem-fraction-static", "0.8"]
+    assert "--max-running-requests" not in sglang()
+    assert "--chunked-prefill-size" not in sglang(vllm_enable_chunked_prefill=True)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from autoglm_infra.common.secrets import Secret, SecretError
 from autoglm_infra.common.systemd_exec import exec_arg
@@ -85,6 +87,7 @@ def write_unit(tmp_path: Path, text: str) -> Path:
 VARIANTS: list[dict[str, Any]] = [
     {},
     {"serve_engine": "cpu"},
+    {"serve_engine": "sglang"},
     {"serve_host": "0.0.0.0", "service_allow_from": ["10.0.0.0/8"], "vllm_max_num_seqs": 8},
     {"serve_host": "::", "serve_extra_args": ["--seed", "1", ";", "100%", "$HOME", 'a"b']},
 ]
@@ -203,6 +206,44 @@ def test_key_wrapper_exports_credential_then_execs(tmp_path: Path) -> None:
     (tmp_path / "api-key").unlink()
     missing = subprocess.run([*prefix, *probe], capture_output=True, text=True, env=env)
     assert missing.returncode != 0 and "no API key credential" in missing.stderr
+
+
+@pytest.mark.parametrize("key", ["s3cret-key", "it's\"a:#{key}%s\\n"])
+def test_sglang_key_wrapper_writes_the_key_as_yaml_then_execs(tmp_path: Path, key: str) -> None:
+    """SGLang reads the key from the YAML file --config names; any printable key survives."""
+    (tmp_path / "api-key").write_text(key + "\n")
+    config = tmp_path / "run" / "sglang-api-key.yaml"
+    config.parent.mkdir()
+    command = replace(
+        engine_command(Settings(serve_engine="sglang"), "/venv"), key_config=str(config)
+    )
+    prefix = key_wrapper(command)
+    probe = ["/bin/sh", "-c", 'printf "%s" "$0"; stat -c " %a" "$1"', "probe", str(config)]
+    env = {"PATH": "/usr/bin:/bin", "CREDENTIALS_DIRECTORY": str(tmp_path)}
+    out = subprocess.run([*prefix, *probe], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and out.stdout == "probe 600\n", out.stderr
+    assert yaml.safe_load(config.read_text()) == {"api-key": key}
+    assert key not in " ".join(prefix)
+    (tmp_path / "api-key").unlink()
+    missing = subprocess.run([*prefix, *probe], capture_output=True, text=True, env=env)
+    assert missing.returncode != 0 and "no API key credential" in missing.stderr
+
+
+def test_sglang_unit_starts_sglang_serve_with_the_same_hardening(layout: ServiceLayout) -> None:
+    vllm_text = render_unit(Settings(), layout)
+    text = render_unit(Settings(serve_engine="sglang"), layout)
+    (start,) = values(text, "Service", "ExecStart")
+    assert f"{layout.venv}/bin/sglang serve --model-path /srv/autoglm/models/" in start
+    assert "--config /run/autoglm-serve/sglang-api-key.yaml" in start
+    assert values(text, "Service", "ExecStartPost") == values(vllm_text, "Service", "ExecStartPost")
+    assert values(text, "Service", "LoadCredential") == ["api-key:/etc/autoglm/credentials/api-key"]
+
+    def hardening(unit: str) -> list[str]:
+        skip = ("ExecStart=", "Description=", "Environment=")
+        section = unit.split("[Service]", 1)[1]
+        return [line for line in section.splitlines() if line and not line.startswith(skip)]
+
+    assert hardening(text) == hardening(vllm_text)
 
 
 def test_cpu_engine_has_no_key_wrapper_but_a_hub_alias(layout: ServiceLayout) -> None:

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
+from autoglm_infra.common.host_profile import HostProfile
+from autoglm_infra.config.schema import Settings
 from autoglm_infra.stack import (
     DEFAULT_TABLE_PATH,
     GpuDevice,
@@ -20,6 +22,7 @@ from autoglm_infra.stack import (
     load_stack_table,
     resolve_stack,
 )
+from autoglm_infra.stack.request import plan_for_host, stack_request
 
 NVIDIA = "0x10de"
 H100_SXM = GpuDevice(NVIDIA, "0x2330")
@@ -137,13 +140,18 @@ def test_vllm_0_34_resolves_but_has_no_lock(table: StackTable) -> None:
     assert plan.docker_image == "vllm/vllm-openai:v0.34.0"
 
 
-def test_an_unknown_engine_release_names_the_known_ones(table: StackTable) -> None:
+@pytest.mark.parametrize(
+    ("engine", "known"),
+    [("vllm", "0.34.0, 0.33.0, 0.19.1, 0.12.0"), ("sglang", "0.5.23, 0.5.6.post1")],
+)
+def test_an_unknown_engine_release_names_the_known_ones(
+    table: StackTable, engine: str, known: str
+) -> None:
     with pytest.raises(StackError) as excinfo:
-        resolve(table, engine_version="0.99.0")
+        resolve(table, engine=engine, engine_version="0.99.0")
 
     assert str(excinfo.value) == (
-        "serve_engine_version='0.99.0' is not a known vllm release: use auto or one of "
-        "0.34.0, 0.33.0, 0.19.1, 0.12.0"
+        f"serve_engine_version='0.99.0' is not a known {engine} release: use auto or one of {known}"
     )
     assert excinfo.value.keys == ("serve_engine_version",)
 
@@ -218,3 +226,60 @@ def test_auto_never_picks_a_release_that_is_not_a_candidate(table: StackTable) -
         engine = table.engine("vllm", plan.engine_version)
         assert engine is not None and engine.default_candidate
         assert plan.lock_profile
+
+
+# -- SGLang (serve_engine: sglang) ----------------------------------------------------------
+
+
+def test_sglang_auto_gets_0_5_23_on_cuda_13_with_its_lock_and_image(table: StackTable) -> None:
+    plan = resolve(table, DEBIAN_12, gpus=(H100_SXM,), engine="sglang")
+
+    assert (plan.engine, plan.engine_version, plan.torch_version) == ("sglang", "0.5.23", "2.14.1")
+    assert (plan.torch_flavour, plan.cuda_version, plan.pip_cudnn) == ("cu130", "13.0", "9.24.0.43")
+    assert (plan.driver_branch, plan.driver_version) == (580, "580.95.05")
+    assert plan.lock_profile == "sglang-0.5.23-cu130"
+    assert plan.docker_image == "lmsysorg/sglang:v0.5.23"
+    assert plan.warnings == ()
+    assert plan.notes[0].startswith("serve_engine_version auto -> 0.5.23: newest sglang release")
+
+
+def test_sglang_on_a_driver_too_old_for_cuda_13_is_refused_with_the_minimum(
+    table: StackTable,
+) -> None:
+    for kwargs in ({"driver_branch": "570"}, {"driver_branch": "570", "engine_version": "0.5.23"}):
+        with pytest.raises(StackError) as excinfo:
+            resolve(table, gpus=(H100_SXM,), engine="sglang", **kwargs)
+        assert str(excinfo.value) == (
+            "nvidia_driver_branch=570 (570.172.08) is too old for every sglang 0.5.23 wheel: "
+            "the lowest, cu130, needs driver >= 580.95.05: use a newer nvidia_driver_branch"
+        )
+
+
+def test_sglang_with_a_cuda_12_request_names_its_only_flavour(table: StackTable) -> None:
+    with pytest.raises(StackError) as excinfo:
+        resolve(table, gpus=(H100_SXM,), engine="sglang", cuda_version="12.8")
+
+    assert "cuda_version=12.8 has no torch wheel for engine=sglang 0.5.23" in str(excinfo.value)
+    assert "available flavours are cu130 (CUDA 13.0)" in str(excinfo.value)
+
+
+def test_sglang_refuses_volta(table: StackTable) -> None:
+    with pytest.raises(StackError, match=r"engine=sglang 0.5.23 needs compute capability >= 7.5"):
+        resolve(table, gpus=(V100,), engine="sglang")
+
+
+@pytest.mark.parametrize(
+    ("serve_engine", "engine", "version"),
+    [("sglang", "sglang", "0.5.23"), ("vllm", "vllm", "0.33.0"), ("cpu", "vllm", "0.33.0")],
+)
+def test_serve_engine_selects_the_engine_the_plan_resolves(
+    serve_engine: str, engine: str, version: str
+) -> None:
+    """The CPU engine (GPU-less test hosts) keeps planning vLLM's NVIDIA stack."""
+    settings = Settings(serve_engine=serve_engine)
+    profile = HostProfile(os_id="debian", os_version="12", arch="x86_64")
+
+    request = stack_request(settings, profile)
+    plan = plan_for_host(settings, profile)
+
+    assert request.engine == engine and (plan.engine, plan.engine_version) == (engine, version)

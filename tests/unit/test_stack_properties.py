@@ -283,7 +283,7 @@ def test_an_explicit_branch_below_the_cuda_minimum_is_always_refused(
 
 
 @PROPERTY_SETTINGS
-@given(requests(), st.sampled_from([e for e in TABLE.engines if e.name == "vllm"]))
+@given(requests(), st.sampled_from(list(TABLE.engines)))
 def test_an_explicit_release_on_a_branch_below_all_its_wheels_is_always_refused(
     request: StackRequest, engine: object
 ) -> None:
@@ -307,7 +307,7 @@ def test_an_explicit_release_on_a_branch_below_all_its_wheels_is_always_refused(
             driver_branch=str(branch.branch),
             driver_flavour=request.driver_flavour,
             cudnn_version=request.cudnn_version,
-            engine="vllm",
+            engine=engine.name,
             engine_version=engine.version,
             today=TODAY,
         )

@@ -230,10 +230,11 @@ def test_cudnn_major_picks_the_newest_fitting_release(table: StackTable) -> None
     ]
 
 
-def test_engine_sglang_is_resolvable(table: StackTable) -> None:
-    plan = resolve(table, gpus=(H100_SXM,), engine="sglang")
+def test_engine_sglang_open_autoglm_release_is_resolvable(table: StackTable) -> None:
+    plan = resolve(table, gpus=(H100_SXM,), engine="sglang", engine_version="0.5.6.post1")
 
     assert (plan.engine, plan.torch_version, plan.torch_flavour) == ("sglang", "2.9.1", "cu129")
+    assert plan.lock_profile == ""  # Open-AutoGLM's README release: no lock
 
 
 # -- refusals --------------------------------------------------------------------------------

@@ -2,12 +2,14 @@
 
 `vllm` (GPU hosts) follows Open-AutoGLM's recommended launch (README "Option B") through
 `vllm serve`, with one deliberate change: `--allowed-local-media-path` is a dedicated
-directory, never `/` (vLLM's help calls that option a security risk). `cpu` runs
+directory, never `/` (vLLM's help calls that option a security risk). `sglang` follows
+Open-AutoGLM's SGLang launch (Chinese README) through `sglang serve`. `cpu` runs
 `transformers serve` with the same endpoint surface (/health, /v1/models,
 /v1/chat/completions) and model name, for GPU-less sandbox and Vagrant hosts.
 
 The API key never appears here: the unit's wrapper exports it from the systemd
-credential into `EngineCommand.key_env` just before exec.
+credential into `EngineCommand.key_env` (vLLM) or writes it into the private YAML file
+`EngineCommand.key_config` that `--config` names (SGLang has no key variable) just before exec.
 """
 
 from __future__ import annotations
@@ -21,6 +23,14 @@ from autoglm_infra.config.schema import Settings
 MM_PROCESSOR_KWARGS = {"max_pixels": 5000000}
 # vLLM reads the key from this variable as an alternative to --api-key (which is argv).
 VLLM_API_KEY_ENV = "VLLM_API_KEY"
+# The unit's RuntimeDirectory= (/run/autoglm-serve): 0700, the service user's only.
+RUNTIME_DIRECTORY = "autoglm-serve"
+# SGLang 0.5.23 reads --api-key from argv or from a YAML file given with --config
+# (srt/utils/server_args_config_parser.py: .yaml/.yml only; config first, argv overrides);
+# it has no key variable. The wrapper writes `api-key: '<key>'` here (umask 077).
+SGLANG_KEY_CONFIG = f"/run/{RUNTIME_DIRECTORY}/sglang-api-key.yaml"
+# Open-AutoGLM's SGLang launch: --mm-process-config '{"image":{"max_pixels":5000000}}'.
+SGLANG_MM_PROCESS_CONFIG = {"image": MM_PROCESSOR_KWARGS}
 # The CPU engine reads local models through a hub-cache layout (see `HubAlias`).
 CPU_HUB_REVISION = "0" * 40
 
@@ -48,7 +58,8 @@ class HubAlias:
 class EngineCommand:
     argv: list[str]
     environment: dict[str, str] = field(default_factory=dict)
-    key_env: str | None = None  # variable the engine reads the API key from; None: no auth
+    key_env: str | None = None  # variable the engine reads the API key from
+    key_config: str | None = None  # or the YAML file (named in argv) the key is written to
     hub_alias: HubAlias | None = None
 
 
@@ -59,6 +70,18 @@ def served_model_name(settings: Settings) -> str:
 
 def _compact_json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+def _endpoint_flags(settings: Settings) -> list[str]:
+    """Served name and listen address: the same flag names in vLLM and SGLang."""
+    return [
+        "--served-model-name",
+        served_model_name(settings),
+        "--host",
+        settings.serve_host,
+        "--port",
+        str(settings.serve_port),
+    ]
 
 
 def vllm_command(settings: Settings, venv: str) -> EngineCommand:
@@ -72,12 +95,7 @@ def vllm_command(settings: Settings, venv: str) -> EngineCommand:
         f"{venv}/bin/vllm",
         "serve",
         settings.model_dir,
-        "--served-model-name",
-        served_model_name(settings),
-        "--host",
-        settings.serve_host,
-        "--port",
-        str(settings.serve_port),
+        *_endpoint_flags(settings),
         "--allowed-local-media-path",
         settings.serve_media_dir,
         "--mm-encoder-tp-mode",
@@ -112,6 +130,49 @@ def vllm_command(settings: Settings, venv: str) -> EngineCommand:
     return EngineCommand(argv, environment, key_env=VLLM_API_KEY_ENV)
 
 
+def sglang_command(settings: Settings, venv: str) -> EngineCommand:
+    """SGLang's OpenAI server with Open-AutoGLM's SGLang flags and the shared tuning keys.
+
+    `sglang serve --model-path <model>` is the entrypoint SGLang 0.5.23 recommends
+    (`python -m sglang.launch_server` still works and warns); flag names as in its
+    srt/arg_groups/fields. vllm_max_model_len is the context length (--context-length),
+    vllm_max_images_per_prompt the image limit (--limit-mm-data-per-request).
+    vllm_gpu_memory_utilization is not mapped: SGLang's --mem-fraction-static covers weights
+    and KV cache only (SGLang sizes it itself; set it with serve_extra_args).
+    `--log-level warning`: at info SGLang 0.5.23 logs every server argument, the API key
+    included, at start-up (sgl-project/sglang issue #37457)."""
+    argv = [
+        f"{venv}/bin/sglang",
+        "serve",
+        "--model-path",
+        settings.model_dir,
+        *_endpoint_flags(settings),
+        "--context-length",
+        str(settings.vllm_max_model_len),
+        "--mm-enable-dp-encoder",
+        "--mm-process-config",
+        _compact_json(SGLANG_MM_PROCESS_CONFIG),
+        "--limit-mm-data-per-request",
+        _compact_json({"image": settings.vllm_max_images_per_prompt}),
+        "--tp-size",
+        str(settings.vllm_tensor_parallel_size),
+        "--dtype",
+        settings.serve_dtype,
+        "--load-format",
+        "safetensors",
+        "--log-level",
+        "warning",
+        "--config",
+        SGLANG_KEY_CONFIG,
+    ]
+    if settings.vllm_max_num_seqs is not None:
+        argv += ["--max-running-requests", str(settings.vllm_max_num_seqs)]
+    if settings.vllm_enable_chunked_prefill is False:
+        argv += ["--chunked-prefill-size", "-1"]  # SGLang: -1 disables chunked prefill
+    argv += settings.serve_extra_args
+    return EngineCommand(argv, {}, key_config=SGLANG_KEY_CONFIG)
+
+
 def cpu_command(settings: Settings, venv: str) -> EngineCommand:
     """`transformers serve` pinned to the model (loaded before it listens), on CPU.
 
@@ -143,4 +204,6 @@ def engine_command(settings: Settings, venv: str) -> EngineCommand:
     """The configured engine's command for a venv at `venv`."""
     if settings.serve_engine == "cpu":
         return cpu_command(settings, venv)
+    if settings.serve_engine == "sglang":
+        return sglang_command(settings, venv)
     return vllm_command(settings, venv)

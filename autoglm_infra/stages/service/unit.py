@@ -20,6 +20,7 @@ from autoglm_infra.common.systemd_exec import exec_line
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.stages.python_env import venv as python_env
 from autoglm_infra.stages.service.engine_args import (
+    RUNTIME_DIRECTORY,
     EngineCommand,
     HubAlias,
     engine_command,
@@ -37,7 +38,6 @@ HOST_PYTHON = "/usr/bin/python3"  # runs the health gate; present wherever pyinf
 CREDENTIAL_DIR = "/etc/autoglm/credentials"
 CREDENTIAL_NAME = "api-key"
 CREDENTIAL_PATH = f"{CREDENTIAL_DIR}/{CREDENTIAL_NAME}"
-RUNTIME_DIRECTORY = "autoglm-serve"  # /run/autoglm-serve, private to the service
 # Started after these when they exist (ordering only): persistenced keeps /dev/nvidia* up.
 AFTER_UNITS = ("nvidia-persistenced.service",)
 
@@ -89,14 +89,24 @@ def service_environment(cache_dir: str) -> dict[str, str]:
 
 
 def key_wrapper(engine: EngineCommand) -> list[str]:
-    """argv prefix exporting the credential into the engine's key variable, then exec."""
-    if engine.key_env is None:
+    """argv prefix handing the credential to the engine, then exec: exported into its key
+    variable, or written as `api-key: '<key>'` (YAML single quotes, ' doubled) into its
+    key config file, 0600 in the service's private runtime directory."""
+    if engine.key_env is not None:
+        var = engine.key_env
+        script = (
+            f'{var}="$(cat "$CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME}")" && [ -n "${var}" ] '
+            f'|| {{ echo "no API key credential" >&2; exit 1; }}; export {var}; exec "$@"'
+        )
+    elif engine.key_config is not None:
+        script = (
+            f'k="$(cat "$CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME}")" && [ -n "$k" ] '
+            '|| { echo "no API key credential" >&2; exit 1; }; umask 077; '
+            """printf "api-key: '%s'\\n" "$(printf %s "$k" | sed "s/'/''/g")" """
+            f'> {shlex.quote(engine.key_config)} || exit 1; unset k; exec "$@"'
+        )
+    else:
         return []
-    var = engine.key_env
-    script = (
-        f'{var}="$(cat "$CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME}")" && [ -n "${var}" ] '
-        f'|| {{ echo "no API key credential" >&2; exit 1; }}; export {var}; exec "$@"'
-    )
     return ["/bin/sh", "-c", script, "autoglm-serve"]
 
 
