@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from autoglm_infra.doctor.model import ModelContents, parse_contents
 from autoglm_infra.doctor.probe import (
     END_MARK,
     DoctorProbe,
@@ -85,12 +86,12 @@ class DoctorProbeFact(TypedFact[DoctorProbe]):
         return parse_doctor_probe(output)
 
 
-class ModelContentsFact(TypedFact[list[str]]):
+class ModelContentsFact(TypedFact[ModelContents]):
     """`doctor_model_verify: full`: the model stage's helper re-hashing every file."""
 
     def command(self, script: str) -> str:  # type: ignore[override]
         """`script` is `doctor.model.contents_script(...)`."""
         return script
 
-    def process(self, output: list[str]) -> list[str]:
-        return list(output)
+    def process(self, output: list[str]) -> ModelContents:
+        return parse_contents(output)

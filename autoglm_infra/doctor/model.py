@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from autoglm_infra.common.checks import Check
@@ -228,39 +229,77 @@ def contents_script(helper_source: str, plan_file: str) -> str:
     )
 
 
-def model_contents_check(lines: Sequence[str], model_dir: str) -> Check:
+@dataclass(frozen=True)
+class ModelContents:
+    """What the re-hash on the host said. `outcome`: "report" (the lists hold every file of
+    the plan), "no_plan", "no_python", or "silent" (no report; `tail` is what it printed)."""
+
+    outcome: str
+    ok: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    wrong_size: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+    unreadable: tuple[str, ...] = ()
+    bytes: int = 0
+    seconds: float = 0.0
+    tail: str = ""
+
+
+_KINDS = ("ok", "changed", "wrong_size", "missing", "unreadable")
+
+
+def parse_contents(lines: Sequence[str]) -> ModelContents:
+    """The MODEL_CHECK line that `contents_script` prints, parsed."""
+    found = next((ln[len(CHECK_MARK) :] for ln in lines if ln.startswith(CHECK_MARK)), None)
+    if found in ("NO_PLAN", "NO_PYTHON"):
+        return ModelContents(found.lower())
+    doc = _json(found)
+    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list) for k in _KINDS):
+        return ModelContents("silent", tail=" | ".join(lines[-3:]) if lines else "no output")
+    try:
+        files = {k: tuple(str(p) for p in doc[k]) for k in _KINDS}
+        return ModelContents(
+            "report",
+            files["ok"],
+            files["changed"],
+            files["wrong_size"],
+            files["missing"],
+            files["unreadable"],
+            bytes=int(doc.get("bytes", 0)),
+            seconds=float(doc.get("seconds", 0)),
+        )
+    except (TypeError, ValueError):
+        return ModelContents("silent", tail=str(found)[:200])
+
+
+def model_contents_check(found: ModelContents, model_dir: str) -> Check:
     """The row for `doctor_model_verify: full`: what re-hashing every file found."""
     name = "model contents"
-    found = next((ln[len(CHECK_MARK) :] for ln in lines if ln.startswith(CHECK_MARK)), None)
-    if found == "NO_PLAN":
+    if found.outcome == "no_plan":
         return Check(name, "warn", f"no download plan in {model_dir}/.autoglm: nothing to "
                      "re-hash against (not pulled by the model stage)", PULL_FIX)  # fmt: skip
-    if found == "NO_PYTHON":
+    if found.outcome == "no_python":
         return Check(name, "fail", "python3 is not installed: the files were not re-hashed",
                      "apt-get install python3-minimal")  # fmt: skip
-    doc = _json(found)
-    kinds = ("ok", "changed", "wrong_size", "missing", "unreadable")
-    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list) for k in kinds):
-        tail = " | ".join(lines[-3:]) if lines else "no output"
-        return Check(name, "fail", f"the re-hash did not report (printed: {tail})",
+    if found.outcome != "report":
+        return Check(name, "fail", f"the re-hash did not report (printed: {found.tail})",
                      "run again with -vv to see the helper's error")  # fmt: skip
     problems = [
-        f"{label}: {_few([str(p) for p in doc[kind]])}"
-        for kind, label in (
-            ("changed", "bytes differ from the lock"),
-            ("wrong_size", "wrong size"),
-            ("missing", "missing"),
-            ("unreadable", "cannot be read"),
+        f"{label}: {_few(list(files))}"
+        for files, label in (
+            (found.changed, "bytes differ from the lock"),
+            (found.wrong_size, "wrong size"),
+            (found.missing, "missing"),
+            (found.unreadable, "cannot be read"),
         )
-        if doc[kind]
+        if files
     ]
-    total = sum(len(doc[k]) for k in kinds)
+    total = sum(len(getattr(found, k)) for k in _KINDS)
     if problems:
         return Check(name, "fail", f"re-hashed {total} files: " + "; ".join(problems), REHASH_FIX)
-    gib = int(doc.get("bytes", 0)) / 1024**3
     return Check(
         name,
         "ok",
-        f"re-hashed all {total} files ({gib:.2f} GiB) in {doc.get('seconds', '?')} s: "
+        f"re-hashed all {total} files ({found.bytes / 1024**3:.2f} GiB) in {found.seconds} s: "
         "every digest matches the lock",
     )

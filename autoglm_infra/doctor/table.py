@@ -7,7 +7,6 @@ included: a probe that printed nothing reads as nothing, never as "ok".
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from autoglm_infra.doctor.env import (
 from autoglm_infra.doctor.host import exposure_check, host_checks, parse_listeners
 from autoglm_infra.doctor.lsm import apparmor_check, selinux_check
 from autoglm_infra.doctor.model import (
+    ModelContents,
     context_length_check,
     lock_from_plan,
     model_access_check,
@@ -130,7 +130,7 @@ def doctor_checks(
     gpu: GpuProbe,
     state: DoctorProbe,
     listeners: str,
-    contents: Sequence[str] | None = None,
+    contents: ModelContents | None = None,
 ) -> list[Check]:
     """Every row of the doctor's table, in the order an operator reads them. `contents`:
     the output of the full re-hash (`doctor_model_verify: full`), None when not run."""
@@ -171,7 +171,7 @@ def _probe_checks(
     state: DoctorProbe,
     plan: StackPlan | None,
     listeners: str,
-    contents: Sequence[str] | None,
+    contents: ModelContents | None,
 ) -> list[Check]:
     model_exists = state.model.exists
     checks = [

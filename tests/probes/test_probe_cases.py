@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import autoglm_infra
-from autoglm_infra.doctor.facts import DoctorProbeFact
+from autoglm_infra.doctor.facts import DoctorProbeFact, ModelContentsFact
 from autoglm_infra.pyinfra_ext.facts import GpuProbeFact, HostProfileFact
 from autoglm_infra.pyinfra_ext.operations import SnapshotFact
 from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
@@ -40,6 +40,7 @@ FACTS: dict[str, type[TypedFact[Any]]] = {
     "service_snapshot": ServiceSnapshotFact,
     "model_snapshot": ModelSnapshotFact,
     "doctor_probe": DoctorProbeFact,
+    "model_contents": ModelContentsFact,
 }
 
 

@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 
 from autoglm_infra.common.secrets import Secret
-from autoglm_infra.doctor.model import contents_script, model_contents_check
+from autoglm_infra.doctor.facts import ModelContentsFact
+from autoglm_infra.doctor.model import (
+    ModelContents,
+    contents_script,
+    model_contents_check,
+    parse_contents,
+)
 from autoglm_infra.host_tools import model_fetch
 from autoglm_infra.stages.model import hub_client
 from autoglm_infra.stages.model.hub_client import HubError, fetch_lock, obtain_lock
@@ -372,11 +378,11 @@ def test_disk_full_mid_file_names_the_space_and_removes_the_partial(
     assert same_tree(model, source)
 
 
-def deep_check(plan: str) -> list[str]:
+def deep_check(plan: str) -> ModelContents:
     """The doctor's deep mode as it runs on a host: its script, through a real shell."""
     script = contents_script(HELPER.read_text(encoding="utf-8"), plan)
     done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
-    return done.stdout.splitlines()
+    return ModelContentsFact().process(done.stdout.splitlines())
 
 
 def tree_state(model: Path) -> dict[str, tuple[bytes, int]]:
@@ -407,7 +413,7 @@ def test_doctor_deep_mode_finds_bit_rot_that_stamps_miss_and_changes_nothing(
 
 
 def test_doctor_deep_mode_without_a_plan_or_with_a_broken_helper(tmp_path: Path) -> None:
-    lines = deep_check(str(tmp_path / "plan.json"))
-    assert model_contents_check(lines, "/m").status == "warn"
-    broken = model_contents_check(["Traceback (most recent call last):", "boom"], "/m")
+    assert model_contents_check(deep_check(str(tmp_path / "plan.json")), "/m").status == "warn"
+    silent = parse_contents(["Traceback (most recent call last):", "boom"])
+    broken = model_contents_check(silent, "/m")
     assert broken.status == "fail" and "did not report" in broken.evidence
