@@ -3,6 +3,8 @@ recorded, verbatim), and what the NVIDIA stage decides for it (issue 24)."""
 
 from __future__ import annotations
 
+import fnmatch
+import re
 import shutil
 import subprocess
 from dataclasses import replace
@@ -19,6 +21,7 @@ from autoglm_infra.stack.installed import (
     installed_stack,
     nvrm_flavour,
 )
+from autoglm_infra.stages.nvidia import files as nf
 from autoglm_infra.stages.nvidia.apt_check import stale_closure
 from autoglm_infra.stages.nvidia.files import closure_preferences
 from autoglm_infra.stages.nvidia.gpu_checks import CUDA_VERSION_SED, SMI_QUERY, parse_gpu_probe
@@ -314,3 +317,12 @@ def test_a_component_the_hosts_hold_refuses_stops_the_whole_stage() -> None:
     assert decided.components[0].action == REFUSE
     assert f"apt-mark unhold {meta}" in decided.refusal
     assert decided.refusal.endswith("Nothing was changed.")
+
+
+def test_the_snapshot_lists_every_driver_binary_the_closure_pin_names() -> None:
+    """A driver package the snapshot cannot see is never moved with the driver."""
+    alternatives = nf.DRIVER_PACKAGES_REGEX.strip("/").removeprefix("^(").removesuffix(")")
+    for prefix in alternatives.split("|"):
+        example = f"{prefix}example"
+        assert re.match(nf.DRIVER_PACKAGES_REGEX.strip("/"), example)
+        assert any(fnmatch.fnmatchcase(example, p) for p in nf.PACKAGE_PATTERNS), prefix

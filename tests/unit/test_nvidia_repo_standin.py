@@ -197,3 +197,20 @@ def test_ubuntu_shapes_unsuffixed_590_and_the_r580_open_recipe(tmp_path: Path) -
         "cuda-drivers-580=580.95.05-0ubuntu1", check=False,
     )  # fmt: skip
     assert both.returncode != 0 and "Conflicts: cuda-drivers-580" in both.stdout
+
+
+# An adopted host: its own 580.95.05 driver is kept, the stage adds CUDA and cuDNN only.
+# Ubuntu's archive ships nvidia-settings on its own schedule (510.47.03-0ubuntu1 beside a
+# 535 or 580 driver is common), so a driver-named package at another release is the host's.
+CUDA_ONLY = dataclasses.replace(OPEN_580, packages=OPEN_580.packages[1:], driver_moves=False)
+ARCHIVE_SETTINGS = {"nvidia-settings": "510.47.03-0ubuntu1"}
+
+
+def test_safety_net_leaves_a_kept_drivers_untouched_packages_alone(debian12: IsolatedApt) -> None:
+    answer = apt_answer(debian12, CUDA_ONLY, closure_pin=True)
+    assert judge(CUDA_ONLY, ARCHIVE_SETTINGS, answer) is None
+    # the same host while the stage moves the driver: that package would stay behind
+    moving = dataclasses.replace(CUDA_ONLY, driver_moves=True)
+    message = judge(moving, ARCHIVE_SETTINGS, answer)
+    assert message is not None
+    assert "nvidia-settings: planned 580.95.05-*, apt would land 510.47.03-0ubuntu1" in message

@@ -37,6 +37,10 @@ class Expectation:
     driver_version: str  # e.g. "580.95.05"
     cudnn_version: str  # e.g. "9.10.2.21"; "" when no cuDNN
     repo_url: str
+    # False when the host's driver is kept: driver-named packages the transaction leaves
+    # alone (an Ubuntu-archive nvidia-settings 510 beside a 580 driver) are then the
+    # host's business, not this plan's; what the transaction installs is still judged.
+    driver_moves: bool = True
 
 
 @dataclass(frozen=True)
@@ -191,8 +195,10 @@ def wrong_landings(
         if landed != version:
             problems.append(f"{name}: planned {version}, apt would leave {landed or 'nothing'}")
     planned = dict(expect.packages)
+    touched = set(installs) | {n for n, c in refreshed.items() if c}
     for name, version in sorted(final.items()):
-        wanted = off_plan(name, version, expect.driver_version, expect.cudnn_version)
+        driver = expect.driver_version if expect.driver_moves or name in touched else ""
+        wanted = off_plan(name, version, driver, expect.cudnn_version)
         if name not in planned and wanted:
             problems.append(f"{name}: planned {wanted}, apt would land {version}")
     return problems

@@ -92,7 +92,11 @@ def nvidia(run: StageRun) -> None:
     nvidia_apt_check(
         name="NVIDIA: apt lands exactly the planned versions (asked before installing)",
         expect=Expectation(
-            tuple(packages), decided.pin_driver_version, decided.pin_cudnn_version, plan.repo_url
+            tuple(packages),
+            decided.pin_driver_version,
+            decided.pin_cudnn_version,
+            plan.repo_url,
+            driver_moves=bool(decided.moving_driver_version),
         ),
         installed=installed,
         install_args=[*to_install, *(f"{n}-" for n in to_remove)],

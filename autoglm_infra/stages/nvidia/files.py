@@ -20,8 +20,12 @@ REBOOT_REQUIRED = "/var/lib/autoglm/reboot-required"
 # What unattended-upgrades must never touch: a driver swapped under a running service
 # is the classic "Driver/library version mismatch".
 UNATTENDED_PATTERNS = ("nvidia-", "libnvidia-", "cuda-", "libcuda", "cudnn", "libcudnn")
+# What the snapshot lists: every driver binary DRIVER_PACKAGES_REGEX names (so a stale one
+# is seen and moved with the driver), CUDA and cuDNN.
 PACKAGE_PATTERNS = (
     "nvidia-*", "libnvidia-*", "cuda-*", "cudnn*", "libcudnn*", "libcuda*", "firmware-nvidia-*",
+    "xserver-xorg-video-nvidia*", "libnvcuvid*", "libnvoptix*", "libxnvctrl*",
+    "libegl-nvidia*", "libgl1-nvidia*", "libgles-nvidia*", "libglx-nvidia*",
 )  # fmt: skip
 # Every binary built from NVIDIA's driver sources, Debian and Ubuntu names (apt regex).
 DRIVER_PACKAGES_REGEX = (
