@@ -26,7 +26,14 @@ _DRIVER_PACKAGE = re.compile(
 _VERSION = re.compile(r"\b(\d{3}\.\d+(?:\.\d+)?)\b")
 # Packages whose presence means the toolkit X.Y is installed (full or in parts).
 _TOOLKIT_PACKAGE = re.compile(r"^cuda-(?:toolkit|cudart|nvcc|libraries|runtime)-(\d+)-(\d+)$")
-_CUDNN_PACKAGE = re.compile(r"^libcudnn(\d+)-cuda-(\d+)$")
+# cuDNN 9: libcudnn9-cuda-12; cuDNN 8 had one name, its CUDA in the version (8.9.7.29-1+cuda12.2)
+_CUDNN_PACKAGE = re.compile(r"^libcudnn(\d+)(?:-cuda-(\d+))?$")
+_CUDNN_CUDA_IN_VERSION = re.compile(r"\+cuda(\d+)\.")
+
+
+def _cuda_in_version(version: str) -> str:
+    match = _CUDNN_CUDA_IN_VERSION.search(version)
+    return match.group(1) if match else ""
 
 
 @dataclass(frozen=True)
@@ -112,9 +119,9 @@ def installed_stack(probe: GpuProbe) -> InstalledStack:
         if re.fullmatch(r"\d+\.\d+", version := path.rpartition("cuda-")[2]):
             toolkits.setdefault(version, path)
     cudnn = tuple(
-        (m.group(2), version, name)
+        (cuda, version, name)
         for name, version in sorted(probe.packages.items())
-        if (m := _CUDNN_PACKAGE.match(name))
+        if (m := _CUDNN_PACKAGE.match(name)) and (cuda := m.group(2) or _cuda_in_version(version))
     )
     newest_first = sorted(
         toolkits.items(), key=lambda kv: tuple(int(x) for x in kv[0].split(".")), reverse=True

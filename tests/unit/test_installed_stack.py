@@ -326,3 +326,14 @@ def test_the_snapshot_lists_every_driver_binary_the_closure_pin_names() -> None:
         example = f"{prefix}example"
         assert re.match(nf.DRIVER_PACKAGES_REGEX.strip("/"), example)
         assert any(fnmatch.fnmatchcase(example, p) for p in nf.PACKAGE_PATTERNS), prefix
+
+
+def test_cudnn_8_is_recognised_by_its_one_package_name() -> None:
+    """cuDNN 8 came as libcudnn8 with the CUDA build in its version; it is the host's cuDNN
+    as much as libcudnn9-cuda-12 is (the stage keeps it rather than stacking a second)."""
+    probe = parse_gpu_probe(H200_PROBE)
+    cudnn8 = "8.9.7.29-1+cuda12.2"
+    packages = {**probe.packages, "libcudnn8": cudnn8, "libcudnn8-dev": cudnn8}
+    found = installed_stack(replace(probe, packages=packages))
+    assert ("12", "8.9.7.29-1+cuda12.2", "libcudnn8") in found.cudnn
+    assert not any(pkg == "libcudnn8-dev" for _, _, pkg in found.cudnn)
