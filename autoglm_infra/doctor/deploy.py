@@ -16,6 +16,7 @@ from autoglm_infra.doctor.network import download_probe_url, proxy_env, reach_ta
 from autoglm_infra.doctor.table import doctor_checks, doctor_layout, gpu_rows
 from autoglm_infra.pyinfra_ext.report import report_checks
 from autoglm_infra.pyinfra_ext.settings import host_gpu_probe, host_profile, host_settings
+from autoglm_infra.stages.expose.front import CERT_PATH
 from autoglm_infra.stages.service.engine_args import served_model_name
 
 
@@ -44,7 +45,10 @@ def doctor() -> None:
     )
     state = host.get_fact(DoctorProbeFact, script=script)
     listening = str(host.get_fact(Command, listeners_script()) or "")
-    report_checks("doctor", doctor_checks(settings, profile, probe, state, listening))
+    front_cert = ""
+    if settings.serve_expose is not None:  # the certificate is public; read as it is served
+        front_cert = str(host.get_fact(Command, f"cat {CERT_PATH} 2>/dev/null || true") or "")
+    report_checks("doctor", doctor_checks(settings, profile, probe, state, listening, front_cert))
 
 
 def gpu_check() -> None:

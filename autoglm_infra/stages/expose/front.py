@@ -1,0 +1,123 @@
+"""The front's files on the host, rendered from settings (pure: no pyinfra import).
+
+nginx from Debian's packages reads /etc/nginx/nginx.conf, which this stage owns whole
+(Debian's default site on port 80 is never loaded). Certificates, the key map and the
+engine's own key live in /etc/nginx/autoglm, root-only: only nginx's master process (root)
+reads them; the workers (www-data) never need them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from pathlib import Path
+
+from autoglm_infra.common.managed_file import ManagedFile
+from autoglm_infra.common.secrets import Secret
+from autoglm_infra.common.templates import render
+from autoglm_infra.config.schema import Settings
+from autoglm_infra.stages.docker.args import API_KEY_FILE, ENV_FILE
+from autoglm_infra.stages.expose.tls import TlsError
+from autoglm_infra.stages.service.unit import CREDENTIAL_PATH
+
+TEMPLATES = Path(__file__).parent / "templates"
+UNIT_NAME = "nginx.service"
+PACKAGES = ("nginx",)
+NGINX_BINARY = "/usr/sbin/nginx"
+NGINX_CONF = "/etc/nginx/nginx.conf"
+FRONT_DIR = "/etc/nginx/autoglm"
+CERT_PATH = f"{FRONT_DIR}/server.crt"
+KEY_PATH = f"{FRONT_DIR}/server.key"
+KEY_MAP_PATH = f"{FRONT_DIR}/clients.map"
+ENGINE_AUTH_PATH = f"{FRONT_DIR}/engine-auth.conf"
+# sha256 of the engine key file the engine-auth include was made from (host-made keys)
+ENGINE_AUTH_SOURCE = f"{FRONT_DIR}/engine-auth.source"
+HARDENING_PATH = "/etc/systemd/system/nginx.service.d/autoglm-hardening.conf"
+ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models")
+# Mozilla's "intermediate" TLS 1.2 suites: ECDHE key exchange with AEAD ciphers only
+CIPHERS = ":".join(
+    [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    ]
+)
+
+
+def engine_url(settings: Settings) -> str:
+    address = ipaddress.ip_address(settings.serve_host)
+    if address.is_unspecified:  # refused by the schema when exposed; kept for safety
+        address = ipaddress.ip_address("127.0.0.1")
+    host = f"[{address}]" if address.version == 6 else str(address)
+    return f"http://{host}:{settings.serve_port}"
+
+
+def retry_after(rate_per_minute: int) -> int:
+    """Seconds until a client over its limit may send again (one request's worth)."""
+    return max(1, math.ceil(60 / rate_per_minute))
+
+
+def render_nginx_conf(settings: Settings) -> bytes:
+    assert settings.serve_expose is not None
+    text = render(
+        TEMPLATES,
+        "nginx.conf.j2",
+        listen=settings.serve_expose,
+        cert=CERT_PATH,
+        key=KEY_PATH,
+        key_map=KEY_MAP_PATH,
+        engine_auth=ENGINE_AUTH_PATH,
+        ciphers=CIPHERS,
+        rate=settings.serve_expose_rate_per_minute,
+        burst=settings.serve_expose_burst,
+        retry_after=retry_after(settings.serve_expose_rate_per_minute),
+        max_body_mb=settings.serve_expose_max_body_mb,
+        timeout=settings.serve_expose_timeout_sec,
+        health=settings.serve_expose_health,
+        routes=ROUTES,
+        engine=engine_url(settings),
+    )
+    return text.encode()
+
+
+def engine_auth_content(secret: Secret) -> bytes:
+    """The include that gives the engine its own key (the clients' keys stop at the front)."""
+    value = secret.reveal()
+    if not value or any(c in value for c in '"\\$;{}') or any(c.isspace() for c in value):
+        raise TlsError(
+            "service_api_key_env",
+            f"the API key from {secret.source} has characters nginx cannot pass on "
+            '(space, ", \\, $, ;, braces); use e.g. the output of `openssl rand -hex 32`',
+        )
+    return f'proxy_set_header Authorization "Bearer {value}";\n'.encode()
+
+
+def engine_key_source(settings: Settings) -> tuple[str, bool]:
+    """(engine key file on the host, True when it is a VLLM_API_KEY= env file)."""
+    if settings.serve_mode == "venv":
+        return CREDENTIAL_PATH, False
+    if settings.docker_api_key_delivery == "secret-mount":
+        return API_KEY_FILE, False
+    return ENV_FILE, True
+
+
+def hardening_dropin() -> bytes:
+    return (TEMPLATES / "nginx-hardening.conf").read_bytes()
+
+
+def front_files(
+    settings: Settings, cert_pem: bytes, key_pem: bytes, keys: dict[str, Secret]
+) -> list[ManagedFile]:
+    """Every file the front needs except the engine's key (see `engine_auth_content`)."""
+    from autoglm_infra.stages.expose.clients import key_map
+
+    return [
+        ManagedFile(NGINX_CONF, render_nginx_conf(settings)),
+        ManagedFile(CERT_PATH, cert_pem),
+        ManagedFile(KEY_PATH, key_pem, "600"),
+        ManagedFile(KEY_MAP_PATH, key_map(keys), "600"),
+        ManagedFile(HARDENING_PATH, hardening_dropin()),
+    ]
