@@ -262,6 +262,7 @@ def put_managed_files(
             content=managed.content,
             current=current.get(managed.path),
             mode=managed.mode,
+            group=managed.group,
         )
         for managed in files
     }

@@ -112,6 +112,7 @@ OPERATIONS: dict[str, tuple[Any, dict[str, Build]]] = {
     "smoke_test": (verify_ops.smoke_test, {}),
     "derive_engine_auth": (expose_ops.derive_engine_auth, {}),
     "start_front": (expose_ops.start_front, {}),
+    "withdraw_front": (expose_ops.withdraw_front, {}),
 }
 
 

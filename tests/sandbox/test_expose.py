@@ -15,18 +15,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import openai
 import pytest
 import requests
 
 from autoglm_infra.stages.expose.clients import client_key_path
 from autoglm_testbed.converge import ConvergeResult, describe_failure, run_pyinfra
 from autoglm_testbed.hosts import SandboxHost, write_inventory
-from autoglm_testbed.world import Standins, full_group_data
+from autoglm_testbed.leaks import ArgvWatch, files_holding_secrets, on_host
+from autoglm_testbed.world import Standins, docker_host_data, full_group_data
 
 STAGES = ("deploys/python_env.py", "deploys/model.py", "deploys/service.py")
 EXPOSE = "deploys/expose.py"
 PORT = 8443
 MODEL = "tiny-model"
+# systemd-analyze security of nginx.service with the hardening drop-in (README explains)
+MAX_EXPOSURE = 2.0
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
 
 
@@ -48,10 +52,12 @@ class Front:
     def key(self, client: str) -> str:
         return client_key_path(str(self.work / "secrets"), client).read_text().strip()
 
-    def converge(self, *deploys: str, **changes: object) -> ConvergeResult:
+    def converge(
+        self, *deploys: str, extra: tuple[str, ...] = (), **changes: object
+    ) -> ConvergeResult:
         inventory = self.work / "inventory.py"
         write_inventory(inventory, [self.host], {}, {**self.data, **changes})
-        return run_pyinfra(inventory, *(deploys or (EXPOSE,)))
+        return run_pyinfra(inventory, *(deploys or (EXPOSE,)), *extra)
 
     def get(self, path: str, key: str | None = None) -> requests.Response:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -161,26 +167,73 @@ def test_the_engine_port_is_closed_to_other_machines(front: Front) -> None:
     assert listening == ["127.0.0.1:8000"]
 
 
-def test_keys_stay_out_of_output_argv_and_readable_files(front: Front) -> None:
-    keys = [front.key(c) for c in ("alice", "bob", "carol")]
-    output = "".join(json.dumps(r.report) + r.stderr for r in front.runs)
-    assert not any(k in output for k in keys)
+def test_key_files_on_the_host_are_for_root_and_nginx_only(front: Front) -> None:
     listing = front.host.ssh("stat -c '%a %U %G %n' /etc/nginx/autoglm /etc/nginx/autoglm/*")
-    for line in listing.stdout.splitlines():
-        mode, owner, group, path = line.split()
-        if not path.endswith(".crt"):
-            assert (mode, owner, group) in {("600", "root", "root"), ("700", "root", "root")}, line
-    argv = front.host.ssh("cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '").stdout
-    assert not any(k in argv for k in keys)
-    on_host = front.host.ssh("grep -rlF -e " + " -e ".join(keys) + " /etc /run /var/log || true")
-    assert on_host.stdout.split() == ["/etc/nginx/autoglm/clients.map"]
+    modes = {line.split()[3]: line.split()[:3] for line in listing.stdout.splitlines()}
+    assert modes == {
+        "/etc/nginx/autoglm": ["750", "root", "www-data"],
+        "/etc/nginx/autoglm/server.crt": ["644", "root", "root"],
+        "/etc/nginx/autoglm/server.key": ["640", "root", "www-data"],
+        "/etc/nginx/autoglm/clients.map": ["640", "root", "www-data"],
+        "/etc/nginx/autoglm/engine-auth.conf": ["640", "root", "www-data"],
+        "/etc/nginx/autoglm/engine-auth.source": ["600", "root", "root"],
+    }
+    keys = "".join(front.key(c) + "\n" for c in ("alice", "bob", "carol"))
+    holding = on_host(front.host, "grep -rlF -f - /etc /run /var/log || true", stdin=keys)
+    assert holding.split() == ["/etc/nginx/autoglm/clients.map"]
+    output = "".join(json.dumps(r.report) + r.stderr for r in front.runs)
+    assert not any(front.key(c) in output for c in ("alice", "bob", "carol"))
+
+
+def test_the_official_openai_client_works_with_its_key_only(front: Front) -> None:
+    def client(key: str) -> openai.OpenAI:
+        pinned = ssl.create_default_context(cafile=front.ca)
+        return openai.OpenAI(
+            base_url=f"{front.url}/v1", api_key=key, max_retries=0,
+            http_client=openai.DefaultHttpxClient(verify=pinned, timeout=300),
+        )  # fmt: skip
+
+    good = client(front.key("bob"))
+    assert MODEL in [m.id for m in good.models.list()]
+    answer = good.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+    )
+    assert answer.choices[0].message.role == "assistant"
+    with pytest.raises(openai.AuthenticationError):
+        client("wrong-key-0123456789abcdefghij").models.list()
+
+
+def test_nginx_runs_confined_and_unprivileged_after_binding(front: Front) -> None:
+    score = front.host.ssh("systemd-analyze security --no-pager nginx.service | tail -n 1").stdout
+    level = float(score.split("level for nginx.service:")[1].split()[0])
+    assert level <= MAX_EXPOSURE, score
+    users = front.host.ssh("ps -o user= -C nginx | sort -u").stdout.split()
+    assert users == ["www-data"], users  # the master too: it binds with an ambient capability
+
+
+def test_doctor_reports_the_front(front: Front, tmp_path: Path) -> None:
+    inventory = front.work / "inventory.py"
+    write_inventory(inventory, [front.host], {}, front.data)
+    run_pyinfra(inventory, "deploys/doctor.py", env={"AUTOGLM_CHECKS_JSON": str(tmp_path)})
+    (report,) = tmp_path.glob("*.doctor.json")
+    rows = {c["name"]: c for c in json.loads(report.read_text())["checks"]}
+    assert rows["TLS front"]["status"] == "ok", rows["TLS front"]
+    assert rows["endpoint exposure"]["status"] == "ok", rows["endpoint exposure"]
 
 
 def test_revoking_a_client_changes_only_the_key_map_and_reloads(front: Front) -> None:
     pid = front.nginx_pid()
     bob = front.key("bob")
-    result = front.converge(serve_expose_clients=["alice", "carol"])
+    kept = [front.key("alice"), front.key("carol")]
+    with ArgvWatch(front.host, kept) as watch:
+        result = front.converge(serve_expose_clients=["alice", "carol"], extra=("-vvv",))
     assert result.returncode == 0, describe_failure(result)
+    # the leak channels: argv on both sides, pyinfra's -vvv output and JSON, written files
+    assert watch.host_hits.strip() == "" and watch.controller_hits == []
+    assert ">>>" in result.stderr, "-vvv must show commands, or this check proves nothing"
+    assert not any(k in result.stderr or k in json.dumps(result.report) for k in kept)
+    holding = [line.split() for line in files_holding_secrets(front.host) if line]
+    assert holding == [["640", "root", "/etc/nginx/autoglm/clients.map"]]
     assert [c.split(" on ")[0] for c in result.changed()] == [
         "Expose: /etc/nginx/autoglm/clients.map",
         "Expose: reload nginx.service (configuration or keys changed; in-flight requests finish)",
@@ -217,3 +270,57 @@ def test_exposure_on_loopback_is_refused_and_changes_nothing(front: Front) -> No
     assert "serve_expose" in result.stderr and "loopback" in result.stderr
     assert "Traceback" not in result.stderr
     assert front.host.ssh("sha256sum /etc/nginx/nginx.conf /etc/nginx/autoglm/*").stdout == before
+
+
+def test_unsetting_the_exposure_withdraws_the_front(front: Front) -> None:
+    result = front.converge(serve_expose=None)
+    assert result.returncode == 0, describe_failure(result)
+    assert front.host.ssh("systemctl is-active nginx.service", check=False).stdout.strip() != (
+        "active"
+    )
+    assert front.host.ssh("test -e /etc/nginx/autoglm || echo gone").stdout.strip() == "gone"
+    with pytest.raises(requests.exceptions.ConnectionError):
+        front.get("/v1/models", front.key("alice"))
+    again = front.converge(serve_expose=None)
+    assert again.returncode == 0 and again.changed() == []
+
+
+@pytest.fixture(scope="module")
+def docker_front(
+    sandbox_hosts: Callable[..., list[SandboxHost]],
+    standins: Standins,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Front:
+    """Docker mode with the stand-in image (it answers /health and /v1/models, no chat)."""
+    (host,) = sandbox_hosts(1, docker=True)
+    # what the model stage leaves behind
+    host.ssh("mkdir -p /srv/autoglm/models/AutoGLM-Phone-9B && echo {} > "
+             "/srv/autoglm/models/AutoGLM-Phone-9B/config.json")  # fmt: skip
+    work = tmp_path_factory.mktemp("expose-docker")
+    data: dict[str, object] = {
+        **docker_host_data(standins),
+        "serve_expose": f"{host.address}:{PORT}",
+        "serve_expose_clients": ["dora"],
+        "serve_expose_secrets_dir": str(work / "secrets"),
+    }
+    made = Front(host, work, data, [])
+    for _ in range(2):
+        result = made.converge("deploys/docker.py", EXPOSE)
+        assert result.returncode == 0, describe_failure(result)
+        made.runs.append(result)
+    return made
+
+
+def test_docker_mode_is_fronted_the_same_way(docker_front: Front) -> None:
+    assert docker_front.runs[1].changed() == []
+    models = docker_front.get("/v1/models", docker_front.key("dora"))
+    assert models.status_code == 200, models.text
+    assert "autoglm-phone-9b" in models.text
+    assert docker_front.get("/v1/models").status_code == 401
+    assert docker_front.get("/v1/models", "wrong-key-0123456789abcdefghij").status_code == 401
+    assert docker_front.get("/tokenize", docker_front.key("dora")).status_code == 404
+    with pytest.raises(OSError):
+        socket.create_connection((docker_front.host.address, 8000), timeout=10).close()
+    # the engine's own key reached the front from the host's env file, never the controller
+    auth = docker_front.host.ssh("stat -c '%a %U' /etc/nginx/autoglm/engine-auth.conf").stdout
+    assert auth.split() == ["640", "root"]

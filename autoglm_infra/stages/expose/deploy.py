@@ -21,6 +21,7 @@ from autoglm_infra.pyinfra_ext.stage import StageRefused, StageRun, stage
 from autoglm_infra.stages.expose import front as fr
 from autoglm_infra.stages.expose.clients import client_key_path, client_keys
 from autoglm_infra.stages.expose.ops import derive_engine_auth, start_front
+from autoglm_infra.stages.expose.ops import withdraw_front as withdraw_front_op
 from autoglm_infra.stages.expose.tls import ServerPair, TlsError, issued_pair, load_user_pair
 from autoglm_infra.stages.service.ops import ServiceSnapshotFact, directory
 
@@ -49,16 +50,25 @@ def converge_expose(settings: Settings) -> None:
         user="www-data",
         files=[f.path for f in files]
         + [fr.NGINX_BINARY, fr.ENGINE_AUTH_PATH, fr.ENGINE_AUTH_SOURCE, source],
-        dirs=[fr.FRONT_DIR],
+        dirs=[fr.FRONT_DIR, fr.TEMP_DIR],
         read_text=[fr.ENGINE_AUTH_SOURCE],
     )
     current = snapshot.files.files
 
     directory(
-        name=f"Expose: {fr.FRONT_DIR} (root only: certificates and keys)",
+        name=f"Expose: {fr.FRONT_DIR} (certificates and keys: root and nginx only)",
         path=fr.FRONT_DIR,
         current=snapshot.dirs.get(fr.FRONT_DIR),
+        mode="750",
+        group=fr.USER,
+    )
+    directory(
+        name=f"Expose: {fr.TEMP_DIR} (nginx's request bodies)",
+        path=fr.TEMP_DIR,
+        current=snapshot.dirs.get(fr.TEMP_DIR),
         mode="700",
+        owner=fr.USER,
+        group=fr.USER,
     )
     # the files first: the package's first start then runs this configuration
     written = put_managed_files(files, current, "Expose")
@@ -68,7 +78,8 @@ def converge_expose(settings: Settings) -> None:
             path=fr.ENGINE_AUTH_PATH,
             content=engine_auth,
             current=current.get(fr.ENGINE_AUTH_PATH),
-            mode="600",
+            mode="640",
+            group=fr.USER,
         )
     else:
         record, key_file = current.get(fr.ENGINE_AUTH_SOURCE), current.get(source)
@@ -78,6 +89,7 @@ def converge_expose(settings: Settings) -> None:
             env_file=env_file,
             dest=fr.ENGINE_AUTH_PATH,
             record=fr.ENGINE_AUTH_SOURCE,
+            group=fr.USER,
             in_sync=bool(
                 key_file
                 and record
@@ -107,14 +119,14 @@ def converge_expose(settings: Settings) -> None:
             name=f"Expose: restart {fr.UNIT_NAME} (hardening drop-in changed)",
             commands=[
                 "systemctl daemon-reload",
-                f"nginx -t -q && systemctl restart {fr.UNIT_NAME}",
+                f"{fr.CONFIG_TEST} && systemctl restart {fr.UNIT_NAME}",
             ],
             _if=dropin.did_change,
         )
         server.shell(
             name=f"Expose: reload {fr.UNIT_NAME} (configuration or keys changed; in-flight "
             "requests finish)",
-            commands=[f"nginx -t -q && systemctl reload {fr.UNIT_NAME}"],
+            commands=[f"{fr.CONFIG_TEST} && systemctl reload {fr.UNIT_NAME}"],
             _if=lambda: not dropin.did_change() and any(op.did_change() for op in changed),
         )
     secrets_dir = settings.serve_expose_secrets_dir
@@ -124,9 +136,22 @@ def converge_expose(settings: Settings) -> None:
     )
 
 
+def withdraw_front() -> None:
+    """serve_expose unset: a front an earlier converge set up stops serving, keys removed."""
+    snapshot = host.get_fact(
+        ServiceSnapshotFact, unit_name=fr.UNIT_NAME, user="www-data", dirs=[fr.FRONT_DIR]
+    )
+    withdraw_front_op(
+        name="Expose: serve_expose unset: stop nginx and remove its keys",
+        unit=fr.UNIT_NAME,
+        front_dir=fr.FRONT_DIR,
+        present=snapshot.dirs.get(fr.FRONT_DIR) is not None,
+    )
+
+
 @stage("expose", 8)
 def expose(run: StageRun) -> None:
     if run.settings.serve_expose is None:
-        host.noop("expose stage: serve_expose is not set, the endpoint stays on loopback")
+        withdraw_front()
         return
     converge_expose(run.settings)

@@ -1,9 +1,11 @@
 """The front's files on the host, rendered from settings (pure: no pyinfra import).
 
 nginx from Debian's packages reads /etc/nginx/nginx.conf, which this stage owns whole
-(Debian's default site on port 80 is never loaded). Certificates, the key map and the
-engine's own key live in /etc/nginx/autoglm, root-only: only nginx's master process (root)
-reads them; the workers (www-data) never need them.
+(Debian's default site on port 80 is never loaded). nginx runs as www-data from the start
+(the hardening drop-in gives it only CAP_NET_BIND_SERVICE), so the private key, the key map
+and the engine's own key in /etc/nginx/autoglm are root:www-data 0640: readable by nginx
+and root only. (A root master would not keep them from its workers either: they inherit
+the parsed configuration.)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from autoglm_infra.stages.service.unit import CREDENTIAL_PATH
 
 TEMPLATES = Path(__file__).parent / "templates"
 UNIT_NAME = "nginx.service"
+USER = "www-data"  # Debian's nginx user; base-passwd makes it on every Debian host
 PACKAGES = ("nginx",)
 NGINX_BINARY = "/usr/sbin/nginx"
 NGINX_CONF = "/etc/nginx/nginx.conf"
@@ -33,6 +36,10 @@ ENGINE_AUTH_PATH = f"{FRONT_DIR}/engine-auth.conf"
 # sha256 of the engine key file the engine-auth include was made from (host-made keys)
 ENGINE_AUTH_SOURCE = f"{FRONT_DIR}/engine-auth.source"
 HARDENING_PATH = "/etc/systemd/system/nginx.service.d/autoglm-hardening.conf"
+# nginx checks its configuration as the user it runs as (it opens the logs and keys)
+CONFIG_TEST = f"runuser -u {USER} -- nginx -t -q"
+PID_FILE = "/run/nginx/nginx.pid"  # RuntimeDirectory=nginx: www-data cannot write /run
+TEMP_DIR = "/var/cache/autoglm-nginx"  # request bodies; /var/lib/nginx is root's
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models")
 # Mozilla's "intermediate" TLS 1.2 suites: ECDHE key exchange with AEAD ciphers only
 CIPHERS = ":".join(
@@ -66,6 +73,8 @@ def render_nginx_conf(settings: Settings) -> bytes:
         TEMPLATES,
         "nginx.conf.j2",
         listen=settings.serve_expose,
+        pid=PID_FILE,
+        temp=TEMP_DIR,
         cert=CERT_PATH,
         key=KEY_PATH,
         key_map=KEY_MAP_PATH,
@@ -105,7 +114,7 @@ def engine_key_source(settings: Settings) -> tuple[str, bool]:
 
 
 def hardening_dropin() -> bytes:
-    return (TEMPLATES / "nginx-hardening.conf").read_bytes()
+    return render(TEMPLATES, "nginx-hardening.conf.j2", pid=PID_FILE, temp=TEMP_DIR).encode()
 
 
 def front_files(
@@ -117,7 +126,7 @@ def front_files(
     return [
         ManagedFile(NGINX_CONF, render_nginx_conf(settings)),
         ManagedFile(CERT_PATH, cert_pem),
-        ManagedFile(KEY_PATH, key_pem, "600"),
-        ManagedFile(KEY_MAP_PATH, key_map(keys), "600"),
+        ManagedFile(KEY_PATH, key_pem, "640", USER),
+        ManagedFile(KEY_MAP_PATH, key_map(keys), "640", USER),
         ManagedFile(HARDENING_PATH, hardening_dropin()),
     ]
