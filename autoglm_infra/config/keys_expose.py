@@ -116,6 +116,12 @@ class ExposeKeys(Keys):
             )
         if self.serve_expose is None:
             return self
+        serve_port = getattr(self, "serve_port", None)
+        if self.serve_expose.rpartition(":")[2] == str(serve_port):
+            raise ValueError(
+                f"serve_expose: port {serve_port} is the engine's own (serve_port) on this "
+                "host; give the front another port, e.g. 443"
+            )
         serve_host = str(getattr(self, "serve_host", "127.0.0.1"))
         if not ipaddress.ip_address(serve_host).is_loopback:
             raise ValueError(

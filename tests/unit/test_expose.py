@@ -84,6 +84,11 @@ def test_an_exposed_engine_bound_beyond_loopback_is_refused() -> None:
     assert problems_for(serve_host="0.0.0.0") == {}  # without the front: today's behaviour
 
 
+def test_the_front_cannot_take_the_engine_port() -> None:
+    problems = problems_for(serve_expose="0.0.0.0:8000")
+    assert "is the engine's own (serve_port)" in problems["serve_expose"]
+
+
 def test_cert_and_key_come_together() -> None:
     problems = problems_for(serve_expose="10.0.0.5:443", serve_expose_cert_file="/x.crt")
     assert "together with serve_expose_key_file" in problems["serve_expose_cert_file"]
