@@ -95,6 +95,15 @@ serve_expose_timeout_sec = 600
 # Serve an unauthenticated /health (status only) through the front. Allowed: true | false.
 serve_expose_health = False
 
+# ADDRESS:PORT of a separate TLS listener (the front's certificate) for Prometheus:
+# /metrics/engine and /metrics/node (Debian's node exporter), with a bearer token. Allowed:
+# ADDRESS:PORT (not loopback) or None.
+serve_metrics = None
+
+# Source networks allowed to scrape serve_metrics (all others get 403). Allowed: list of IP
+# addresses / CIDRs.
+serve_metrics_allow = []
+
 # Refuse hosts with fewer CPU cores (Open-AutoGLM's minimum is 4). Allowed: integer >= 1.
 preflight_min_cpus = 4
 

@@ -14,7 +14,7 @@ from typing import Annotated, Self
 from pydantic import AfterValidator, Field, model_validator
 
 from autoglm_infra.config.fields import Keys, key
-from autoglm_infra.config.keys_service import controller_path
+from autoglm_infra.config.keys_service import controller_path, ip_network
 from autoglm_infra.stages.expose.tls import TlsError, load_user_pair
 
 _CLIENT = re.compile(r"^[a-z][a-z0-9_-]{0,47}$")
@@ -99,6 +99,34 @@ class ExposeKeys(Keys):
     serve_expose_health: bool = key(
         False, "Serve an unauthenticated /health (status only) through the front.", "true | false"
     )
+    serve_metrics: Annotated[str, AfterValidator(listen_address)] | None = key(
+        None,
+        "ADDRESS:PORT of a separate TLS listener (the front's certificate) for Prometheus: "
+        "/metrics/engine and /metrics/node (Debian's node exporter), with a bearer token.",
+        "ADDRESS:PORT (not loopback) or None",
+    )
+    serve_metrics_allow: list[Annotated[str, AfterValidator(ip_network)]] = key(
+        [],
+        "Source networks allowed to scrape serve_metrics (all others get 403).",
+        "list of IP addresses / CIDRs",
+    )
+
+    def _metrics_checks(self) -> None:
+        assert self.serve_metrics is not None
+        if self.serve_expose is None:
+            raise ValueError(
+                "serve_metrics: needs serve_expose (it shares the front's nginx and certificate)"
+            )
+        if not self.serve_metrics_allow:
+            raise ValueError(
+                "serve_metrics_allow: list the scraper's address or network (e.g. your "
+                "Prometheus host's address); an empty list would let anyone try the token"
+            )
+        ports = {self.serve_expose.rpartition(":")[2], str(getattr(self, "serve_port", ""))}
+        if self.serve_metrics.rpartition(":")[2] in ports:
+            raise ValueError(
+                "serve_metrics: needs a port of its own (not serve_expose's or serve_port's)"
+            )
 
     @model_validator(mode="after")
     def _expose_cross_checks(self) -> Self:
@@ -114,6 +142,8 @@ class ExposeKeys(Keys):
                 "serve_expose_cert_file: give it together with serve_expose_key_file, or "
                 "neither (the deployment's CA then issues the certificate)"
             )
+        if self.serve_metrics is not None:
+            self._metrics_checks()
         if self.serve_expose is None:
             return self
         serve_port = getattr(self, "serve_port", None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +22,20 @@ import requests
 
 from autoglm_infra.stages.expose.clients import client_key_path
 from autoglm_testbed.converge import ConvergeResult, describe_failure, run_pyinfra
-from autoglm_testbed.hosts import SandboxHost, write_inventory
+from autoglm_testbed.hosts import Sandbox, SandboxHost, write_inventory
 from autoglm_testbed.leaks import ArgvWatch, files_holding_secrets, on_host
-from autoglm_testbed.world import Standins, docker_host_data, full_group_data
+from autoglm_testbed.promtool import promtool
+from autoglm_testbed.world import Standins, controller_address, docker_host_data, full_group_data
 
 STAGES = ("deploys/python_env.py", "deploys/model.py", "deploys/service.py")
 EXPOSE = "deploys/expose.py"
 PORT = 8443
+METRICS_PORT = 9443
+NODE_EXPORTER_STYLE = (
+    "should be written in 'snake_case'",
+    'use base unit "bytes"',
+    'non-counter metrics should not have "_total" suffix',
+)
 MODEL = "tiny-model"
 # systemd-analyze security of nginx.service with the hardening drop-in (README explains)
 MAX_EXPOSURE = 2.0
@@ -76,6 +84,7 @@ class Front:
 
 @pytest.fixture(scope="module")
 def front(
+    sandbox: Sandbox,
     sandbox_hosts: Callable[..., list[SandboxHost]],
     standins: Standins,
     tmp_path_factory: pytest.TempPathFactory,
@@ -92,6 +101,8 @@ def front(
         "serve_expose_rate_per_minute": 20,
         "serve_expose_burst": 3,
         "service_start_timeout_sec": 300,
+        "serve_metrics": f"{host.address}:{METRICS_PORT}",
+        "serve_metrics_allow": [controller_address(sandbox)],
     }
     made = Front(host, work, data, [])
     for _ in range(2):
@@ -177,6 +188,7 @@ def test_key_files_on_the_host_are_for_root_and_nginx_only(front: Front) -> None
         "/etc/nginx/autoglm/clients.map": ["640", "root", "www-data"],
         "/etc/nginx/autoglm/engine-auth.conf": ["640", "root", "www-data"],
         "/etc/nginx/autoglm/engine-auth.source": ["600", "root", "root"],
+        "/etc/nginx/autoglm/metrics-auth.conf": ["640", "root", "www-data"],
     }
     keys = "".join(front.key(c) + "\n" for c in ("alice", "bob", "carol"))
     holding = on_host(front.host, "grep -rlF -f - /etc /run /var/log || true", stdin=keys)
@@ -219,6 +231,38 @@ def test_doctor_reports_the_front(front: Front, tmp_path: Path) -> None:
     rows = {c["name"]: c for c in json.loads(report.read_text())["checks"]}
     assert rows["TLS front"]["status"] == "ok", rows["TLS front"]
     assert rows["endpoint exposure"]["status"] == "ok", rows["endpoint exposure"]
+
+
+def test_metrics_are_served_to_the_allowlisted_scraper_with_its_token(front: Front) -> None:
+    url = f"https://{front.host.address}:{METRICS_PORT}/metrics/node"
+    token = client_key_path(str(front.work / "secrets"), "prometheus", "scrapers")
+    headers = {"Authorization": f"Bearer {token.read_text().strip()}"}
+    scraped = requests.get(url, headers=headers, verify=front.ca, timeout=60)
+    assert scraped.status_code == 200 and "node_cpu_seconds_total" in scraped.text
+    check = subprocess.run(
+        [promtool(), "check", "metrics"], input=scraped.text, capture_output=True, text=True
+    )
+    # promtool: 0 clean, 3 lint findings only, 1 unparsable. Debian's node exporter 1.5 has
+    # naming-style findings of its own (node_memory_MemTotal_bytes is camelCase): only those
+    findings = (check.stdout + check.stderr).splitlines()
+    assert check.returncode in (0, 3), findings
+    assert all(any(s in f for s in NODE_EXPORTER_STYLE) for f in findings if f), findings
+    assert requests.get(url, verify=front.ca, timeout=60).status_code == 401
+    client = {"Authorization": f"Bearer {front.key('alice')}"}
+    assert requests.get(url, headers=client, verify=front.ca, timeout=60).status_code == 401
+    other = requests.get(url.replace("/metrics/node", "/v1/models"), headers=headers,
+                         verify=front.ca, timeout=60)  # fmt: skip
+    assert other.status_code == 404
+    # from the host's own address: a source outside serve_metrics_allow
+    code = (
+        "import ssl, urllib.request as u, urllib.error as e\n"
+        f"r = u.Request({url!r}, headers={headers!r})\n"
+        "try: u.urlopen(r, context=ssl._create_unverified_context(), timeout=30)\n"
+        "except e.HTTPError as x: print(x.code)\n"
+    )
+    assert on_host(front.host, "python3 -", stdin=code).strip() == "403"
+    with pytest.raises(OSError):  # the exporter itself listens on loopback only
+        socket.create_connection((front.host.address, 9100), timeout=10).close()
 
 
 def test_revoking_a_client_changes_only_the_key_map_and_reloads(front: Front) -> None:
@@ -273,7 +317,7 @@ def test_exposure_on_loopback_is_refused_and_changes_nothing(front: Front) -> No
 
 
 def test_unsetting_the_exposure_withdraws_the_front(front: Front) -> None:
-    result = front.converge(serve_expose=None)
+    result = front.converge(serve_expose=None, serve_metrics=None)
     assert result.returncode == 0, describe_failure(result)
     assert front.host.ssh("systemctl is-active nginx.service", check=False).stdout.strip() != (
         "active"
@@ -281,7 +325,7 @@ def test_unsetting_the_exposure_withdraws_the_front(front: Front) -> None:
     assert front.host.ssh("test -e /etc/nginx/autoglm || echo gone").stdout.strip() == "gone"
     with pytest.raises(requests.exceptions.ConnectionError):
         front.get("/v1/models", front.key("alice"))
-    again = front.converge(serve_expose=None)
+    again = front.converge(serve_expose=None, serve_metrics=None)
     assert again.returncode == 0 and again.changed() == []
 
 

@@ -226,3 +226,38 @@ def test_doctor_front_row_warns_on_a_certificate_expiring_within_30_days(tmp_pat
     assert front_check("10.0.0.5:443", text, listening, now=NOW - dt.timedelta(30)).status == "ok"
     assert front_check("10.0.0.5:443", text, [Listener("127.0.0.1", 443)]).status == "fail"
     assert front_check("10.0.0.5:443", "", listening).status == "fail"
+
+
+def test_metrics_need_the_front_an_allowlist_and_a_port_of_their_own() -> None:
+    alone = problems_for(serve_metrics="10.0.0.5:9443", serve_metrics_allow=["10.0.0.9"])
+    assert "needs serve_expose" in alone["serve_metrics"]
+    open_to_all = problems_for(serve_expose="10.0.0.5:443", serve_metrics="10.0.0.5:9443")
+    assert "list the scraper's address" in open_to_all["serve_metrics_allow"]
+    same_port = problems_for(
+        serve_expose="10.0.0.5:443", serve_metrics="10.0.0.6:443", serve_metrics_allow=["::1"]
+    )
+    assert "a port of its own" in same_port["serve_metrics"]
+
+
+def test_the_metrics_listener_allows_its_networks_and_checks_its_token(tmp_path: Path) -> None:
+    settings = validate_settings(
+        {
+            "serve_expose": "10.0.0.5:443",
+            "serve_metrics": "10.0.0.5:9443",
+            "serve_metrics_allow": ["10.0.0.9", "192.0.2.0/24"],
+        }
+    )
+    conf = fr.render_nginx_conf(settings).decode()
+    metrics = conf.split("listen 10.0.0.5:9443 ssl;")[1]
+    assert "allow 10.0.0.9;\n        allow 192.0.2.0/24;\n        deny all;" in metrics
+    assert metrics.count(f"include {fr.METRICS_AUTH_PATH};") == 2
+    assert "proxy_pass http://127.0.0.1:9100/metrics;" in metrics
+    token = client_keys(str(tmp_path), ["prometheus"], "scrapers")["prometheus"]
+    files = {f.path: f for f in fr.front_files(settings, b"c", b"k", {}, token)}
+    assert files[fr.METRICS_AUTH_PATH].mode == "640"
+    assert token.reveal().encode() in files[fr.METRICS_AUTH_PATH].content
+    assert b"127.0.0.1:9100" in files[fr.NODE_EXPORTER_DEFAULTS].content
+    assert fr.packages(settings) == {
+        "nginx": fr.NGINX_BINARY,
+        "prometheus-node-exporter": fr.NODE_EXPORTER_BINARY,
+    }

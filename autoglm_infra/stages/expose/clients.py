@@ -20,20 +20,21 @@ from autoglm_infra.stages.expose.tls import TlsError, private_dir
 _KEY = re.compile(r"^[A-Za-z0-9._~+/=-]{24,256}$")
 
 
-def client_key_path(secrets_dir: str, name: str) -> Path:
-    return Path(secrets_dir).expanduser() / "clients" / f"{name}.key"
+def client_key_path(secrets_dir: str, name: str, folder: str = "clients") -> Path:
+    return Path(secrets_dir).expanduser() / folder / f"{name}.key"
 
 
 def _new_key() -> str:
     return "agk-" + secrets.token_urlsafe(32)  # 256 bits from the OS CSPRNG
 
 
-def client_keys(secrets_dir: str, names: list[str]) -> dict[str, Secret]:
-    """name -> key for every client, making the missing key files (0600 from birth)."""
-    folder = private_dir(Path(secrets_dir).expanduser() / "clients")
+def client_keys(secrets_dir: str, names: list[str], folder: str = "clients") -> dict[str, Secret]:
+    """name -> key for every client, making the missing key files (0600 from birth);
+    `folder` "scrapers" holds the metrics listener's token."""
+    private_dir(Path(secrets_dir).expanduser() / folder)
     keys: dict[str, Secret] = {}
     for name in names:
-        path = folder / f"{name}.key"
+        path = client_key_path(secrets_dir, name, folder)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
@@ -61,3 +62,10 @@ def key_map(keys: dict[str, Secret]) -> bytes:
     lines = ["# autoglm-infra expose stage: one line per client key (root 0600)"]
     lines += [f'"Bearer {keys[name].reveal()}" {name};' for name in sorted(keys)]
     return ("\n".join(lines) + "\n").encode()
+
+
+def metrics_auth(token: Secret) -> bytes:
+    """The metrics listener's check of its scraper's token (an nginx include, 0640)."""
+    return (
+        f'if ($http_authorization != "Bearer {token.reveal()}") {{\n    return 401;\n}}\n'.encode()
+    )

@@ -37,19 +37,24 @@ def server_pair(settings: Settings) -> ServerPair:
 def converge_expose(settings: Settings) -> None:
     try:
         pair = server_pair(settings)
-        keys = client_keys(settings.serve_expose_secrets_dir, list(settings.serve_expose_clients))
+        secrets_dir = settings.serve_expose_secrets_dir
+        keys = client_keys(secrets_dir, list(settings.serve_expose_clients))
+        scraper = None
+        if settings.serve_metrics is not None:
+            scraper = client_keys(secrets_dir, [fr.SCRAPER], "scrapers")[fr.SCRAPER]
         engine_key = read_secret(settings.service_api_key_env, settings.service_api_key_file)
         engine_auth = fr.engine_auth_content(engine_key) if engine_key else None
     except (TlsError, SecretError) as exc:  # user-facing, no traceback, nothing changed
         raise StageRefused(str(exc)) from None
-    files = fr.front_files(settings, pair.cert_pem, pair.key_pem, keys)
+    files = fr.front_files(settings, pair.cert_pem, pair.key_pem, keys, scraper)
+    binaries = fr.packages(settings)
     source, env_file = fr.engine_key_source(settings)
     snapshot = host.get_fact(
         ServiceSnapshotFact,
         unit_name=fr.UNIT_NAME,
         user="www-data",
         files=[f.path for f in files]
-        + [fr.NGINX_BINARY, fr.ENGINE_AUTH_PATH, fr.ENGINE_AUTH_SOURCE, source],
+        + [*binaries.values(), fr.ENGINE_AUTH_PATH, fr.ENGINE_AUTH_SOURCE, source],
         dirs=[fr.FRONT_DIR, fr.TEMP_DIR],
         read_text=[fr.ENGINE_AUTH_SOURCE],
     )
@@ -97,14 +102,19 @@ def converge_expose(settings: Settings) -> None:
                 and (record.text or "").strip() == key_file.sha256
             ),
         )
+    installed = [p for p, binary in binaries.items() if current.get(binary) is not None]
     apt_present(
-        name="Expose: nginx from Debian's packages",
-        packages=list(fr.PACKAGES),
+        name=f"Expose: {', '.join(binaries)} from Debian's packages",
+        packages=list(binaries),
         # the binary stands for the package: this stage's snapshot reads no package list
-        installed={}
-        if current.get(fr.NGINX_BINARY) is None
-        else {p: PackageState("installed", held=False) for p in fr.PACKAGES},
+        installed={p: PackageState("installed", held=False) for p in installed},
     )
+    if fr.NODE_EXPORTER in installed:  # a fresh install starts it with the new file
+        server.shell(
+            name=f"Expose: restart {fr.NODE_EXPORTER} (now on {fr.NODE_EXPORTER_LISTEN} only)",
+            commands=[f"systemctl restart {fr.NODE_EXPORTER}"],
+            _if=written[fr.NODE_EXPORTER_DEFAULTS].did_change,
+        )
     running = snapshot.unit.active == "active" and snapshot.unit.enabled == "enabled"
     start_front(
         name=f"Expose: start {fr.UNIT_NAME}",
@@ -113,7 +123,7 @@ def converge_expose(settings: Settings) -> None:
         enabled=snapshot.unit.enabled,
     )
     dropin = written.pop(fr.HARDENING_PATH)
-    changed = [*written.values(), auth]
+    changed = [op for path, op in written.items() if path != fr.NODE_EXPORTER_DEFAULTS] + [auth]
     if running:
         server.shell(
             name=f"Expose: restart {fr.UNIT_NAME} (hardening drop-in changed)",
@@ -129,7 +139,6 @@ def converge_expose(settings: Settings) -> None:
             commands=[f"{fr.CONFIG_TEST} && systemctl reload {fr.UNIT_NAME}"],
             _if=lambda: not dropin.did_change() and any(op.did_change() for op in changed),
         )
-    secrets_dir = settings.serve_expose_secrets_dir
     logger.info(
         f"{host.print_prefix}expose: https://{settings.serve_expose}/v1 (CA: {secrets_dir}/ca.crt"
         f", client keys: {client_key_path(secrets_dir, '<client>')})"

@@ -40,6 +40,13 @@ HARDENING_PATH = "/etc/systemd/system/nginx.service.d/autoglm-hardening.conf"
 CONFIG_TEST = f"runuser -u {USER} -- nginx -t -q"
 PID_FILE = "/run/nginx/nginx.pid"  # RuntimeDirectory=nginx: www-data cannot write /run
 TEMP_DIR = "/var/cache/autoglm-nginx"  # request bodies; /var/lib/nginx is root's
+METRICS_AUTH_PATH = f"{FRONT_DIR}/metrics-auth.conf"
+NODE_EXPORTER = "prometheus-node-exporter"
+NODE_EXPORTER_BINARY = "/usr/bin/prometheus-node-exporter"
+# Debian's unit reads ARGS from here; its default listens on every interface
+NODE_EXPORTER_DEFAULTS = "/etc/default/prometheus-node-exporter"
+NODE_EXPORTER_LISTEN = "127.0.0.1:9100"
+SCRAPER = "prometheus"  # the metrics token's name under <secrets dir>/scrapers/
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models")
 # Mozilla's "intermediate" TLS 1.2 suites: ECDHE key exchange with AEAD ciphers only
 CIPHERS = ":".join(
@@ -88,6 +95,10 @@ def render_nginx_conf(settings: Settings) -> bytes:
         health=settings.serve_expose_health,
         routes=ROUTES,
         engine=engine_url(settings),
+        metrics=settings.serve_metrics,
+        metrics_allow=settings.serve_metrics_allow,
+        metrics_auth=METRICS_AUTH_PATH,
+        node_exporter=f"http://{NODE_EXPORTER_LISTEN}",
     )
     return text.encode()
 
@@ -117,16 +128,39 @@ def hardening_dropin() -> bytes:
     return render(TEMPLATES, "nginx-hardening.conf.j2", pid=PID_FILE, temp=TEMP_DIR).encode()
 
 
-def front_files(
-    settings: Settings, cert_pem: bytes, key_pem: bytes, keys: dict[str, Secret]
-) -> list[ManagedFile]:
-    """Every file the front needs except the engine's key (see `engine_auth_content`)."""
-    from autoglm_infra.stages.expose.clients import key_map
+def packages(settings: Settings) -> dict[str, str]:
+    """Debian package -> the binary whose presence stands for it."""
+    wanted = {"nginx": NGINX_BINARY}
+    if settings.serve_metrics is not None:
+        wanted[NODE_EXPORTER] = NODE_EXPORTER_BINARY
+    return wanted
 
-    return [
+
+def front_files(
+    settings: Settings,
+    cert_pem: bytes,
+    key_pem: bytes,
+    keys: dict[str, Secret],
+    scraper: Secret | None = None,
+) -> list[ManagedFile]:
+    """Every file the front needs except the engine's key (see `engine_auth_content`);
+    `scraper`: the metrics listener's token when serve_metrics is set."""
+    from autoglm_infra.stages.expose.clients import key_map, metrics_auth
+
+    files = [
         ManagedFile(NGINX_CONF, render_nginx_conf(settings)),
         ManagedFile(CERT_PATH, cert_pem),
         ManagedFile(KEY_PATH, key_pem, "640", USER),
         ManagedFile(KEY_MAP_PATH, key_map(keys), "640", USER),
         ManagedFile(HARDENING_PATH, hardening_dropin()),
     ]
+    if scraper is not None:
+        files += [
+            ManagedFile(METRICS_AUTH_PATH, metrics_auth(scraper), "640", USER),
+            ManagedFile(
+                NODE_EXPORTER_DEFAULTS,
+                f'# Managed by autoglm-infra: the front serves it\nARGS="--web.listen-address='
+                f'{NODE_EXPORTER_LISTEN}"\n'.encode(),
+            ),
+        ]
+    return files
