@@ -16,7 +16,12 @@ from pyinfra.operations import server
 from autoglm_infra.common.secrets import SecretError, read_secret
 from autoglm_infra.common.snapshot import PackageState
 from autoglm_infra.config.schema import Settings
-from autoglm_infra.pyinfra_ext.operations import apt_present, put_file, put_managed_files
+from autoglm_infra.pyinfra_ext.operations import (
+    apt_present,
+    put_file,
+    put_managed_files,
+    remove_file,
+)
 from autoglm_infra.pyinfra_ext.stage import StageRefused, StageRun, stage
 from autoglm_infra.stages.expose import front as fr
 from autoglm_infra.stages.expose.clients import client_key_path, client_keys
@@ -52,9 +57,10 @@ def converge_expose(settings: Settings) -> None:
     snapshot = host.get_fact(
         ServiceSnapshotFact,
         unit_name=fr.UNIT_NAME,
-        user="www-data",
+        user=fr.USER,
         files=[f.path for f in files]
-        + [*binaries.values(), fr.ENGINE_AUTH_PATH, fr.ENGINE_AUTH_SOURCE, source],
+        + [*binaries.values(), fr.ENGINE_AUTH_PATH, fr.ENGINE_AUTH_SOURCE, source]
+        + ([fr.METRICS_AUTH_PATH] if scraper is None else []),
         dirs=[fr.FRONT_DIR, fr.TEMP_DIR],
         read_text=[fr.ENGINE_AUTH_SOURCE],
     )
@@ -77,6 +83,12 @@ def converge_expose(settings: Settings) -> None:
     )
     # the files first: the package's first start then runs this configuration
     written = put_managed_files(files, current, "Expose")
+    if scraper is None:
+        remove_file(
+            name=f"Expose: {fr.METRICS_AUTH_PATH} removed (serve_metrics unset)",
+            path=fr.METRICS_AUTH_PATH,
+            current=current.get(fr.METRICS_AUTH_PATH),
+        )
     if engine_auth is not None:
         auth = put_file(
             name=f"Expose: {fr.ENGINE_AUTH_PATH} (engine key from {engine_key})",
@@ -148,7 +160,7 @@ def converge_expose(settings: Settings) -> None:
 def withdraw_front() -> None:
     """serve_expose unset: a front an earlier converge set up stops serving, keys removed."""
     snapshot = host.get_fact(
-        ServiceSnapshotFact, unit_name=fr.UNIT_NAME, user="www-data", dirs=[fr.FRONT_DIR]
+        ServiceSnapshotFact, unit_name=fr.UNIT_NAME, user=fr.USER, dirs=[fr.FRONT_DIR]
     )
     withdraw_front_op(
         name="Expose: serve_expose unset: stop nginx and remove its keys",
