@@ -1,6 +1,7 @@
 """`make demo`: boot two sandbox hosts, converge them end to end twice, show the 2nd is a no-op.
 
-One host serves the tiny model from a venv under systemd (CPU engine); the other runs the
+One host serves the tiny model from a venv under systemd (CPU engine), exposed to the
+sandbox network through the TLS front (nginx, one client key); the other runs the
 Docker stage with a stand-in image and is air-gapped: it reaches nothing but the sandbox,
 so its Debian packages (docker.io) come from an apt-cacher-ng mirror. Every stage of
 deploys/full.py runs against real stand-ins on the sandbox bridge (signed apt repos,
@@ -24,6 +25,8 @@ from autoglm_testbed.hosts import HostSpec, Sandbox
 from autoglm_testbed.world import ROOT, boot_world, stop_detached_standins
 
 INVENTORY = ROOT / "inventories" / "sandbox.py"
+FRONT_PORT = 8443
+CLIENT = "demo-client"
 
 
 def demo_sandbox(name: str = "demo", net: int = 1) -> Sandbox:
@@ -62,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"    container toolkit repo:     {standins.toolkit_repo.base_url}")
     if standins.apt_mirror is not None:
         print(f"    Debian archive mirror:      {standins.apt_mirror.url} (apt-cacher-ng)")
+    venv_host = next(h for h in world.hosts if not h.docker)
+    secrets_dir = sandbox.state_dir / "expose"
+    world.host_data[venv_host.name].update(
+        serve_expose=f"{venv_host.address}:{FRONT_PORT}",
+        serve_expose_clients=[CLIENT],
+        serve_expose_secrets_dir=str(secrets_dir),
+    )
     world.write_inventory(inventory)
     for h in world.hosts:
         mode = f"{world.host_data[h.name]['serve_mode']} mode"
@@ -90,8 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     print("==> summary")
     print(f"    hosts: {', '.join(h.name for h in world.hosts)}")
     print(f"    first converge {first.seconds:.1f} s, no-op re-run {second.seconds:.1f} s")
-    venv_host = next(h for h in world.hosts if not h.docker)
-    print(f"    endpoint: http://127.0.0.1:8000/v1 on {venv_host.name} (loopback only)")
+    print(f"    engine:   http://127.0.0.1:8000/v1 on {venv_host.name} (loopback only)")
+    print(f"    front:    https://{venv_host.address}:{FRONT_PORT}/v1 (client key: {CLIENT})")
+    print(
+        f'    curl:     curl --cacert {secrets_dir}/ca.crt -H "Authorization: Bearer '
+        f'$(cat {secrets_dir}/clients/{CLIENT}.key)" '
+        f"https://{venv_host.address}:{FRONT_PORT}/v1/models"
+    )
     print(f"    smoke:    .venv/bin/pyinfra {shown} deploys/verify.py -y")
     print(
         "    API key:  .venv/bin/python -m autoglm_testbed.hosts ssh "

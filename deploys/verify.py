@@ -1,4 +1,4 @@
-"""Stage 7 - verify: the endpoint answers /health, lists the model and completes a chat.
+"""Stage 8 - verify: the endpoint answers /health, lists the model and completes a chat.
 
     pyinfra INVENTORY deploys/verify.py
 

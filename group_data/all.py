@@ -58,6 +58,53 @@ vllm_enable_chunked_prefill = None
 # Images allowed per prompt (--limit-mm-per-prompt). Allowed: integer 1-100.
 vllm_max_images_per_prompt = 10
 
+# ADDRESS:PORT where an nginx TLS front serves the endpoint to other machines (per-client keys,
+# route allowlist, rate limits); None: loopback only. Allowed: ADDRESS:PORT (not loopback) or
+# None.
+serve_expose = None
+
+# Clients given a key by the front; removing one revokes its key at the next converge. Allowed:
+# list of unique names (a-z, 0-9, _ -).
+serve_expose_clients = []
+
+# Controller directory (one per deployment) holding the front's CA, server certificates and the
+# client key files to hand out; the CA key never leaves it. Allowed: path on the controller.
+serve_expose_secrets_dir = "~/.config/autoglm-infra/expose"
+
+# Controller file with your own certificate chain (PEM) for the front; None issues one from the
+# deployment's CA. Allowed: path on the controller or None.
+serve_expose_cert_file = None
+
+# Controller file (mode 600) with the private key of serve_expose_cert_file. Allowed: path on the
+# controller or None.
+serve_expose_key_file = None
+
+# Requests per minute each client may make (429 with Retry-After beyond). Allowed: integer
+# 1-60000.
+serve_expose_rate_per_minute = 60
+
+# Requests a client may make at once above its rate before 429. Allowed: integer 0-10000.
+serve_expose_burst = 10
+
+# Largest request body in MiB (Open-AutoGLM sends up to 10 base64 screenshots). Allowed: integer
+# 1-1024.
+serve_expose_max_body_mb = 64
+
+# Seconds the front waits for the engine's answer to one request. Allowed: integer 10-3600.
+serve_expose_timeout_sec = 600
+
+# Serve an unauthenticated /health (status only) through the front. Allowed: true | false.
+serve_expose_health = False
+
+# ADDRESS:PORT of a separate TLS listener (the front's certificate) for Prometheus:
+# /metrics/engine and /metrics/node (Debian's node exporter), with a bearer token. Allowed:
+# ADDRESS:PORT (not loopback) or None.
+serve_metrics = None
+
+# Source networks allowed to scrape serve_metrics (all others get 403). Allowed: list of IP
+# addresses / CIDRs.
+serve_metrics_allow = []
+
 # Refuse hosts with fewer CPU cores (Open-AutoGLM's minimum is 4). Allowed: integer >= 1.
 preflight_min_cpus = 4
 

@@ -10,3 +10,4 @@ class ManagedFile:
     path: str
     content: bytes
     mode: str = "644"
+    group: str = "root"  # the owner is root; a service's group may read a 0640 file

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from autoglm_infra.config.keys_docker import DockerKeys
+from autoglm_infra.config.keys_expose import ExposeKeys
 from autoglm_infra.config.keys_model import ModelKeys
 from autoglm_infra.config.keys_network import NetworkKeys
 from autoglm_infra.config.keys_nvidia import NvidiaKeys
@@ -21,7 +22,8 @@ from autoglm_infra.config.keys_verify import VerifyKeys
 
 
 # pydantic orders fields from the last base to the first, so this list is the reverse of
-# the README order (serving, preflight, network, nvidia, python, model, service, docker, verify).
+# the README order (serving, expose, preflight, network, nvidia, python, model, service,
+# docker, verify).
 class Settings(
     VerifyKeys,
     DockerKeys,
@@ -31,6 +33,7 @@ class Settings(
     NvidiaKeys,
     NetworkKeys,
     PreflightKeys,
+    ExposeKeys,
     ServingKeys,
 ):
     """Validated configuration of one host (merged pyinfra host + group data)."""

@@ -18,6 +18,7 @@ from autoglm_infra.doctor.table import doctor_checks, doctor_layout, gpu_rows
 from autoglm_infra.host_tools import model_fetch
 from autoglm_infra.pyinfra_ext.report import report_checks
 from autoglm_infra.pyinfra_ext.settings import host_gpu_probe, host_profile, host_settings
+from autoglm_infra.stages.expose.front import CERT_PATH
 from autoglm_infra.stages.model.state import plan_path
 from autoglm_infra.stages.service.engine_args import served_model_name
 
@@ -53,7 +54,13 @@ def doctor() -> None:
     if settings.doctor_model_verify == "full":
         script = contents_script(HELPER_SOURCE, plan_path(settings.model_dir))
         contents = host.get_fact(ModelContentsFact, script=script)
-    report_checks("doctor", doctor_checks(settings, profile, probe, state, listening, contents))
+    front_cert = ""
+    if settings.serve_expose is not None:  # the certificate is public; read as it is served
+        front_cert = str(host.get_fact(Command, f"cat {CERT_PATH} 2>/dev/null || true") or "")
+    checks = doctor_checks(
+        settings, profile, probe, state, listening, contents=contents, front_cert=front_cert
+    )
+    report_checks("doctor", checks)
 
 
 def gpu_check() -> None:

@@ -23,6 +23,7 @@ from autoglm_infra.doctor.env import (
     stale_cache_check,
     venv_lock_check,
 )
+from autoglm_infra.doctor.front import front_check
 from autoglm_infra.doctor.host import exposure_check, host_checks, parse_listeners
 from autoglm_infra.doctor.lsm import apparmor_check, selinux_check
 from autoglm_infra.doctor.model import (
@@ -131,9 +132,11 @@ def doctor_checks(
     state: DoctorProbe,
     listeners: str,
     contents: ModelContents | None = None,
+    front_cert: str = "",
 ) -> list[Check]:
     """Every row of the doctor's table, in the order an operator reads them. `contents`:
-    the output of the full re-hash (`doctor_model_verify: full`), None when not run."""
+    the full re-hash (`doctor_model_verify: full`), None when not run; `front_cert`: the
+    TLS front's certificate (PEM) when serve_expose is set."""
     layout = doctor_layout(settings)
     minimums = Minimums(
         settings.preflight_min_cpus, settings.preflight_min_mem_gib, settings.preflight_min_disk_gib
@@ -162,7 +165,11 @@ def doctor_checks(
                 "run again with -vv to see the probe's output and error",
             ),
         ]
-    return checks + _probe_checks(settings, layout, state, plan, listeners, contents)
+    checks += _probe_checks(settings, layout, state, plan, listeners, contents)
+    if settings.serve_expose is not None:
+        found = parse_listeners(listeners.splitlines())
+        checks.append(front_check(settings.serve_expose, front_cert, found))
+    return checks
 
 
 def _probe_checks(

@@ -136,6 +136,32 @@ def remove_file(path: str, current: FileState | None) -> Generator[Any, None, No
     yield StringCommand(f"rm -f {shlex.quote(path)}")
 
 
+@operation()
+def apt_present(
+    packages: Sequence[str], installed: dict[str, PackageState]
+) -> Generator[Any, None, None]:
+    """Install the packages that are missing (any version); nothing when all are there.
+
+    + packages: names that must be installed
+    + installed: from this stage's snapshot
+
+    **Example:**
+
+    .. code:: python
+
+        apt_present(name="docker", packages=["docker-ce", "containerd.io"],
+                    installed=state.snapshot.packages)
+    """
+    missing = [p for p in packages if p not in installed]
+    if not missing:
+        host.noop(f"{', '.join(packages)} installed")
+        return
+    yield StringCommand(f"{APT_ENV} apt-get update -q")
+    yield StringCommand(
+        f"{APT_ENV} apt-get install {APT_OPTS} " + " ".join(map(shlex.quote, missing))
+    )
+
+
 def apt_changes(
     wanted: Sequence[tuple[str, str]], installed: dict[str, PackageState]
 ) -> tuple[list[str], list[str]]:
@@ -236,6 +262,7 @@ def put_managed_files(
             content=managed.content,
             current=current.get(managed.path),
             mode=managed.mode,
+            group=managed.group,
         )
         for managed in files
     }

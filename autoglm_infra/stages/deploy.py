@@ -2,6 +2,7 @@
 
 A venv host gets the python env and service stages and runs the model from the venv; a
 docker host (serve_mode: docker) runs it in the engine image instead and needs no venv.
+Both get the expose stage (a TLS front, only when serve_expose is set) before verify.
 One `StageRun` goes through all stages, so later ones see what earlier ones queued.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 from autoglm_infra.pyinfra_ext.converge_lock import take_converge_lock
 from autoglm_infra.pyinfra_ext.stage import current_run
 from autoglm_infra.stages.docker.deploy import docker
+from autoglm_infra.stages.expose.deploy import expose
 from autoglm_infra.stages.model.deploy import model
 from autoglm_infra.stages.network.deploy import network
 from autoglm_infra.stages.nvidia.deploy import nvidia
@@ -18,8 +20,8 @@ from autoglm_infra.stages.python_env.deploy import python_env
 from autoglm_infra.stages.service.deploy import service
 from autoglm_infra.stages.verify.deploy import verify
 
-VENV_STAGES = (preflight, network, nvidia, python_env, model, service, verify)
-DOCKER_STAGES = (preflight, network, nvidia, model, docker, verify)
+VENV_STAGES = (preflight, network, nvidia, python_env, model, service, expose, verify)
+DOCKER_STAGES = (preflight, network, nvidia, model, docker, expose, verify)
 
 
 def converge() -> None:

@@ -26,6 +26,7 @@ from autoglm_infra.common.hash_lock import parse_lock
 from autoglm_infra.common.snapshot import FileState, PackageState
 from autoglm_infra.pyinfra_ext import operations as common_ops
 from autoglm_infra.stages.docker import ops as docker_ops
+from autoglm_infra.stages.expose import ops as expose_ops
 from autoglm_infra.stages.model import ops as model_ops
 from autoglm_infra.stages.model.state import ModelPlan
 from autoglm_infra.stages.network import ops as network_ops
@@ -83,7 +84,7 @@ OPERATIONS: dict[str, tuple[Any, dict[str, Build]]] = {
         common_ops.apt_pinned,
         {"packages": pairs, "installed": packages, "first": pairs},
     ),
-    "apt_present": (docker_ops.apt_present, {"installed": packages}),
+    "apt_present": (common_ops.apt_present, {"installed": packages}),
     "ensure_image": (docker_ops.ensure_image, {}),
     "ensure_volume": (docker_ops.ensure_volume, {}),
     "generate_env_file": (docker_ops.generate_env_file, {}),
@@ -109,6 +110,9 @@ OPERATIONS: dict[str, tuple[Any, dict[str, Build]]] = {
     "generate_api_key": (service_ops.generate_api_key, {}),
     "run_service": (service_ops.run_service, {}),
     "smoke_test": (verify_ops.smoke_test, {}),
+    "derive_engine_auth": (expose_ops.derive_engine_auth, {}),
+    "start_front": (expose_ops.start_front, {}),
+    "withdraw_front": (expose_ops.withdraw_front, {}),
 }
 
 

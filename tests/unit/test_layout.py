@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ("preflight", "network", "nvidia", "python_env", "model", "service", "docker", "verify")
+STAGES = (
+    "preflight", "network", "nvidia", "python_env", "model", "service", "docker", "expose",
+    "verify",
+)  # fmt: skip
 RUFF = Path(sys.executable).with_name("ruff")
 
 

@@ -20,6 +20,7 @@ from autoglm_infra.common.snapshot import Snapshot
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.pyinfra_ext.operations import (
     apt_pinned,
+    apt_present,
     put_file,
     put_managed_files,
     remove_file,
@@ -44,7 +45,6 @@ from autoglm_infra.stages.docker.image import (
 )
 from autoglm_infra.stages.docker.ops import (
     DockerStateFact,
-    apt_present,
     enable_unit,
     ensure_image,
     ensure_volume,

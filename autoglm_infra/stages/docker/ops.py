@@ -9,9 +9,7 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, operation
 
-from autoglm_infra.common.snapshot import PackageState
 from autoglm_infra.pyinfra_ext.converge_lock import tie_to_controller
-from autoglm_infra.pyinfra_ext.operations import APT_ENV, APT_OPTS
 from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
 from autoglm_infra.stages.docker import files as df
 from autoglm_infra.stages.docker.state import DockerState, parse_docker_state, state_script
@@ -40,32 +38,6 @@ class DockerStateFact(TypedFact[DockerState]):
 
     def process(self, output: list[str]) -> DockerState:
         return parse_docker_state(output)
-
-
-@operation()
-def apt_present(
-    packages: Sequence[str], installed: dict[str, PackageState]
-) -> Generator[Any, None, None]:
-    """Install the packages that are missing (any version); nothing when all are there.
-
-    + packages: names that must be installed
-    + installed: from this stage's snapshot
-
-    **Example:**
-
-    .. code:: python
-
-        apt_present(name="docker", packages=["docker-ce", "containerd.io"],
-                    installed=state.snapshot.packages)
-    """
-    missing = [p for p in packages if p not in installed]
-    if not missing:
-        host.noop(f"{', '.join(packages)} installed")
-        return
-    yield StringCommand(f"{APT_ENV} apt-get update -q")
-    yield StringCommand(
-        f"{APT_ENV} apt-get install {APT_OPTS} " + " ".join(map(shlex.quote, missing))
-    )
 
 
 @operation()

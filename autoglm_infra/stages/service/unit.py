@@ -13,10 +13,9 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-import jinja2
-
 from autoglm_infra.common.secrets import Secret, SecretError
 from autoglm_infra.common.systemd_exec import exec_line
+from autoglm_infra.common.templates import render
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.stages.python_env import venv as python_env
 from autoglm_infra.stages.service.engine_args import (
@@ -140,15 +139,9 @@ def render_unit(settings: Settings, layout: ServiceLayout) -> str:
         environment["HF_HUB_CACHE"] = hub_cache
         pre.append(hub_alias_command(engine.hub_alias, hub_cache))
     deadline = max(settings.service_start_timeout_sec - 15, 15)
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-    )
-    return env.get_template(UNIT_TEMPLATE).render(
+    return render(
+        TEMPLATES,
+        UNIT_TEMPLATE,
         unit_name=UNIT_NAME,
         engine=settings.serve_engine,
         model_name=served_model_name(settings),

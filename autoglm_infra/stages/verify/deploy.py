@@ -1,4 +1,4 @@
-"""Stage 7 - verify: the endpoint answers /health, lists the model and completes a chat.
+"""Stage 8 - verify: the endpoint answers /health, lists the model and completes a chat.
 
 Runs alone with `pyinfra INVENTORY deploys/verify.py`; read-only. The request runs ON the
 host (the endpoint listens on loopback), with 429/503 retried (1 s, doubling). Against the
@@ -17,7 +17,7 @@ from autoglm_infra.stages.service.unit import CREDENTIAL_PATH
 from autoglm_infra.stages.verify.ops import smoke_test
 
 
-@stage("verify", 8, changes_host=False)
+@stage("verify", 9, changes_host=False)
 def verify(run: StageRun) -> None:
     settings = run.settings
     address = ipaddress.ip_address(settings.serve_host)

@@ -1,0 +1,265 @@
+"""The front's certificate, decided on the controller (pure: no pyinfra import).
+
+Either the user's own certificate and key (checked: they match, the certificate is in its
+validity period), or one issued by the deployment's CA, which the controller keeps in
+`serve_expose_secrets_dir`: clients pin its `ca.crt`; `ca.key` never leaves the controller.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from autoglm_infra.common.secrets import SecretError, read_secret
+
+CA_DAYS = 3650
+SERVER_DAYS = 397  # what browsers accept for public certificates; renewed within 30 days
+RENEW_DAYS = 30
+
+
+class TlsError(ValueError):
+    """A certificate problem; `key` names the setting to fix."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key, self.reason = key, reason
+        super().__init__(f"{key}: {reason}")
+
+
+@dataclass(frozen=True)
+class ServerPair:
+    cert_pem: bytes  # the chain nginx serves
+    key_pem: bytes
+    source: str  # for messages: the user's file or the CA's
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _public(key: object) -> bytes:
+    public = key.public_key()  # type: ignore[attr-defined]
+    return bytes(
+        public.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+
+def load_user_pair(cert_file: str, key_file: str, now: dt.datetime | None = None) -> ServerPair:
+    """The user's certificate chain and key, refused unless they match and are valid now."""
+    now = now or _now()
+    cert_path = Path(cert_file).expanduser()
+    try:
+        chain_pem = cert_path.read_bytes()
+        chain = x509.load_pem_x509_certificates(chain_pem)
+    except OSError as exc:
+        raise TlsError(
+            "serve_expose_cert_file", f"{cert_path} cannot be read: {exc.strerror}"
+        ) from None
+    except ValueError:
+        raise TlsError("serve_expose_cert_file", f"{cert_path} holds no PEM certificate") from None
+    try:
+        secret = read_secret("", key_file, environ={})  # the mode check of every secret file
+    except SecretError as exc:
+        raise TlsError("serve_expose_key_file", str(exc)) from None
+    assert secret is not None
+    key_pem = (secret.reveal() + "\n").encode()
+    try:
+        private = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        raise TlsError(
+            "serve_expose_key_file",
+            f"{secret.source} holds no unencrypted PEM private key (nginx cannot ask for a "
+            "passphrase)",
+        ) from None
+    leaf = chain[0]
+    if _public(private) != _public(leaf):
+        raise TlsError(
+            "serve_expose_key_file",
+            f"{secret.source} is not the key of the certificate in {cert_path} "
+            "(their public keys differ); give the matching pair",
+        )
+    if leaf.not_valid_after_utc <= now:
+        raise TlsError(
+            "serve_expose_cert_file",
+            f"{cert_path} expired on {leaf.not_valid_after_utc:%Y-%m-%d}; renew it",
+        )
+    if leaf.not_valid_before_utc > now:
+        raise TlsError(
+            "serve_expose_cert_file",
+            f"{cert_path} is valid only from {leaf.not_valid_before_utc:%Y-%m-%d}",
+        )
+    return ServerPair(chain_pem, key_pem, str(cert_path))
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Create `path` 0600 from birth (never a moment world-readable); replace atomically."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    tmp.replace(path)
+
+
+def private_dir(path: Path) -> Path:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _load_key(path: Path, setting: str) -> ec.EllipticCurvePrivateKey:
+    try:
+        secret = read_secret("", str(path), environ={})
+    except SecretError as exc:
+        raise TlsError(setting, str(exc)) from None
+    assert secret is not None
+    key = serialization.load_pem_private_key(secret.reveal().encode(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise TlsError(setting, f"{path} is not an EC key this project made; move it away")
+    return key
+
+
+CaPair = tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
+
+
+def ensure_ca(secrets_dir: str, now: dt.datetime | None = None) -> CaPair:
+    """The deployment's CA (made once): ca.crt to pin, ca.key (0600) kept here."""
+    base = private_dir(Path(secrets_dir).expanduser())
+    cert_path, key_path = base / "ca.crt", base / "ca.key"
+    if key_path.exists() and cert_path.exists():
+        key = _load_key(key_path, "serve_expose_secrets_dir")
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        if _public(key) != _public(cert):
+            raise TlsError(
+                "serve_expose_secrets_dir", f"{cert_path} is not the certificate of {key_path}"
+            )
+        return cert, key
+    now = now or _now()
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "autoglm-infra deployment CA")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write_private(key_path, _key_pem(key))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert, key
+
+
+def subject_names(names: list[str]) -> list[x509.GeneralName]:
+    """IP SANs for addresses, DNS SANs for the rest (unspecified addresses dropped)."""
+    out: list[x509.GeneralName] = []
+    for name in dict.fromkeys(names):
+        try:
+            address = ipaddress.ip_address(name.strip("[]"))
+        except ValueError:
+            out.append(x509.DNSName(name))
+            continue
+        if not address.is_unspecified:
+            out.append(x509.IPAddress(address))
+    return out
+
+
+def _still_good(
+    cert: x509.Certificate, ca: x509.Certificate, wanted: list[x509.GeneralName], now: dt.datetime
+) -> bool:
+    if cert.issuer != ca.subject or cert.not_valid_after_utc - now < dt.timedelta(RENEW_DAYS):
+        return False
+    try:
+        cert.verify_directly_issued_by(ca)
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, TypeError, x509.ExtensionNotFound, InvalidSignature):
+        return False
+    return set(sans) == set(wanted)
+
+
+def issued_pair(
+    secrets_dir: str, host_name: str, names: list[str], now: dt.datetime | None = None
+) -> ServerPair:
+    """The host's certificate from the deployment's CA: reused while it is good (same CA,
+    same names, more than 30 days left), else issued anew; stored under hosts/."""
+    now = now or _now()
+    ca_cert, ca_key = ensure_ca(secrets_dir, now)
+    hosts = private_dir(Path(secrets_dir).expanduser() / "hosts")
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in host_name)
+    cert_path, key_path = hosts / f"{safe}.crt", hosts / f"{safe}.key"
+    wanted = subject_names(names)
+    if not wanted:
+        raise TlsError(
+            "serve_expose",
+            f"no address or name to certify for {host_name}: give serve_expose a specific "
+            "address, or name the host by its address or DNS name in the inventory",
+        )
+    if cert_path.exists() and key_path.exists():
+        key = _load_key(key_path, "serve_expose_secrets_dir")
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        if _public(key) == _public(cert) and _still_good(cert, ca_cert, wanted, now):
+            return ServerPair(cert_path.read_bytes(), key_path.read_bytes(), "the deployment CA")
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host_name[:64])]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=SERVER_DAYS))
+        .add_extension(x509.SubjectAlternativeName(wanted), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write_private(key_path, _key_pem(key))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return ServerPair(cert_path.read_bytes(), key_path.read_bytes(), "the deployment CA")
+
+
+def days_left(cert_pem: bytes, now: dt.datetime | None = None) -> float:
+    """Days until the first certificate in `cert_pem` expires (negative: expired)."""
+    cert = x509.load_pem_x509_certificates(cert_pem)[0]
+    return (cert.not_valid_after_utc - (now or _now())).total_seconds() / 86400
