@@ -34,6 +34,7 @@ from autoglm_infra.common.converge_lock import (
     parse_holder,
     tied_command,
 )
+from autoglm_infra.pyinfra_ext.preview import previewing
 
 # per pyinfra State (one per run, several in tests) and host
 _held: dict[tuple[int, str], _Holder | None] = {}
@@ -70,7 +71,7 @@ def take_converge_lock(stage: str, wait_s: int) -> None:
     if key in _held:
         return
     client = getattr(host.connector, "client", None)
-    if client is None or "--dry" in sys.argv:
+    if client is None or previewing():
         _held[key] = None  # no SSH (tests' @fake, @local) or a preview: nothing to hold
         return
     info = _run_info(stage)

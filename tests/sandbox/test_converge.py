@@ -9,6 +9,7 @@ scenarios that need an untouched host boot their own (2 s each).
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -93,6 +94,31 @@ def world(
     return host, inventory
 
 
+def changed_lines(before: str, after: str) -> str:
+    return "\n".join(difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm=""))
+
+
+def apt_state(host: SandboxHost) -> str:
+    """What a preview must leave as it was: apt's configuration, lists, caches, packages."""
+    return host.ssh(
+        "find /etc/apt /var/lib/apt/lists /var/cache/apt -printf '%p %s %T@\\n' | sort; "
+        "dpkg-query -W -f='${Package} ${Version}\\n' | md5sum"
+    ).stdout
+
+
+def test_a_dry_run_of_a_fresh_host_previews_and_changes_nothing(
+    world: tuple[SandboxHost, Path],
+) -> None:
+    host, inventory = world
+    before = apt_state(host)
+    preview = run_pyinfra(inventory, DEPLOY, "--dry")
+    assert preview.returncode == 0, describe_failure(preview)
+    assert "Traceback" not in preview.stderr
+    after = apt_state(host)
+    assert after == before, changed_lines(before, after)
+    assert nothing_written(host)
+
+
 def test_converge_installs_exactly_the_plan_and_second_run_changes_nothing(
     world: tuple[SandboxHost, Path],
 ) -> None:
@@ -116,6 +142,12 @@ def test_point_release_upgrade_ends_pinned_and_a_missing_release_changes_nothing
     before any package changes, naming what it offers."""
     host, inventory = world
     run_pyinfra(inventory, DEPLOY)  # converged, whatever ran before
+    # a preview asks apt for real, in a scratch copy of its lists and caches
+    untouched = apt_state(host)
+    preview = run_pyinfra(inventory, DEPLOY, "--data", "nvidia_driver_version=580.126.09", "--dry")
+    assert preview.returncode == 0, describe_failure(preview)
+    after = apt_state(host)
+    assert after == untouched, changed_lines(untouched, after)
     up = run_pyinfra(inventory, DEPLOY, "--data", "nvidia_driver_version=580.126.09")
     assert up.returncode == 0, describe_failure(up)
     assert_stack(host, "580.126.09", {"nvidia-open-580": "580.126.09-1"})

@@ -240,23 +240,40 @@ def judge(
 
 
 def check_script(
-    names: Sequence[str], install_args: Sequence[str], prefs_name: str, prefs_text: str
+    names: Sequence[str],
+    install_args: Sequence[str],
+    prefs_name: str,
+    prefs_text: str,
+    private_state: bool = False,
 ) -> str:
     """apt-get update, then policy and a simulation under the preferences about to be written.
 
     The new closure pin goes into a scratch copy of /etc/apt/preferences.d, so nothing
-    under /etc changes before the verdict.
+    under /etc changes before the verdict. `private_state` (a `--dry` preview): apt-get
+    update writes into a scratch copy of the package lists and caches, so the preview
+    leaves /var/lib/apt and /var/cache/apt as they were (hard links where the filesystem
+    allows: apt replaces a list by renaming, never in place).
     """
     q = shlex.quote
     args = " ".join(q(a) for a in install_args)
+    state = ""
+    if private_state:
+        state = (
+            'S=$(mktemp -d) && trap \'rm -rf "$T" "$S"\' EXIT && '
+            'mkdir -p "$S/lists/partial" "$S/cache/archives/partial" && '
+            '{ cp -al /var/lib/apt/lists/. "$S/lists/" 2>/dev/null || '
+            'cp -a /var/lib/apt/lists/. "$S/lists/"; } && rm -f "$S/lists/lock"; '
+            'A="-o Dir::State::Lists=$S/lists -o Dir::Cache=$S/cache"; '
+        )
     return (
-        "export LC_ALL=C DEBIAN_FRONTEND=noninteractive; "
+        "export LC_ALL=C DEBIAN_FRONTEND=noninteractive; A=; "
         "T=$(mktemp -d) && trap 'rm -rf \"$T\"' EXIT && "
-        f'if ! apt-get update -q >"$T/update.log" 2>&1; then echo {UPDATE_FAILED}; '
+        + state
+        + f'if ! apt-get $A update -q >"$T/update.log" 2>&1; then echo {UPDATE_FAILED}; '
         'tail -5 "$T/update.log"; exit 0; fi; rm -f "$T/update.log"; '
         '{ [ ! -d /etc/apt/preferences.d ] || cp -a /etc/apt/preferences.d/. "$T/"; } && '
         f'printf %s {q(prefs_text)} > "$T"/{q(prefs_name)}; '
-        f'O="-o Dir::Etc::PreferencesParts=$T"; echo {POLICY_MARK}; '
+        f'O="$A -o Dir::Etc::PreferencesParts=$T"; echo {POLICY_MARK}; '
         f"apt-cache $O policy {' '.join(q(n) for n in names)}; echo {SIMULATE_MARK}; "
         "apt-get $O -s -q --no-install-recommends --allow-downgrades "
         f"--allow-change-held-packages install {args} 2>&1; true"

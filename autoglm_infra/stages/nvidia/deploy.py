@@ -104,6 +104,7 @@ def nvidia(run: StageRun) -> None:
         prefs_name=nf.CLOSURE_PIN.rsplit("/", 1)[1],
         prefs_text=closure_pin,
         needed=bool(to_install or to_remove or stale),
+        repo_pending=changed[nf.SOURCE].will_change or changed[nf.KEYRING].will_change,
     )
     put_file(
         name=f"NVIDIA: {nf.CLOSURE_PIN} (the planned release of every NVIDIA package)",

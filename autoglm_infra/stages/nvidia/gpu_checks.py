@@ -74,7 +74,10 @@ def gpu_probe_script(package_patterns: Sequence[str]) -> str:
             "[ -d /sys/module/nvidia_uvm ] && echo uvm=loaded",
             f"dpkg-query -W -f='pkg=${{Package}} ${{Version}} ${{db:Status-Abbrev}}\\n' {patterns}"
             " 2>/dev/null | awk '$3 ~ /^.i/ {print $1, $2}'",
-            "apt-mark showhold 2>/dev/null | sed 's/^/held=/'",
+            # the holds `apt-mark showhold` lists, from dpkg's own database: apt-mark would
+            # build /var/cache/apt/pkgcache.bin, and a read (or --dry) must write nothing
+            "dpkg-query -W -f='${db:Status-Abbrev} ${Package}\\n' 2>/dev/null"
+            " | awk '$1 ~ /^h/ {print \"held=\" $2}'",
             f"[ -r {HELD_STATE} ] && tr -s ' ' '\\n' < {HELD_STATE} | sed '/^$/d; s/^/own_held=/'",
             f"[ -r {REBOOT_REQUIRED} ] && sed 's/^/reboot=/' {REBOOT_REQUIRED}",
             # who installed the driver: dpkg, NVIDIA's runfile (its manifest and

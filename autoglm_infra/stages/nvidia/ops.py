@@ -13,6 +13,7 @@ from pyinfra.operations import server
 
 from autoglm_infra.common.snapshot import FileState
 from autoglm_infra.pyinfra_ext.operations import fail_host
+from autoglm_infra.pyinfra_ext.preview import previewing
 from autoglm_infra.stages.nvidia.apt_check import Expectation, check_script, judge
 
 NO_GPU = "no NVIDIA GPU: driver not loaded"
@@ -156,6 +157,7 @@ def nvidia_apt_check(
     prefs_name: str,
     prefs_text: str,
     needed: bool,
+    repo_pending: bool = False,
 ) -> Generator[Any, None, None]:
     """Before any package changes, ask apt whether the plan lands exactly; stop if not.
 
@@ -166,6 +168,10 @@ def nvidia_apt_check(
     + prefs_name/prefs_text: the closure pin about to be written (simulated from a scratch
       copy of /etc/apt/preferences.d)
     + needed: False on a converged host, which then costs no command
+    + repo_pending: this run writes the repository's source or key first
+
+    In a `--dry` preview apt works on a scratch copy of its lists and caches (the host
+    keeps its own), and is not asked at all while the repository is still to be written.
 
     **Example:**
 
@@ -178,8 +184,15 @@ def nvidia_apt_check(
     if not needed:
         host.noop("NVIDIA packages at their planned versions: apt not asked")
         return
+    if previewing() and repo_pending:
+        host.noop(
+            "preview: the NVIDIA repository is not configured on the host yet, so apt "
+            "cannot be asked; the converge asks it before installing anything"
+        )
+        return
     names = [*(name for name, _ in expect.packages), *refresh]
-    output = host.get_fact(Command, check_script(names, install_args, prefs_name, prefs_text))
+    script = check_script(names, install_args, prefs_name, prefs_text, previewing())
+    output = host.get_fact(Command, script)
     problem = judge(expect, installed, str(output or ""), refresh)
     if problem:
         yield fail_host(f"NVIDIA stage stopped before installing: {problem}")
