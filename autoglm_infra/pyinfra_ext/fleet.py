@@ -79,6 +79,10 @@ def fail_current_host(stage: str, error: str) -> None:
     """Take the current host out of this run; raises PyinfraError when no host is left or
     more failed than --fail-percent allows (pyinfra's own rule)."""
     _failures[_key()] = (stage, one_line(error))
+    if not state.active_hosts - {host}:
+        # the last host: end the run with its error, as a one-host run always did
+        state.failed_hosts.add(host)
+        raise PyinfraError(error) from None
     logger.error(f"{host.print_prefix}failed at stage {stage}: {error}")
     state.fail_hosts({host})
 

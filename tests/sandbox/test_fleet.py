@@ -106,6 +106,7 @@ def test_one_broken_host_never_stops_the_rest(fleet: Fleet) -> None:
     assert result.returncode != 0, describe_failure(result)
     assert "Traceback" not in result.stderr
     lines = summary_lines(result.stderr)
+    print("\n".join(f"{h}: {line}" for h, line in lines.items()))
     assert set(lines) == {h.name for h in fleet.hosts} | {f"{fleet.sandbox.name}-gone"}, lines
     assert lines[healthy.name].startswith("converged with "), lines
     assert int(lines[healthy.name].split()[2]) > 10, lines
@@ -238,7 +239,13 @@ def test_a_rolling_upgrade_keeps_all_but_one_batch_in_service(converged_fleet: F
         assert "--default-seed 7" in engine_argv(h) or "'--default-seed' '7'" in engine_argv(h)
         assert unit_properties(h, UNIT, "ActiveEnterTimestampMonotonic") != started[h.name]
     down = poller.down_sets()
+    print(f"{len(poller.samples)} health samples; out of service together: {set(down)}")
     assert len(poller.samples) > 20, "the health poll barely ran"
     beyond = [d for d in down if d and not any(d <= b for b in batches)]
     assert beyond == [], f"out of service together, across batches: {sorted(set(beyond))[:5]}"
     assert any(down), "no host was ever seen out of service: the poll missed the restarts"
+
+    again = rollout(fleet.inventory("seeded-again", serve_extra_args=SEED), "--batch-size", "2")
+    assert again.returncode == 0, again.stderr[-4000:]
+    lines = summary_lines(again.stderr, "Rollout summary")
+    assert all(lines[h.name] == "converged with 0 changes" for h in fleet.hosts), lines

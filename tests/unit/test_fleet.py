@@ -146,3 +146,26 @@ def test_a_rollout_within_max_failures_goes_on_to_the_end() -> None:
         "    on the new state: a, c",
         "    not on the new state: b",
     ]
+
+
+def test_a_plain_run_refuses_two_inventory_names_for_one_address() -> None:
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.context import ctx_host, ctx_state
+
+    from autoglm_infra.pyinfra_ext.settings import InvalidConfiguration, host_settings
+
+    inventory = Inventory(
+        ([("gpu-01", {"ssh_hostname": "192.0.2.7"}), ("gpu-02", {"ssh_hostname": "192.0.2.7"})],
+         {"nvidia_require_gpu": False}),
+    )  # fmt: skip
+    state = State(inventory, Config())
+    with (
+        ctx_state.use(state),
+        ctx_host.use(inventory.get_host("gpu-01")),
+        pytest.raises(InvalidConfiguration) as info,
+    ):
+        host_settings()
+    assert str(info.value) == (
+        "inventory: hosts gpu-01 and gpu-02 have the same address 192.0.2.7:22: one machine "
+        "would be converged twice at once; remove one of them; nothing was changed on any host"
+    )
