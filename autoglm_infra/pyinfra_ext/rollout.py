@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -76,21 +77,34 @@ def run_pyinfra(
 ) -> tuple[int, list[HostOutcome]]:
     """One pyinfra run against `hosts`; its output goes to ours, the outcomes come back."""
     limits = [arg for h in hosts for arg in ("--limit", h)]
+    tail: deque[str] = deque(maxlen=40)
+    unreachable: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="autoglm-rollout-") as tmp:
         summary = Path(tmp, "summary.json")
-        proc = subprocess.run(
+        with subprocess.Popen(
             [pyinfra, inventory, deploy, "-y", *limits, *extra],
             env={**os.environ, SUMMARY_ENV: str(summary)},
             stdout=sys.stderr,
             stderr=subprocess.PIPE,
             text=True,
-        )
-        sys.stderr.write(proc.stderr)
+        ) as proc:
+            assert proc.stderr is not None
+            for line in proc.stderr:  # shown as it comes; the tail names a run-wide error
+                sys.stderr.write(line)
+                tail.append(line.strip())
+                if "Could not connect" in line:  # all unreachable: pyinfra stops before a stage
+                    unreachable.update({h: one_line(line) for h in hosts if f"[{h}]" in line})
         written = summary.read_text() if summary.exists() else "[]"
         found = {o.host: o for o in outcomes_from_json(written)}
-    last = next((ln for ln in reversed(proc.stderr.splitlines()) if ln.strip()), "no output")
+    lines = [ln for ln in tail if ln]
+    error = next((ln for ln in lines if ln.startswith("--> pyinfra error")), None)
+    error = error or (lines[-1] if lines else "no output")
+    for h, why in unreachable.items():
+        found.setdefault(h, HostOutcome(h, "unreachable", error=why))
     for h in hosts:  # a run that ended before any stage (bad configuration) names no host
-        found.setdefault(h, HostOutcome(h, "failed", stage=Path(deploy).stem, error=one_line(last)))
+        found.setdefault(
+            h, HostOutcome(h, "failed", stage=Path(deploy).stem, error=one_line(error))
+        )
     return proc.returncode, [found[h] for h in hosts]
 
 

@@ -77,3 +77,19 @@ def test_an_inventory_with_duplicate_hosts_is_refused(tmp_path: Path, body: str,
 def test_a_missing_inventory_is_named(tmp_path: Path) -> None:
     result = rollout(tmp_path / "nope.py", "deploys/full.py", "--batch-size", "1")
     assert result.returncode == 2 and "nope.py: no such file" in result.stderr
+
+
+def test_an_unreachable_canary_stops_the_rollout_before_the_next_batch(tmp_path: Path) -> None:
+    body = FLEET.replace('"}', '", "ssh_connect_timeout": 3}')
+    result = rollout(inventory(tmp_path, body), "deploys/full.py", "--batch-size", "2")
+    assert result.returncode == 1, result.stderr
+    summary = result.stderr.split("--> Rollout summary:")[1].splitlines()
+    assert summary[1].startswith("    gpu-01: unreachable: [gpu-01] Could not connect"), summary
+    assert summary[2:] == [
+        "    gpu-02: not reached: left as it was",
+        "    gpu-03: not reached: left as it was",
+        "    rollout stopped: 1 host(s) failed, more than --max-failures 0",
+        "    on the new state: none",
+        "    not on the new state: gpu-01, gpu-02, gpu-03",
+    ]
+    assert "192.0.2.2" not in result.stderr  # the next batch was never contacted
