@@ -109,14 +109,18 @@ def run_pyinfra(
 
 
 def gate(
-    pyinfra: str, inventory: str, gate_deploy: str, results: list[HostOutcome]
+    pyinfra: str,
+    inventory: str,
+    gate_deploy: str,
+    results: list[HostOutcome],
+    extra: Sequence[str],
 ) -> list[HostOutcome]:
     """The health gate on the batch's converged hosts: a failure there fails the host."""
     passed = [o.host for o in results if o.ok]
     if not passed:
         return results
     print(f"--> Health gate ({gate_deploy}) on {', '.join(passed)}", file=sys.stderr)
-    _, checked = run_pyinfra(pyinfra, inventory, gate_deploy, passed, [])
+    _, checked = run_pyinfra(pyinfra, inventory, gate_deploy, passed, extra)
     verdict = {o.host: o for o in checked}
     return [
         o
@@ -143,8 +147,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--gate-deploy", default=DEFAULT_GATE, help=f"health gate deploy (default {DEFAULT_GATE})"
     )
-    parser.add_argument("extra", nargs="*", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:cut])
+    args.extra = argv[cut + 1 :]
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -170,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         _, results = run_pyinfra(pyinfra, args.inventory, args.deploy, batch, args.extra)
-        results = gate(pyinfra, args.inventory, args.gate_deploy, results)
+        results = gate(pyinfra, args.inventory, args.gate_deploy, results, args.extra)
         rollout.record(results)
         print(format_summary(results, f"Rollout {kind} result"), file=sys.stderr)
         if not rollout.decide():

@@ -93,3 +93,14 @@ def test_an_unreachable_canary_stops_the_rollout_before_the_next_batch(tmp_path:
         "    not on the new state: gpu-01, gpu-02, gpu-03",
     ]
     assert "192.0.2.2" not in result.stderr  # the next batch was never contacted
+
+
+def test_arguments_after_a_double_dash_go_to_pyinfra() -> None:
+    from autoglm_infra.pyinfra_ext.rollout import parse_args
+
+    args = parse_args(["inv.py", "--batch-size", "2", "--", "--data", "serve_port=8001"])
+    assert (args.deploy, args.batch_size, args.extra) == (
+        "deploys/full.py",
+        2,
+        ["--data", "serve_port=8001"],
+    )
