@@ -10,6 +10,7 @@ from pyinfra import host, logger
 from pyinfra.api.exceptions import PyinfraError
 
 from autoglm_infra.common.checks import Check, failed, format_table, to_json
+from autoglm_infra.pyinfra_ext.fleet import isolated
 
 JSON_DIR_ENV = "AUTOGLM_CHECKS_JSON"
 
@@ -22,4 +23,5 @@ def report_checks(kind: str, checks: Sequence[Check]) -> None:
         Path(out_dir, f"{host.name}.{kind}.json").write_text(to_json(host.name, checks) + "\n")
     if failed(checks):
         names = ", ".join(c.name for c in failed(checks))
-        raise PyinfraError(f"{kind} found problems on {host.name}: {names} (table above)")
+        with isolated(kind):  # fails this host; the other hosts' tables still come
+            raise PyinfraError(f"{kind} found problems on {host.name}: {names} (table above)")

@@ -7,6 +7,7 @@ from typing import Any
 from pyinfra import host, state
 from pyinfra.api.exceptions import PyinfraError
 
+from autoglm_infra.common.fleet import InventoryEntry, duplicate_problems
 from autoglm_infra.common.host_profile import HostProfile
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.config.validate import ConfigError, find_problems
@@ -35,6 +36,15 @@ def _validate_all_hosts() -> None:
     problems = {h.name: found for h in state.inventory if (found := find_problems(h.data.dict()))}
     if problems:
         raise InvalidConfiguration(str(ConfigError(problems)))
+    if twice := duplicate_problems(
+        InventoryEntry(
+            "all", h.name, f"{h.data.get('ssh_hostname') or h.name}:{h.data.get('ssh_port') or 22}"
+        )
+        for h in state.inventory
+    ):
+        raise InvalidConfiguration(
+            "inventory: " + "; ".join(twice) + "; nothing was changed on any host"
+        )
     _validated[key] = True
 
 

@@ -5,7 +5,9 @@ argument (a deploy file running one stage) it uses the host's run in this invoca
 `full.py` passes one `StageRun` through every stage, so the service stage sees what the
 python env and model stages queued in this very run. A stage refuses a host by
 raising `StageRefused` (the pure core's ValueErrors are turned into it where they are
-caught): pyinfra prints it without a traceback, named after the stage and the host.
+caught): pyinfra prints it without a traceback, named after the stage and the host. Such an
+error fails that host only (pyinfra_ext/fleet.py): the other hosts go on, and a host that
+failed skips its later stages.
 
 Not pyinfra's `@deploy`: it prefixes every operation name with the deploy's, and our
 operation names already say their stage ("Python env: venv from lock cpu").
@@ -24,6 +26,7 @@ from pyinfra.api.operation import OperationMeta
 from autoglm_infra.common.host_profile import HostProfile
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.pyinfra_ext.converge_lock import take_converge_lock
+from autoglm_infra.pyinfra_ext.fleet import host_has_failed, isolated
 from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
 
 
@@ -89,15 +92,19 @@ def stage(
     def decorate(func: Callable[[StageRun], None]) -> Callable[..., None]:
         @functools.wraps(func)
         def run_stage(run: StageRun | None = None) -> None:
+            if host_has_failed():
+                return  # an earlier stage failed this host: the later ones would build on it
             run = run or current_run()
             outer, run.stage = run.stage, title
             host.loop_position.append(position)
             try:
-                if changes_host:
-                    take_converge_lock(title, run.settings.converge_lock_wait)
-                func(run)
-            except StageRefused as exc:  # user-facing: pyinfra prints it without a traceback
-                raise PyinfraError(f"{title} stage refused {host.name}: {exc}") from None
+                with isolated(title):  # an error fails this host, not the whole run
+                    try:
+                        if changes_host:
+                            take_converge_lock(title, run.settings.converge_lock_wait)
+                        func(run)
+                    except StageRefused as exc:  # printed without a traceback
+                        raise PyinfraError(f"{title} stage refused {host.name}: {exc}") from None
             finally:
                 host.loop_position.pop()
                 run.stage = outer

@@ -9,6 +9,7 @@ One `StageRun` goes through all stages, so later ones see what earlier ones queu
 from __future__ import annotations
 
 from autoglm_infra.pyinfra_ext.converge_lock import take_converge_lock
+from autoglm_infra.pyinfra_ext.fleet import isolated
 from autoglm_infra.pyinfra_ext.stage import current_run
 from autoglm_infra.stages.docker.deploy import docker
 from autoglm_infra.stages.expose.deploy import expose
@@ -28,6 +29,7 @@ def converge() -> None:
     """Converge the current host end to end."""
     run = current_run()
     # before preflight reads the host (it changes nothing, so it would not take the lock)
-    take_converge_lock("preflight", run.settings.converge_lock_wait)
+    with isolated("preflight"):
+        take_converge_lock("preflight", run.settings.converge_lock_wait)
     for stage in DOCKER_STAGES if run.settings.serve_mode == "docker" else VENV_STAGES:
         stage(run)
