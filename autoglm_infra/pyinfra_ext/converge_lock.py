@@ -35,6 +35,7 @@ from autoglm_infra.common.converge_lock import (
     tied_command,
 )
 from autoglm_infra.pyinfra_ext.preview import previewing
+from autoglm_infra.pyinfra_ext.run_key import host_key, run_key
 
 # per pyinfra State (one per run, several in tests) and host
 _held: dict[tuple[int, str], _Holder | None] = {}
@@ -67,7 +68,7 @@ def take_converge_lock(stage: str, wait_s: int) -> None:
     Waits up to `wait_s` seconds for another run's lock, then stops this host with a
     PyinfraError naming that run (controller, user, start, stage) and the fix.
     """
-    key = (id(state), host.name)
+    key = host_key()
     if key in _held:
         return
     client = getattr(host.connector, "client", None)
@@ -115,14 +116,14 @@ def take_converge_lock(stage: str, wait_s: int) -> None:
         )
     stdout.channel.settimeout(None)
     _held[key] = _Holder(stdout.channel, (stdin, stdout, stderr), int(line.split()[1]), info)
-    if id(state) not in _watching:
-        _watching.add(id(state))
+    if run_key() not in _watching:
+        _watching.add(run_key())
         state.add_callback_handler(_StageReporter())
 
 
 def holder_pid() -> int | None:
     """The current host's lock holder on the host, when this run holds the lock."""
-    held = _held.get((id(state), host.name))
+    held = _held.get(host_key())
     return held.pid if held is not None else None
 
 

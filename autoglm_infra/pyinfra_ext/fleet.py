@@ -32,6 +32,7 @@ from autoglm_infra.common.fleet import (
     one_line,
     outcomes_to_json,
 )
+from autoglm_infra.pyinfra_ext.run_key import host_key
 from autoglm_infra.pyinfra_ext.settings import InvalidConfiguration
 
 SUMMARY_ENV = "AUTOGLM_FLEET_SUMMARY"
@@ -41,13 +42,9 @@ _failures: dict[tuple[int, str], tuple[str, str]] = {}
 _summarised: set[int] = set()
 
 
-def _key() -> tuple[int, str]:
-    return (id(ctx_state.get()), host.name)  # the State itself, not pyinfra's proxy to it
-
-
 def host_has_failed() -> bool:
     """The current host failed earlier in this run (a stage, a fact or its connection)."""
-    return host in state.failed_hosts or _key() in _failures
+    return host in state.failed_hosts or host_key() in _failures
 
 
 @contextmanager
@@ -71,14 +68,14 @@ def isolated(stage: str) -> Iterator[None]:
             raise
         fail_current_host(stage, f"{type(exc).__name__}: {exc}")
         return
-    if host in state.failed_hosts and _key() not in _failures:
+    if host in state.failed_hosts and host_key() not in _failures:
         fail_current_host(stage, "a command reading the host failed (its output is above)")
 
 
 def fail_current_host(stage: str, error: str) -> None:
     """Take the current host out of this run; raises PyinfraError when no host is left or
     more failed than --fail-percent allows (pyinfra's own rule)."""
-    _failures[_key()] = (stage, one_line(error))
+    _failures[host_key()] = (stage, one_line(error))
     if not state.active_hosts - {host}:
         # the last host: end the run with its error, as a one-host run always did
         state.failed_hosts.add(host)

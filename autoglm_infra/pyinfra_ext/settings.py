@@ -12,6 +12,7 @@ from autoglm_infra.common.host_profile import HostProfile
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.config.validate import ConfigError, find_problems
 from autoglm_infra.pyinfra_ext.facts import GpuProbeFact, HostProfileFact
+from autoglm_infra.pyinfra_ext.run_key import host_key, run_key
 from autoglm_infra.stack.adopt import HostPlan, host_plan
 from autoglm_infra.stack.installed import installed_stack
 from autoglm_infra.stages.nvidia import files as nf
@@ -30,7 +31,7 @@ _gpu_probes: dict[tuple[int, str], GpuProbe] = {}
 
 def _validate_all_hosts() -> None:
     """Check every active host before any operation is queued, so one run reports all."""
-    key = id(state)
+    key = run_key()
     if _validated.get(key):
         return
     problems = {h.name: found for h in state.inventory if (found := find_problems(h.data.dict()))}
@@ -57,7 +58,7 @@ def host_settings() -> Settings:
 
 def host_profile(disk_path: str) -> HostProfile:
     """The host's profile, fetched once per run: pyinfra does not cache facts itself."""
-    key = (id(state), host.name)
+    key = host_key()
     if key not in _profiles:
         _profiles[key] = host.get_fact(HostProfileFact, disk_path=disk_path)
     return _profiles[key]
@@ -65,7 +66,7 @@ def host_profile(disk_path: str) -> HostProfile:
 
 def host_gpu_probe() -> GpuProbe:
     """nvidia-smi, modules, NVIDIA packages, holds and the driver's owner, read once per run."""
-    key = (id(state), host.name)
+    key = host_key()
     if key not in _gpu_probes:
         _gpu_probes[key] = host.get_fact(GpuProbeFact, package_patterns=list(nf.PACKAGE_PATTERNS))
     return _gpu_probes[key]

@@ -19,7 +19,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pyinfra import host, state
+from pyinfra import host
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.operation import OperationMeta
 
@@ -27,6 +27,7 @@ from autoglm_infra.common.host_profile import HostProfile
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.pyinfra_ext.converge_lock import take_converge_lock
 from autoglm_infra.pyinfra_ext.fleet import host_has_failed, isolated
+from autoglm_infra.pyinfra_ext.run_key import host_key
 from autoglm_infra.pyinfra_ext.settings import host_profile, host_settings
 
 
@@ -69,7 +70,7 @@ _runs: dict[tuple[int, str], StageRun] = {}
 
 def current_run() -> StageRun:
     """The current host's run in this pyinfra invocation (created on first use)."""
-    key = (id(state), host.name)
+    key = host_key()
     if key not in _runs:
         _runs[key] = StageRun(host_settings())
     return _runs[key]

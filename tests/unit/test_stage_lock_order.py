@@ -13,6 +13,7 @@ from pyinfra.api import Config, Inventory, State
 from pyinfra.context import ctx_host, ctx_state
 
 from autoglm_infra.pyinfra_ext import stage as stage_module
+from autoglm_infra.pyinfra_ext.run_key import host_key
 from autoglm_infra.stages import deploy as full_deploy
 
 
@@ -60,3 +61,16 @@ def test_the_complete_converge_locks_before_preflight_reads(
     monkeypatch.setattr(full_deploy, "VENV_STAGES", (preflight,))
     full_deploy.converge()
     assert calls == ["lock preflight", "profile"]
+
+
+def test_per_run_memory_is_keyed_by_the_state_not_pyinfras_proxy() -> None:
+    """Callbacks get the State itself: a key from `id(pyinfra.state)` (the proxy) never
+    matched them, and two runs in one process shared one key."""
+    seen, states = [], []
+    for _ in range(2):
+        inventory = Inventory((["@local"], {}))
+        states.append(State(inventory, Config()))  # both alive: their ids differ
+        with ctx_state.use(states[-1]), ctx_host.use(inventory.get_host("@local")):
+            assert host_key() == (id(states[-1]), "@local")
+            seen.append(host_key())
+    assert seen[0] != seen[1]
