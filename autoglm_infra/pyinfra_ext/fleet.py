@@ -24,7 +24,7 @@ from pyinfra import host, logger, state
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.host import Host
 from pyinfra.api.state import State, StateStage
-from pyinfra.context import ctx_state
+from pyinfra.context import ctx_host, ctx_state
 
 from autoglm_infra.common.fleet import (
     HostOutcome,
@@ -32,6 +32,7 @@ from autoglm_infra.common.fleet import (
     one_line,
     outcomes_to_json,
 )
+from autoglm_infra.pyinfra_ext.preview import previewing
 from autoglm_infra.pyinfra_ext.run_key import host_key
 from autoglm_infra.pyinfra_ext.settings import InvalidConfiguration
 
@@ -44,7 +45,7 @@ _summarised: set[int] = set()
 
 def host_has_failed() -> bool:
     """The current host failed earlier in this run (a stage, a fact or its connection)."""
-    return host in state.failed_hosts or host_key() in _failures
+    return ctx_host.get() in state.failed_hosts or host_key() in _failures
 
 
 @contextmanager
@@ -64,24 +65,25 @@ def isolated(stage: str) -> Iterator[None]:
         fail_current_host(stage, str(exc))
         return
     except Exception as exc:
-        if host not in state.failed_hosts:
+        if ctx_host.get() not in state.failed_hosts:
             raise
         fail_current_host(stage, f"{type(exc).__name__}: {exc}")
         return
-    if host in state.failed_hosts and host_key() not in _failures:
+    if ctx_host.get() in state.failed_hosts and host_key() not in _failures:
         fail_current_host(stage, "a command reading the host failed (its output is above)")
 
 
 def fail_current_host(stage: str, error: str) -> None:
     """Take the current host out of this run; raises PyinfraError when no host is left or
     more failed than --fail-percent allows (pyinfra's own rule)."""
+    current = ctx_host.get()  # the Host itself: `host` is pyinfra's proxy to it
     _failures[host_key()] = (stage, one_line(error))
-    if not state.active_hosts - {host}:
+    if not state.active_hosts - {current}:
         # the last host: end the run with its error, as a one-host run always did
-        state.failed_hosts.add(host)
+        state.failed_hosts.add(current)
         raise PyinfraError(error) from None
     logger.error(f"{host.print_prefix}failed at stage {stage}: {error}")
-    state.fail_hosts({host})
+    state.fail_hosts({current})
 
 
 def _summary_at_exit() -> None:
@@ -95,7 +97,13 @@ def _summary_at_exit() -> None:
 
 def outcomes(st: State) -> list[HostOutcome]:
     """Each host of the run (inventory order, within --limit) and what happened to it."""
-    return [_outcome(st, h) for h in st.inventory if st.is_host_in_limit(h)]
+    found = []
+    for h in st.inventory:
+        if st.is_host_in_limit(h):
+            # at exit no host is current; an OperationMeta reads its data through it
+            with ctx_state.use(st), ctx_host.use(h):
+                found.append(_outcome(st, h))
+    return found
 
 
 def _outcome(st: State, h: Host) -> HostOutcome:
@@ -120,7 +128,7 @@ def _outcome(st: State, h: Host) -> HostOutcome:
     if h in st.failed_hosts:
         return HostOutcome(h.name, "failed", stage="?", error="see the errors above")
     if st.current_stage not in (StateStage.Execute, StateStage.Disconnect):
-        why = "dry run" if "--dry" in sys.argv else "the run stopped before any change"
+        why = "dry run" if previewing() else "the run stopped before any change"
         planned = sum(1 for _, meta in metas if meta.will_change)
         return HostOutcome(h.name, "not converged", error=f"{why} ({planned} changes planned)")
     if not all(meta.is_complete() for _, meta in metas):
@@ -133,7 +141,11 @@ def _outcome(st: State, h: Host) -> HostOutcome:
 
 
 def _print_summary(st: State) -> None:
-    found = outcomes(st)
+    try:
+        found = outcomes(st)
+    except Exception as exc:  # pyinfra's internals at exit: a summary is never a traceback
+        print(f"\n(no per-host summary: {type(exc).__name__}: {exc})", file=sys.stderr)
+        return
     if path := os.environ.get(SUMMARY_ENV):
         Path(path).write_text(outcomes_to_json(found) + "\n")
     print("\n" + format_summary(found) + "\n", file=sys.stderr, flush=True)

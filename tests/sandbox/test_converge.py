@@ -113,7 +113,7 @@ def test_a_dry_run_of_a_fresh_host_previews_and_changes_nothing(
     before = apt_state(host)
     preview = run_pyinfra(inventory, DEPLOY, "--dry")
     assert preview.returncode == 0, describe_failure(preview)
-    assert "Traceback" not in preview.stderr
+    assert "Traceback" not in preview.stderr, preview.stderr[-3000:]
     after = apt_state(host)
     assert after == before, changed_lines(before, after)
     assert nothing_written(host)

@@ -147,6 +147,11 @@ def test_no_or_a_wrong_key_gets_401(front: Front, key: str | None) -> None:
         assert "data" not in response.json() and "choices" not in response.json()
 
 
+def test_a_key_with_its_case_flipped_gets_401(front: Front) -> None:
+    # nginx matches a map's plain strings ignoring case; the key map must not
+    assert front.get("/v1/models", front.key("alice").swapcase()).status_code == 401
+
+
 @pytest.mark.parametrize(
     "path", ["/tokenize", "/detokenize", "/pause", "/metrics", "/docs", "/v1/embeddings", "/"]
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -163,7 +164,12 @@ def test_client_keys_are_made_once_0600_and_mapped(tmp_path: Path) -> None:
     assert client_keys(str(tmp_path), ["alice", "bob"]) == keys
     assert keys["alice"].reveal() != keys["bob"].reveal()
     text = key_map(keys).decode()
-    assert f'"Bearer {keys["alice"].reveal()}" alice;' in text
+    line = next(ln for ln in text.splitlines() if ln.endswith(" alice;"))
+    pattern = line.split('"')[1]
+    assert pattern.startswith("~^") and not pattern.startswith("~*")  # case-sensitive
+    assert re.fullmatch(pattern[1:], f"Bearer {keys['alice'].reveal()}")
+    assert not re.fullmatch(pattern[1:], f"Bearer {keys['alice'].reveal().swapcase()}")
+    assert not re.fullmatch(pattern[1:], f"Bearer {keys['alice'].reveal()}x")
     assert keys["alice"].reveal() not in repr(keys)
     # deleting a key file rotates that client's key only
     path.unlink()

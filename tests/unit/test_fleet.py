@@ -169,3 +169,23 @@ def test_a_plain_run_refuses_two_inventory_names_for_one_address() -> None:
         "inventory: hosts gpu-01 and gpu-02 have the same address 192.0.2.7:22: one machine "
         "would be converged twice at once; remove one of them; nothing was changed on any host"
     )
+
+
+def test_a_failed_host_is_recorded_as_itself_not_as_pyinfras_proxy() -> None:
+    """pyinfra's `host` is a proxy that becomes whichever host is current when read: a
+    failed-host set holding it named the wrong host (or none) once another was current."""
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.context import ctx_host, ctx_state
+
+    from autoglm_infra.pyinfra_ext import fleet
+
+    inventory = Inventory((["@local", "broken"], {}))
+    state = State(inventory, Config())
+    for each in inventory:
+        state.activated_hosts.add(each)
+        state.active_hosts.add(each)
+    broken, healthy = inventory.get_host("broken"), inventory.get_host("@local")
+    with ctx_state.use(state), ctx_host.use(broken):
+        fleet.fail_current_host("preflight", "too little disk")
+    assert state.failed_hosts == {broken} and healthy in state.active_hosts
+    assert all(type(h).__name__ == "Host" for h in state.failed_hosts)

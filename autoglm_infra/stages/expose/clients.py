@@ -58,9 +58,12 @@ def client_keys(secrets_dir: str, names: list[str], folder: str = "clients") -> 
 
 
 def key_map(keys: dict[str, Secret]) -> bytes:
-    """The nginx `map` body: the exact Authorization header of each client -> its name."""
+    """The nginx `map` body: the exact Authorization header of each client -> its name.
+
+    A case-sensitive regex (`~`), anchored: nginx matches a map's plain strings ignoring
+    case, which would let a key with its letters' case flipped in."""
     lines = ["# autoglm-infra expose stage: one line per client key (root 0600)"]
-    lines += [f'"Bearer {keys[name].reveal()}" {name};' for name in sorted(keys)]
+    lines += [f'"~^Bearer {re.escape(keys[name].reveal())}$" {name};' for name in sorted(keys)]
     return ("\n".join(lines) + "\n").encode()
 
 
