@@ -41,9 +41,25 @@ def engine_version(value: str) -> str:
     return value
 
 
+# Flags the project sets itself, for the key's sake: a key in argv is readable by every
+# user; SGLang's --config is the key file; at SGLang's info log level its start-up log
+# prints every argument, the key included (sgl-project/sglang #37457).
+MANAGED_FLAGS = {
+    "--api-key": "the API key reaches the engine from the service credential, never argv",
+    "--config": "the engine's config file carries the API key; it is written by the unit",
+    "--log-level": "SGLang logs every argument, the API key included, below warning level",
+}
+
+
 def extra_arg(value: str) -> str:
     if not value or "\n" in value or "\x00" in value:
         raise ValueError("each extra argument must be a non-empty single-line string")
+    flag = value.split("=", 1)[0]
+    if flag in MANAGED_FLAGS:
+        raise ValueError(
+            f"{value!r} is set by this project: {MANAGED_FLAGS[flag]}; remove it "
+            "(service_api_key_file sets the key)"
+        )
     return value
 
 

@@ -69,6 +69,13 @@ def load_fleet(inventory: str) -> tuple[list[str], dict[str, list[str]]]:
             f"inventory {inventory}: " + "; ".join(problems) + "; nothing was changed"
         )
     groups = {name: [h.name for h in members] for name, members in inv.groups.items()}
+    # each batch is run with `--limit NAME`, which pyinfra reads as a group or a glob
+    if ambiguous := [n for n in hosts if n in groups or any(c in n for c in "*?[")]:
+        raise FleetInputError(
+            f"inventory {inventory}: host name(s) {', '.join(ambiguous)} would select more "
+            "than one host with --limit (a group of that name, or glob characters): rename "
+            "them; nothing was changed"
+        )
     return list(hosts), groups
 
 

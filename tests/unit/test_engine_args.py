@@ -146,6 +146,11 @@ def test_engine_choice_defaults_to_vllm() -> None:
         ({"vllm_max_model_len": 10}, "vllm_max_model_len"),
         ({"serve_model_name": "has space"}, "serve_model_name"),
         ({"serve_extra_args": ["--a\n--b"]}, "serve_extra_args"),
+        # the key never goes to argv, and SGLang's info log would print it
+        ({"serve_extra_args": ["--api-key", "k"]}, "serve_extra_args"),
+        ({"serve_extra_args": ["--api-key=k"]}, "serve_extra_args"),
+        ({"serve_extra_args": ["--log-level", "info"]}, "serve_extra_args"),
+        ({"serve_extra_args": ["--config", "/tmp/x.yaml"]}, "serve_extra_args"),
         ({"serve_dtype": "int4"}, "serve_dtype"),
     ],
 )

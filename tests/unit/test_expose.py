@@ -267,3 +267,21 @@ def test_the_metrics_listener_allows_its_networks_and_checks_its_token(tmp_path:
         "nginx": fr.NGINX_BINARY,
         "prometheus-node-exporter": fr.NODE_EXPORTER_BINARY,
     }
+
+
+def test_half_a_ca_or_a_corrupt_pem_is_refused_with_the_fix_and_no_new_ca(tmp_path: Path) -> None:
+    secrets_dir = str(tmp_path / "s")
+    ensure_ca(secrets_dir)
+    ca_crt, ca_key = tmp_path / "s" / "ca.crt", tmp_path / "s" / "ca.key"
+    pinned = ca_crt.read_bytes()
+    ca_crt.unlink()  # clients pin ca.crt: a lost half is never silently replaced
+    with pytest.raises(TlsError) as lost:
+        ensure_ca(secrets_dir)
+    assert "ca.crt does not" in str(lost.value) and "restore it" in str(lost.value)
+    assert not ca_crt.exists()
+    ca_crt.write_bytes(pinned)
+    ca_key.write_text("not a key\n")
+    ca_key.chmod(0o600)
+    with pytest.raises(TlsError) as corrupt:
+        ensure_ca(secrets_dir)
+    assert "holds no readable private key" in str(corrupt.value)

@@ -65,6 +65,9 @@ def test_a_missing_gate_deploy_is_named(tmp_path: Path) -> None:
          "host gpu-02 is listed twice in group gpu_servers"),
         (FLEET.replace('"192.0.2.3"', '"192.0.2.1"'),
          "hosts gpu-01 and gpu-03 have the same address 192.0.2.1:22"),
+        # each batch runs with --limit NAME, which pyinfra reads as a group or a glob
+        (FLEET.replace('"gpu-03"', '"gpu_servers"'), "host name(s) gpu_servers would select"),
+        (FLEET.replace('"gpu-03"', '"gpu-0?"'), "host name(s) gpu-0? would select"),
     ],
 )  # fmt: skip
 def test_an_inventory_with_duplicate_hosts_is_refused(tmp_path: Path, body: str, says: str) -> None:

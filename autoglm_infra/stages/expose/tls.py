@@ -131,7 +131,10 @@ def _load_key(path: Path, setting: str) -> ec.EllipticCurvePrivateKey:
     except SecretError as exc:
         raise TlsError(setting, str(exc)) from None
     assert secret is not None
-    key = serialization.load_pem_private_key(secret.reveal().encode(), password=None)
+    try:
+        key = serialization.load_pem_private_key(secret.reveal().encode(), password=None)
+    except (ValueError, TypeError):
+        raise TlsError(setting, f"{path} holds no readable private key; move it away") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise TlsError(setting, f"{path} is not an EC key this project made; move it away")
     return key
@@ -140,18 +143,34 @@ def _load_key(path: Path, setting: str) -> ec.EllipticCurvePrivateKey:
 CaPair = tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
 
 
+def _load_cert(path: Path, setting: str) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise TlsError(
+            setting, f"{path} holds no readable certificate ({exc}); move it away"
+        ) from None
+
+
 def ensure_ca(secrets_dir: str, now: dt.datetime | None = None) -> CaPair:
     """The deployment's CA (made once): ca.crt to pin, ca.key (0600) kept here."""
     base = private_dir(Path(secrets_dir).expanduser())
     cert_path, key_path = base / "ca.crt", base / "ca.key"
     if key_path.exists() and cert_path.exists():
         key = _load_key(key_path, "serve_expose_secrets_dir")
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        cert = _load_cert(cert_path, "serve_expose_secrets_dir")
         if _public(key) != _public(cert):
             raise TlsError(
                 "serve_expose_secrets_dir", f"{cert_path} is not the certificate of {key_path}"
             )
         return cert, key
+    if key_path.exists() or cert_path.exists():  # never replace half a CA that clients pin
+        have, missing = (key_path, cert_path) if key_path.exists() else (cert_path, key_path)
+        raise TlsError(
+            "serve_expose_secrets_dir",
+            f"{have} exists but {missing} does not: restore it from your backup (clients pin "
+            f"this CA), or move {have} away to have a new CA made",
+        )
     now = now or _now()
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "autoglm-infra deployment CA")])
@@ -181,8 +200,12 @@ def ensure_ca(secrets_dir: str, now: dt.datetime | None = None) -> CaPair:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
+    # the certificate first, the key last: an interrupted run leaves only ca.crt (refused
+    # above, with the fix) and never a key whose certificate was lost
+    partial = cert_path.with_name(cert_path.name + ".partial")
+    partial.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    partial.replace(cert_path)
     _write_private(key_path, _key_pem(key))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert, key
 
 
@@ -232,7 +255,7 @@ def issued_pair(
         )
     if cert_path.exists() and key_path.exists():
         key = _load_key(key_path, "serve_expose_secrets_dir")
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        cert = _load_cert(cert_path, "serve_expose_secrets_dir")
         if _public(key) == _public(cert) and _still_good(cert, ca_cert, wanted, now):
             return ServerPair(cert_path.read_bytes(), key_path.read_bytes(), "the deployment CA")
     key = ec.generate_private_key(ec.SECP256R1())
