@@ -285,3 +285,12 @@ def test_half_a_ca_or_a_corrupt_pem_is_refused_with_the_fix_and_no_new_ca(tmp_pa
     with pytest.raises(TlsError) as corrupt:
         ensure_ca(secrets_dir)
     assert "holds no readable private key" in str(corrupt.value)
+
+
+def test_the_key_map_regex_matches_a_hand_made_key_with_dots_and_pluses_only_literally() -> None:
+    key = "abc.def+ghi/jkl=mno~pqr-stu_vwx"
+    line = key_map({"dora": Secret(key, "test")}).decode().splitlines()[-1]
+    pattern = line.split('"')[1][1:]
+    assert re.fullmatch(pattern, f"Bearer {key}")
+    assert not re.fullmatch(pattern, "Bearer abcXdef+ghi/jkl=mno~pqr-stu_vwx")  # '.' is literal
+    assert not re.fullmatch(pattern, "Bearer abc.deffghi/jkl=mno~pqr-stu_vwx")  # so is '+'

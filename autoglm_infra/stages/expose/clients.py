@@ -57,13 +57,20 @@ def client_keys(secrets_dir: str, names: list[str], folder: str = "clients") -> 
     return keys
 
 
+def _literal(key: str) -> str:
+    """The key as a regex matching only itself: of the characters a key may hold (_KEY),
+    only '.' and '+' mean something to PCRE; the rest stay as they are, so the map holds
+    the key verbatim (what the secret-leak checks look for)."""
+    return key.replace(".", "\\.").replace("+", "\\+")
+
+
 def key_map(keys: dict[str, Secret]) -> bytes:
     """The nginx `map` body: the exact Authorization header of each client -> its name.
 
     A case-sensitive regex (`~`), anchored: nginx matches a map's plain strings ignoring
     case, which would let a key with its letters' case flipped in."""
     lines = ["# autoglm-infra expose stage: one line per client key (root 0600)"]
-    lines += [f'"~^Bearer {re.escape(keys[name].reveal())}$" {name};' for name in sorted(keys)]
+    lines += [f'"~^Bearer {_literal(keys[name].reveal())}$" {name};' for name in sorted(keys)]
     return ("\n".join(lines) + "\n").encode()
 
 
