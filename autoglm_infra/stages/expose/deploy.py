@@ -148,7 +148,7 @@ def converge_expose(settings: Settings) -> None:
         server.shell(
             name=f"Expose: reload {fr.UNIT_NAME} (configuration or keys changed; in-flight "
             "requests finish)",
-            commands=[f"{fr.CONFIG_TEST} && systemctl reload {fr.UNIT_NAME}"],
+            commands=[f"{fr.CONFIG_TEST} && {fr.reload_command(fr.UNIT_NAME)}"],
             _if=lambda: not dropin.did_change() and any(op.did_change() for op in changed),
         )
     logger.info(

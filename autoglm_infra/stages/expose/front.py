@@ -164,3 +164,19 @@ def front_files(
             ),
         ]
     return files
+
+
+def reload_command(unit: str, wait_s: int = 15) -> str:
+    """`systemctl reload`, then wait until no worker of the old configuration still accepts
+    connections: the reload only signals the master, and a revoked key would otherwise
+    still pass for the moment the old workers keep accepting. Old workers finishing their
+    requests are titled "worker process is shutting down" and no longer accept."""
+    workers = 'pgrep -P "$m" -f "worker process$" || true'
+    return (
+        f"m=$(cat {PID_FILE}) && old=$({workers}) && systemctl reload {unit} && i=0 && "
+        f"while [ $i -lt {wait_s * 10} ]; do now=$({workers}); stale=; "
+        'for p in $old; do printf "%s\\n" "$now" | grep -qx "$p" && stale=1; done; '
+        '[ -n "$now" ] && [ -z "$stale" ] && break; i=$((i + 1)); sleep 0.1; done && '
+        f'[ $i -lt {wait_s * 10} ] || {{ echo "{unit}: the reloaded configuration did not '
+        f'take over within {wait_s} s" >&2; false; }}'
+    )
