@@ -303,6 +303,14 @@ def test_rotating_a_key_changes_only_the_key_map_and_reloads(front: Front) -> No
     assert front.get("/v1/models", front.key("carol")).status_code == 200
 
 
+def test_a_preview_of_a_new_client_makes_nothing_anywhere(front: Front) -> None:
+    before = front.host.ssh("md5sum /etc/nginx/autoglm/clients.map").stdout
+    result = front.converge(serve_expose_clients=["alice", "carol", "dave"], extra=("--dry",))
+    assert result.returncode == 0, describe_failure(result)
+    assert not client_key_path(str(front.work / "secrets"), "dave").exists()
+    assert front.host.ssh("md5sum /etc/nginx/autoglm/clients.map").stdout == before
+
+
 def test_a_burst_over_the_limit_gets_429_with_retry_after(front: Front) -> None:
     key = front.key("alice")
     statuses = [front.get("/v1/models", key) for _ in range(12)]

@@ -294,3 +294,21 @@ def test_the_key_map_regex_matches_a_hand_made_key_with_dots_and_pluses_only_lit
     assert re.fullmatch(pattern, f"Bearer {key}")
     assert not re.fullmatch(pattern, "Bearer abcXdef+ghi/jkl=mno~pqr-stu_vwx")  # '.' is literal
     assert not re.fullmatch(pattern, "Bearer abc.deffghi/jkl=mno~pqr-stu_vwx")  # so is '+'
+
+
+def test_a_preview_makes_nothing_on_the_controller(tmp_path: Path) -> None:
+    """--dry: the CA, the host certificate and missing client keys exist in memory only."""
+    secrets_dir = tmp_path / "s"
+    pair = issued_pair(str(secrets_dir), "gpu-1", ["10.1.2.3"], write=False)
+    keys = client_keys(str(secrets_dir), ["alice"], write=False)
+    assert not secrets_dir.exists()
+    assert b"BEGIN CERTIFICATE" in pair.cert_pem and keys["alice"].reveal().startswith("agk-")
+    # once made for real, a preview reads them back and still writes nothing
+    made = issued_pair(str(secrets_dir), "gpu-1", ["10.1.2.3"])
+    made_keys = client_keys(str(secrets_dir), ["alice"])
+    before = sorted((p, p.stat().st_mtime_ns) for p in secrets_dir.rglob("*"))
+    assert issued_pair(str(secrets_dir), "gpu-1", ["10.1.2.3"], write=False) == made
+    assert (
+        client_keys(str(secrets_dir), ["alice", "bob"], write=False)["alice"] == made_keys["alice"]
+    )
+    assert sorted((p, p.stat().st_mtime_ns) for p in secrets_dir.rglob("*")) == before

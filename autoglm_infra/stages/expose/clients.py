@@ -28,13 +28,20 @@ def _new_key() -> str:
     return "agk-" + secrets.token_urlsafe(32)  # 256 bits from the OS CSPRNG
 
 
-def client_keys(secrets_dir: str, names: list[str], folder: str = "clients") -> dict[str, Secret]:
+def client_keys(
+    secrets_dir: str, names: list[str], folder: str = "clients", write: bool = True
+) -> dict[str, Secret]:
     """name -> key for every client, making the missing key files (0600 from birth);
-    `folder` "scrapers" holds the metrics listener's token."""
-    private_dir(Path(secrets_dir).expanduser() / folder)
+    `folder` "scrapers" holds the metrics listener's token. `write=False` (a --dry
+    preview): a missing key is made in memory only."""
+    if write:
+        private_dir(Path(secrets_dir).expanduser() / folder)
     keys: dict[str, Secret] = {}
     for name in names:
         path = client_key_path(secrets_dir, name, folder)
+        if not write and not path.exists():
+            keys[name] = Secret(_new_key(), f"a key the converge makes in {path}")
+            continue
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:

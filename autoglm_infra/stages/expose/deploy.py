@@ -22,6 +22,7 @@ from autoglm_infra.pyinfra_ext.operations import (
     put_managed_files,
     remove_file,
 )
+from autoglm_infra.pyinfra_ext.preview import previewing
 from autoglm_infra.pyinfra_ext.stage import StageRefused, StageRun, stage
 from autoglm_infra.stages.expose import front as fr
 from autoglm_infra.stages.expose.clients import client_key_path, client_keys
@@ -36,17 +37,23 @@ def server_pair(settings: Settings) -> ServerPair:
         return load_user_pair(settings.serve_expose_cert_file, settings.serve_expose_key_file)
     assert settings.serve_expose is not None
     address = settings.serve_expose.rpartition(":")[0]
-    return issued_pair(settings.serve_expose_secrets_dir, host.name, [address, host.name])
+    return issued_pair(
+        settings.serve_expose_secrets_dir,
+        host.name,
+        [address, host.name],
+        write=not previewing(),  # a preview makes nothing on the controller either
+    )
 
 
 def converge_expose(settings: Settings) -> None:
     try:
         pair = server_pair(settings)
         secrets_dir = settings.serve_expose_secrets_dir
-        keys = client_keys(secrets_dir, list(settings.serve_expose_clients))
+        write = not previewing()
+        keys = client_keys(secrets_dir, list(settings.serve_expose_clients), write=write)
         scraper = None
         if settings.serve_metrics is not None:
-            scraper = client_keys(secrets_dir, [fr.SCRAPER], "scrapers")[fr.SCRAPER]
+            scraper = client_keys(secrets_dir, [fr.SCRAPER], "scrapers", write)[fr.SCRAPER]
         engine_key = read_secret(settings.service_api_key_env, settings.service_api_key_file)
         engine_auth = fr.engine_auth_content(engine_key) if engine_key else None
     except (TlsError, SecretError) as exc:  # user-facing, no traceback, nothing changed

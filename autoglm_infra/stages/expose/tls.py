@@ -152,9 +152,12 @@ def _load_cert(path: Path, setting: str) -> x509.Certificate:
         ) from None
 
 
-def ensure_ca(secrets_dir: str, now: dt.datetime | None = None) -> CaPair:
-    """The deployment's CA (made once): ca.crt to pin, ca.key (0600) kept here."""
-    base = private_dir(Path(secrets_dir).expanduser())
+def ensure_ca(secrets_dir: str, now: dt.datetime | None = None, write: bool = True) -> CaPair:
+    """The deployment's CA (made once): ca.crt to pin, ca.key (0600) kept here.
+    `write=False` (a --dry preview): a missing CA is made in memory only."""
+    base = Path(secrets_dir).expanduser()
+    if write:
+        private_dir(base)
     cert_path, key_path = base / "ca.crt", base / "ca.key"
     if key_path.exists() and cert_path.exists():
         key = _load_key(key_path, "serve_expose_secrets_dir")
@@ -200,6 +203,8 @@ def ensure_ca(secrets_dir: str, now: dt.datetime | None = None) -> CaPair:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
+    if not write:
+        return cert, key
     # the certificate first, the key last: an interrupted run leaves only ca.crt (refused
     # above, with the fix) and never a key whose certificate was lost
     partial = cert_path.with_name(cert_path.name + ".partial")
@@ -237,13 +242,20 @@ def _still_good(
 
 
 def issued_pair(
-    secrets_dir: str, host_name: str, names: list[str], now: dt.datetime | None = None
+    secrets_dir: str,
+    host_name: str,
+    names: list[str],
+    now: dt.datetime | None = None,
+    write: bool = True,
 ) -> ServerPair:
     """The host's certificate from the deployment's CA: reused while it is good (same CA,
-    same names, more than 30 days left), else issued anew; stored under hosts/."""
+    same names, more than 30 days left), else issued anew; stored under hosts/.
+    `write=False` (a --dry preview): what would be issued, in memory only."""
     now = now or _now()
-    ca_cert, ca_key = ensure_ca(secrets_dir, now)
-    hosts = private_dir(Path(secrets_dir).expanduser() / "hosts")
+    ca_cert, ca_key = ensure_ca(secrets_dir, now, write)
+    hosts = Path(secrets_dir).expanduser() / "hosts"
+    if write:
+        private_dir(hosts)
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in host_name)
     cert_path, key_path = hosts / f"{safe}.crt", hosts / f"{safe}.key"
     wanted = subject_names(names)
@@ -277,9 +289,11 @@ def issued_pair(
         )
         .sign(ca_key, hashes.SHA256())
     )
-    _write_private(key_path, _key_pem(key))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return ServerPair(cert_path.read_bytes(), key_path.read_bytes(), "the deployment CA")
+    cert_pem, key_pem = cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+    if write:
+        _write_private(key_path, key_pem)
+        cert_path.write_bytes(cert_pem)
+    return ServerPair(cert_pem, key_pem, "the deployment CA")
 
 
 def days_left(cert_pem: bytes, now: dt.datetime | None = None) -> float:
