@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import difflib
 import json
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from autoglm_infra.stages.nvidia.apt_check import driver_release
-from autoglm_testbed.converge import converge_twice, describe_failure, run_pyinfra
+from autoglm_testbed.converge import (
+    ROOT,
+    converge_twice,
+    describe_failure,
+    pyinfra_bin,
+    run_pyinfra,
+)
 from autoglm_testbed.hosts import SandboxHost
 from autoglm_testbed.nvidia_repo import NvidiaRepoStandin
 from autoglm_testbed.world import sandbox_group_data
@@ -146,6 +153,14 @@ def test_point_release_upgrade_ends_pinned_and_a_missing_release_changes_nothing
     untouched = apt_state(host)
     preview = run_pyinfra(inventory, DEPLOY, "--data", "nvidia_driver_version=580.126.09", "--dry")
     assert preview.returncode == 0, describe_failure(preview)
+    after = apt_state(host)
+    assert after == untouched, changed_lines(untouched, after)
+    # without -y pyinfra detects the changes, then asks: a "no" must leave apt alone too
+    declined = subprocess.run(
+        [pyinfra_bin(), str(inventory), DEPLOY, "--data", "nvidia_driver_version=580.126.09"],
+        input="n\n", capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert "Traceback" not in declined.stderr, declined.stderr[-3000:]
     after = apt_state(host)
     assert after == untouched, changed_lines(untouched, after)
     up = run_pyinfra(inventory, DEPLOY, "--data", "nvidia_driver_version=580.126.09")

@@ -6,7 +6,7 @@ import shlex
 from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
-from pyinfra import host, logger
+from pyinfra import host, logger, state
 from pyinfra.api import StringCommand, operation
 from pyinfra.facts.server import Command
 from pyinfra.operations import server
@@ -170,8 +170,9 @@ def nvidia_apt_check(
     + needed: False on a converged host, which then costs no command
     + repo_pending: this run writes the repository's source or key first
 
-    In a `--dry` preview apt works on a scratch copy of its lists and caches (the host
-    keeps its own), and is not asked at all while the repository is still to be written.
+    In a preview (`--dry`, or the change detection before pyinfra asks to go on) apt works
+    on a scratch copy of its lists and caches (the host keeps its own), and is not asked at
+    all while the repository is still to be written; the run itself asks it again.
 
     **Example:**
 
@@ -184,14 +185,17 @@ def nvidia_apt_check(
     if not needed:
         host.noop("NVIDIA packages at their planned versions: apt not asked")
         return
-    if previewing() and repo_pending:
+    # a --dry run, or pyinfra's change detection before it asks to go on (no -y): nothing
+    # has been written yet, and the user may still say no
+    preview = previewing() or not state.is_executing
+    if preview and repo_pending:
         host.noop(
             "preview: the NVIDIA repository is not configured on the host yet, so apt "
             "cannot be asked; the converge asks it before installing anything"
         )
         return
     names = [*(name for name, _ in expect.packages), *refresh]
-    script = check_script(names, install_args, prefs_name, prefs_text, previewing())
+    script = check_script(names, install_args, prefs_name, prefs_text, preview)
     output = host.get_fact(Command, script)
     problem = judge(expect, installed, str(output or ""), refresh)
     if problem:
