@@ -24,8 +24,6 @@ from pathlib import Path
 from pyinfra.api import State
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.context import ctx_state
-from pyinfra_cli.exceptions import CliError
-from pyinfra_cli.inventory import _get_groups_from_filename, make_inventory
 
 from autoglm_infra.common.fleet import (
     FleetInputError,
@@ -49,6 +47,12 @@ def load_fleet(inventory: str) -> tuple[list[str], dict[str, list[str]]]:
     """Host names in inventory order and the groups; FleetInputError on duplicate hosts."""
     if not Path(inventory).is_file():
         raise FleetInputError(f"inventory {inventory}: no such file; nothing was changed")
+    # Imported here: importing pyinfra_cli monkey-patches the whole process with gevent
+    # (sockets, ssl), which the rollout's own process can afford and a process that merely
+    # imports this module (a test run, a library user) cannot.
+    from pyinfra_cli.exceptions import CliError
+    from pyinfra_cli.inventory import _get_groups_from_filename, make_inventory
+
     try:
         with ctx_state.use(State()):  # pyinfra's loader records the file it runs there
             raw = _get_groups_from_filename(inventory)
