@@ -197,18 +197,31 @@ def test_bad_sglang_input_is_refused_and_changes_nothing(
     assert snapshot(host) == before
 
 
-def test_at_info_sglang_logs_the_key_which_is_why_the_unit_runs_it_at_warning(
+def test_at_info_sglang_logs_the_key_which_is_why_no_one_may_lower_the_unit_s_level(
     world: tuple[SandboxHost, Path],
 ) -> None:
-    """The hazard the unit's `--log-level warning` avoids (sgl-project/sglang #37457): with
-    `--log-level info` appended the start-up dump puts the key in the journal. Runs last."""
+    """The hazard the unit's `--log-level warning` avoids (sgl-project/sglang #37457), shown
+    with the venv's engine run by hand: at info its start-up dump prints the key from the
+    --config file, at warning it does not. serve_extra_args may not change the level."""
     host, inventory = world
-    cursor = host.ssh("journalctl -n 0 --show-cursor --no-pager | tail -1").stdout.split()[-1]
-    info = converge(
-        inventory, "--data", 'serve_extra_args=["--log-level","info"]', stages=STAGES[2:]
-    )
-    assert info.returncode == 0, describe_failure(info)
-    journal = host.ssh(f"journalctl -u {UNIT} --after-cursor='{cursor}' --no-pager -o cat").stdout
-    assert "server_args=" in journal and KEY in journal
-    back = converge(inventory, stages=STAGES[2:])
-    assert back.returncode == 0, describe_failure(back)
+    refused = converge(inventory, "--data", 'serve_extra_args=["--log-level","info"]')
+    assert refused.returncode != 0 and refused.changed() == []
+    assert "'--log-level' is set by this project: SGLang logs every argument" in refused.stderr
+    probe_key = "probe-key-7c1e"  # not the service's key: this file is the test's own
+    config = "/root/sglang-probe.yaml"
+    host.ssh(f"umask 077 && echo 'api-key: {probe_key}' > {config}")
+    try:
+        logs = {}
+        for level in ("info", "warning"):
+            # the model path does not exist: the engine logs its arguments, then fails to load
+            run = host.ssh(
+                f"timeout 60 /opt/autoglm/venv/bin/sglang serve --model-path /nonexistent "
+                f"--port 18999 --config {config} --log-level {level} 2>&1 || true",
+                timeout=90,
+            )
+            logs[level] = run.stdout
+        assert "server_args=" in logs["info"] and probe_key in logs["info"], logs["info"]
+        assert "Scheduler hit an exception" in logs["warning"], logs["warning"]
+        assert probe_key not in logs["warning"], logs["warning"]
+    finally:
+        host.ssh(f"rm -f {config}")
