@@ -4,6 +4,7 @@ import os
 
 from pyinfra import config
 
+from autoglm_infra.pyinfra_ext.speedups import enable_pyinfra_speedups
 from autoglm_infra.pyinfra_ext.ssh_tuning import enable_tcp_nodelay
 
 config.REQUIRE_PYINFRA_VERSION = "~=3.10"
@@ -18,3 +19,6 @@ config.TEMP_DIR = "/var/tmp"
 # AUTOGLM_SSH_NODELAY=0 restores pyinfra's default (used by bench/noop_rerun.py as baseline).
 if os.environ.get("AUTOGLM_SSH_NODELAY", "1") != "0":
     enable_tcp_nodelay()
+
+# pyinfra's per-operation cost on the controller, same results (pyinfra_ext/speedups.py).
+enable_pyinfra_speedups()

@@ -588,11 +588,15 @@ def _format_location(loc: tuple[int | str, ...]) -> str:
     return text
 
 
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_stack_table(path: Path | None = None) -> StackTable:
     """Read and validate the table; raise StackTableError naming every problem."""
     table_path = path if path is not None else DEFAULT_TABLE_PATH
     try:
-        raw = yaml.safe_load(table_path.read_text(encoding="utf-8"))
+        # libyaml when PyYAML has it (its wheels do): ten times faster than pure Python
+        raw = yaml.load(table_path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
     except OSError as exc:
         raise StackTableError(f"{table_path}: cannot read the stack table: {exc}") from exc
     except yaml.YAMLError as exc:
