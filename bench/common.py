@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import statistics
+import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,3 +41,50 @@ def converge(
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+# pyinfra's progress lines that end each phase of a run, in order (on stderr)
+PHASE_MARKS = (
+    ("start-up: Python, pyinfra's import", "--> Loading config"),
+    ("config, inventory, SSH connect", "--> Preparing "),
+    ("collecting operations: our import, stage code, state reads", "--> Beginning operation run"),
+    ("executing operations", "--> Results"),
+)
+EXIT_PHASE = "summary, disconnect, exit"
+
+
+def timed_run(argv: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
+    """Run a pyinfra command; seconds per phase (PHASE_MARKS, then EXIT_PHASE) and 'total'.
+
+    The phases are cut where pyinfra prints each progress line, read as it comes."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.stderr is not None
+    marks: dict[str, float] = {}
+    tail: list[str] = []
+    for line in proc.stderr:
+        tail = [*tail[-40:], line]
+        for phase, mark in PHASE_MARKS:
+            if phase not in marks and line.startswith(mark):
+                marks[phase] = time.perf_counter()
+    if proc.wait() != 0:
+        raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}:\n{''.join(tail)}")
+    ended = time.perf_counter()
+    phases, previous = {}, started
+    for phase, _ in PHASE_MARKS:
+        if phase in marks:
+            phases[phase], previous = marks[phase] - previous, marks[phase]
+    phases[EXIT_PHASE] = ended - previous
+    phases["total"] = ended - started
+    return phases
+
+
+def median_phases(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: median([run.get(key, 0.0) for run in runs]) for key in runs[0]}

@@ -1,44 +1,65 @@
-"""Fan-out benchmark: the same converge against 1 host and against 8 hosts.
+"""Fan-out benchmark: the no-op re-run of the complete deploy on 1, 4 and 8 hosts.
 
-    .venv/bin/python bench/fanout.py [--hosts 8] [--runs 3]
+    .venv/bin/python bench/fanout.py [--hosts 1,4,8] [--runs 3]
 
-Prints first-converge and no-op re-run times for both and their ratios (goal: 8 hosts
-within 1.5x of 1 host), measured in this run on this machine.
+Boots as many venv hosts as the largest count, converges them all once, then re-runs the
+complete deploy against the first N of them (`--limit`), every count in every round, so
+all counts see the same machine load. Two variants per count: the complete deploy, whose
+verify stage asks each host's engine for a chat completion (on this machine a CPU engine
+per host, all on the same cores: that part grows with the fleet here, not on GPU hosts),
+and the same with `verify_chat=False` (the endpoint's /health and model list only), which
+measures the tool. Prints the medians and the ratio of each count against one host.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import bench_world, converge, median
+from common import bench_world, converge, median, timed_run
 
+from autoglm_testbed.converge import pyinfra_bin
 from autoglm_testbed.world import ROOT
 
-
-def measure(name: str, net: int, hosts: int, runs: int) -> tuple[float, float]:
-    with bench_world(name, net=net, hosts=hosts) as world:
-        inventory = world.write_inventory(ROOT / ".sandbox" / name / "inventory.py")
-        first = converge(inventory).seconds
-        rerun = median([converge(inventory).seconds for _ in range(runs)])
-    return first, rerun
+VARIANTS = {"complete deploy": [], "verify_chat=False": ["--data", "verify_chat=False"]}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--hosts", type=int, default=8)
+    parser.add_argument("--hosts", default="1,4,8", help="comma-separated host counts")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    one_first, one_rerun = measure("bfan1", 4, 1, args.runs)
-    many_first, many_rerun = measure("bfann", 5, args.hosts, args.runs)
-    print(f"{'':18} {'1 host':>9} {args.hosts:>4} hosts {'ratio':>7}")
-    print(
-        f"{'first converge':18} {one_first:8.2f}s {many_first:9.2f}s {many_first / one_first:7.2f}"
-    )
-    print(f"{'no-op re-run':18} {one_rerun:8.2f}s {many_rerun:9.2f}s {many_rerun / one_rerun:7.2f}")
+    counts = sorted({int(n) for n in args.hosts.split(",")})
+    if counts[0] != 1:
+        counts.insert(0, 1)  # the baseline every ratio is taken against
+    with bench_world("bfan", net=4, hosts=counts[-1]) as world:
+        inventory = world.write_inventory(ROOT / ".sandbox" / "bfan" / "inventory.py")
+        names = [host.name for host in world.hosts]
+        started = time.perf_counter()
+        first = converge(inventory)
+        first_s = time.perf_counter() - started
+        seconds: dict[tuple[str, int], list[float]] = {}
+        for _ in range(args.runs):
+            for count in counts:
+                limit = ["--limit", ",".join(names[:count])]
+                for variant, extra in VARIANTS.items():
+                    argv = [str(pyinfra_bin()), str(inventory), *limit, "deploys/full.py", "-y"]
+                    run = timed_run([*argv, *extra])
+                    seconds.setdefault((variant, count), []).append(run["total"])
+    print(f"first converge of {counts[-1]} hosts: {first_s:.1f} s ({len(first.changed())} changes)")
+    print(f"no-op re-run, median of {args.runs} (ratio to 1 host):")
+    print(f"  {'hosts':>5}  " + "  ".join(f"{v:>26}" for v in VARIANTS))
+    for count in counts:
+        cells = []
+        for variant in VARIANTS:
+            value = median(seconds[(variant, count)])
+            ratio = value / median(seconds[(variant, 1)])
+            cells.append(f"{value:8.2f} s ({ratio:4.2f}x)".rjust(26))
+        print(f"  {count:>5}  " + "  ".join(cells))
     return 0
 
 

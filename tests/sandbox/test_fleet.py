@@ -204,6 +204,50 @@ def converged_fleet(fleet: Fleet) -> Fleet:
     return fleet
 
 
+# Every host's state reads, timed on the hosts: dpkg-query (which the host profile, the GPU
+# probe and several stages' snapshots run) wrapped to take 0.5 s and log when it ran.
+SLOW_DPKG_QUERY = """#!/bin/sh
+start=$(date +%s.%N); sleep 0.5
+/usr/bin/dpkg-query "$@"; rc=$?
+echo "$start $(date +%s.%N)" >> /run/autoglm-test-dpkg-query.log
+exit $rc
+"""
+
+
+def test_the_hosts_state_reads_overlap_in_time(converged_fleet: Fleet) -> None:
+    """pyinfra prepares every host's operations at once (a greenlet per host), so each
+    host's reads run while the others' do: their first reads overlap, and the run takes
+    about one host's reads, not three."""
+    fleet = converged_fleet
+    wrapper = "/usr/local/bin/dpkg-query"
+    for host in fleet.hosts:
+        host.ssh(f"cat > {wrapper} <<'EOF'\n{SLOW_DPKG_QUERY}EOF\nchmod 755 {wrapper}; "
+                 "rm -f /run/autoglm-test-dpkg-query.log")  # fmt: skip
+    try:
+        result = run_pyinfra(
+            fleet.inventory("plain"), "deploys/full.py", "--data", "verify_chat=False"
+        )
+        assert result.returncode == 0 and result.changed() == [], describe_failure(result)
+        calls = {
+            host.name: [
+                tuple(map(float, line.split()))
+                for line in host.ssh("cat /run/autoglm-test-dpkg-query.log").stdout.splitlines()
+            ]
+            for host in fleet.hosts
+        }
+    finally:
+        for host in fleet.hosts:
+            host.ssh(f"rm -f {wrapper} /run/autoglm-test-dpkg-query.log", check=False)
+    reads = min(len(c) for c in calls.values())
+    assert reads >= 2, calls  # the wrapper was on the path of the run's reads
+    first = [c[0] for c in calls.values()]
+    assert max(start for start, _ in first) < min(end for _, end in first), calls
+    spans = [c[-1][1] - c[0][0] for c in calls.values()]
+    whole = max(c[-1][1] for c in calls.values()) - min(c[0][0] for c in calls.values())
+    # one after another, the whole would be the sum of the hosts' spans
+    assert whole < 0.6 * sum(spans), (whole, spans)
+
+
 def test_a_failed_canary_stops_the_rollout_before_any_other_host(converged_fleet: Fleet) -> None:
     fleet = converged_fleet
     canary, *rest = fleet.hosts
