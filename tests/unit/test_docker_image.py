@@ -118,8 +118,9 @@ KEY = "sk-gate-" + "5" * 32
         get("/v1/models", f"Authorization: Basic {KEY}"),
         get("/v1/models", f"Authorization: Bearer {KEY}x"),
         get("/v1/chat/completions", f"X-Api-Key: {KEY}"),
-        b'POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}',
+        b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
     ],
+    ids=["none", "wrong", "basic", "longer", "other-header", "post"],
 )
 def test_gate_refuses_v1_without_the_key_like_vllm(image_root: Path, request_bytes: bytes) -> None:
     status, body = gate(image_root, request_bytes, KEY)
