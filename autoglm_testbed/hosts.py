@@ -39,6 +39,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -176,6 +177,48 @@ class SandboxHost:
         if check and result.returncode != 0:
             raise SSHCommandError(self.name, command, result)
         return result
+
+    @contextlib.contextmanager
+    def forward(self, remote_port: int, timeout: float = 30) -> Iterator[int]:
+        """`ssh -L` from a free controller loopback port to the host's 127.0.0.1:remote_port.
+
+        For clients that must run on the controller (the openai package) against an
+        endpoint that listens on the host's loopback only. Yields the local port.
+        """
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            local = probe.getsockname()[1]
+        argv = self.ssh_argv()
+        argv[-1:-1] = ["-N", "-o", "ExitOnForwardFailure=yes",
+                       "-L", f"127.0.0.1:{local}:127.0.0.1:{remote_port}"]  # fmt: skip
+        with subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        ) as tunnel:
+            try:
+                self._wait_forward(tunnel, local, remote_port, timeout)
+                yield local
+            finally:
+                tunnel.terminate()
+                try:
+                    tunnel.wait(10)
+                except subprocess.TimeoutExpired:
+                    tunnel.kill()
+
+    def _wait_forward(
+        self, tunnel: subprocess.Popen[bytes], local: int, remote_port: int, timeout: float
+    ) -> None:
+        what = f"{self.name}: ssh -L {local}:127.0.0.1:{remote_port}"
+        deadline = time.monotonic() + timeout
+        while tunnel.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", local), timeout=2).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SandboxError(f"{what} not listening after {timeout} s") from None
+                time.sleep(0.2)
+        err = tunnel.stderr.read().decode(errors="replace").strip() if tunnel.stderr else ""
+        raise SandboxError(f"{what} exited: {err[-500:]}")
 
 
 @dataclass

@@ -6,6 +6,17 @@ Debian's static busybox: `httpd` serves /health and /v1/models as static files (
 minimal health server: the CPU engine and its Python stack cannot be put in an image
 offline without a registry base image), as UID 2000 GID 0 like the vLLM image's user.
 
+It checks the API key the way vLLM does (modelled on vLLM's AuthenticationMiddleware in
+`vllm/entrypoints/openai/api_server.py` and its security docs, which say the key guards
+/v1, /v2, /inference and /cohere only): with VLLM_API_KEY set in the container's
+environment, a request whose path starts with /v1 and whose Authorization header is not
+exactly `Bearer <key>` gets 401 and `{"error":"Unauthorized"}` (Starlette's compact
+JSONResponse); /health stays open; unset or empty, nothing is checked. busybox httpd
+runs CGI only under /cgi-bin/ or by file suffix and this busybox has no reverse proxy,
+so /v1/models cannot reach a script through httpd alone: `nc -ll` hands each connection
+to the GATE shell script, which reads the request head, answers 401 itself or replays
+the head to `httpd -i`. The key is only ever in the environment, never in argv.
+
 The layer is a deterministic tar (fixed mtimes and owners), so the image ID is the same
 on every build of the same busybox; the tarball is cached by that ID.
 """
@@ -23,11 +34,51 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BUSYBOX = Path("/bin/busybox")
-APPLETS = ("sh", "httpd", "wget", "id", "cat", "ls", "sleep", "touch", "ps")
+APPLETS = ("sh", "httpd", "nc", "wget", "id", "cat", "ls", "sleep", "touch", "ps")
 MTIME = 1_700_000_000
 PORT = 8000
 USER = "2000:0"
 MODELS_JSON = {"object": "list", "data": [{"id": "autoglm-phone-9b", "object": "model"}]}
+GATE = "bin/key-gate"
+# One connection on stdin/stdout (from `nc -ll -e`). Only shell builtins touch the key, so it
+# never reaches an argv. The tree served is the one the script sits in (/www in the image).
+GATE_SCRIPT = r"""#!/bin/sh
+www=${0%/bin/*}/www
+cr=$(printf '\r')
+IFS= read -t 60 -r line || exit 0
+head="$line
+"
+auth=
+while IFS= read -t 60 -r h; do
+    head="$head$h
+"
+    h=${h%"$cr"}
+    [ -n "$h" ] || break
+    case $h in
+    [Aa][Uu][Tt][Hh][Oo][Rr][Ii][Zz][Aa][Tt][Ii][Oo][Nn]:*)
+        auth=${h#*:}
+        auth=${auth#"${auth%%[! 	]*}"}
+        auth=${auth%"${auth##*[! 	]}"}
+        ;;
+    esac
+done
+set -f
+set -- $line
+case ${2-} in
+/v1*)
+    if [ -n "${VLLM_API_KEY-}" ] && [ "$auth" != "Bearer $VLLM_API_KEY" ]; then
+        body='{"error":"Unauthorized"}'
+        printf 'HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\n'
+        printf 'Content-Length: %s\r\nConnection: close\r\n\r\n%s' "${#body}" "$body"
+        exit 0
+    fi
+    ;;
+esac
+printf '%s' "$head" | httpd -i -h "$www"
+"""
+# httpd as PID 1 ignores SIGTERM, so `docker stop` would wait its whole timeout (30 s in the
+# unit) before SIGKILL; a shell that exits on TERM stops at once, as vLLM does.
+SERVE = ("/bin/sh", "-c", f"trap 'exit 0' TERM; /bin/nc -ll -p {PORT} -e /{GATE} & wait")
 
 
 @dataclass(frozen=True)
@@ -37,13 +88,8 @@ class StandinImage:
 
     @property
     def command(self) -> list[str]:
-        """docker_command for the sandbox: serve /www on PORT in the foreground.
-
-        httpd as PID 1 ignores SIGTERM, so `docker stop` would wait its whole timeout (30 s in
-        the unit) before SIGKILL; a shell that exits on TERM stops at once, as vLLM does.
-        """
-        serve = f"/bin/httpd -f -p {PORT} -h /www"
-        return ["/bin/sh", "-c", f"trap 'exit 0' TERM; {serve} & wait"]
+        """docker_command for the sandbox: serve /www on PORT behind the key gate."""
+        return list(SERVE)
 
     @property
     def health_cmd(self) -> str:
@@ -93,6 +139,7 @@ def layer_tar(busybox: bytes) -> bytes:
         _add(tar, "bin/busybox", data=busybox, mode=0o755)
         for applet in APPLETS:
             _add(tar, f"bin/{applet}", kind=tarfile.SYMTYPE, link="busybox", mode=0o777)
+        _add(tar, GATE, data=GATE_SCRIPT.encode(), mode=0o755)
         add_user_and_health_files(tar)
     return out.getvalue()
 
@@ -113,7 +160,7 @@ def image_config(
     diff_id: str,
     *,
     path: str = "/bin",
-    cmd: tuple[str, ...] = ("/bin/httpd", "-f", "-p", str(PORT), "-h", "/www"),
+    cmd: tuple[str, ...] = SERVE,
     created_by: str = "autoglm_testbed.standin_image",
 ) -> bytes:
     config = {

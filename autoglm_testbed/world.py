@@ -151,7 +151,7 @@ def docker_stage_data(
 
     The engine image (vLLM, or transformers on CPU) cannot be pulled or built here: no
     registry. The stage, its flags and the container's lifecycle are real; the server
-    inside only answers /health and /v1/models.
+    inside only answers /health and /v1/models, and checks the API key on /v1 as vLLM does.
     """
     return {
         "serve_mode": "docker",

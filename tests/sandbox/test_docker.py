@@ -9,10 +9,12 @@ is a busybox health server loaded from a `docker save` tarball (no registry here
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 from autoglm_infra.stages.docker.args import (
@@ -31,6 +33,7 @@ from autoglm_testbed.world import Standins, docker_host_data
 DEPLOY = "deploys/docker.py"
 UNIT = "autoglm-docker.service"
 API_KEY = "sk-test-" + "7" * 40
+WRONG_KEY = "sk-wrong-" + "0" * 39
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -150,6 +153,68 @@ def test_api_key_stays_out_of_argv_inspect_and_readable_files(
     # it did reach the container, through the env file
     env = host.ssh(f"docker exec {CONTAINER_NAME} sh -c 'cat /proc/1/environ'").stdout
     assert f"VLLM_API_KEY={API_KEY}" in env
+
+
+def engine_get(host: SandboxHost, path: str, key: str | None = None,
+               key_file: str | None = None) -> tuple[int, str]:  # fmt: skip
+    """(status, body) of a GET from the host itself to the engine's loopback port.
+
+    With key_file the key is read on the host as the smoke test reads it (a plain key, or
+    VLLM_API_KEY=... in the env file): never in an argv, never on the controller.
+    """
+    code = (
+        "import urllib.request as u, urllib.error as e\n"
+        f"key, key_file = {key!r}, {key_file!r}\n"
+        "if key_file:\n"
+        "    text = open(key_file).read().strip()\n"
+        "    found = [v for n, s, v in (x.partition('=') for x in text.splitlines())\n"
+        "             if s and n.strip() == 'VLLM_API_KEY']\n"
+        "    key = found[0].strip() if found else text\n"
+        "headers = {'Authorization': 'Bearer ' + key} if key else {}\n"
+        f"r = u.Request('http://127.0.0.1:8000{path}', headers=headers)\n"
+        "try:\n    s = u.urlopen(r, timeout=60); print(s.status); print(s.read().decode())\n"
+        "except e.HTTPError as x:\n    print(x.code); print(x.read().decode())\n"
+    )
+    out = host.ssh(f"python3 -c {shlex.quote(code)}", timeout=90).stdout
+    status, _, text = out.partition("\n")
+    return int(status), text.strip()
+
+
+def engine_client(port: int, api_key: str) -> openai.OpenAI:
+    """The official client on a tunnelled engine port; no retries, so a 401 surfaces at once."""
+    url = f"http://127.0.0.1:{port}/v1"
+    return openai.OpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=60)
+
+
+def test_engine_refuses_a_wrong_or_missing_key_like_vllm_and_health_stays_open(
+    world: tuple[SandboxHost, Path],
+) -> None:
+    """The stand-in checks VLLM_API_KEY as vLLM does: /v1 needs `Bearer <key>`, /health not.
+
+    The official openai client goes through an SSH tunnel to the host's loopback port; the
+    verify stage's smoke test (which sends the key from the host's env file) passes.
+    """
+    host, inventory = world
+    converged = run_pyinfra(inventory, DEPLOY, env={"AUTOGLM_API_KEY": API_KEY})
+    assert converged.returncode == 0, describe_failure(converged)
+    wait_healthy(host)
+    status, body = engine_get(host, "/v1/models")
+    assert (status, json.loads(body)) == (401, {"error": "Unauthorized"})
+    assert engine_get(host, "/v1/models", key=WRONG_KEY)[0] == 401
+    status, body = engine_get(host, "/v1/models", key_file=ENV_FILE)
+    assert status == 200 and "autoglm-phone-9b" in body, body
+    assert engine_get(host, "/health") == (200, "ok")
+
+    key = host.ssh(f"sed -n 's/^VLLM_API_KEY=//p' {ENV_FILE}").stdout.strip()
+    with host.forward(8000) as port:
+        with pytest.raises(openai.AuthenticationError) as refused:
+            engine_client(port, WRONG_KEY).models.list()
+        assert refused.value.status_code == 401
+        assert [m.id for m in engine_client(port, key).models.list()] == ["autoglm-phone-9b"]
+
+    smoke = run_pyinfra(inventory, "deploys/verify.py", "-v")
+    assert smoke.returncode == 0, describe_failure(smoke)
+    assert smoke.changed() == []
 
 
 def cis_findings(host: SandboxHost, container: str = CONTAINER_NAME) -> list[Finding]:
@@ -284,6 +349,9 @@ def test_secret_mount_keeps_key_out_of_inspect_and_container_reads_it(
     argv = host.ssh("cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '", check=False).stdout
     assert API_KEY not in argv
     assert warnings(cis_findings(host), exclude=cis_exclusions(host)) == []
+    # the loader's key is the one the engine checks
+    assert [engine_get(host, "/v1/models", key=WRONG_KEY)[0],
+            engine_get(host, "/v1/models", key_file=API_KEY_FILE)[0]] == [401, 200]  # fmt: skip
     back = run_pyinfra(inventory, DEPLOY, env=env)
     assert back.returncode == 0, describe_failure(back)
     assert host.ssh(f"test -e {API_KEY_FILE}", check=False).returncode != 0
