@@ -13,6 +13,7 @@ from autoglm_infra.config.schema import Settings
 from autoglm_infra.config.validate import ConfigError, find_problems
 from autoglm_infra.pyinfra_ext.facts import GpuProbeFact, HostProfileFact
 from autoglm_infra.pyinfra_ext.run_key import host_key, run_key
+from autoglm_infra.pyinfra_ext.state_reads import read_state
 from autoglm_infra.stack.adopt import HostPlan, host_plan
 from autoglm_infra.stack.installed import installed_stack
 from autoglm_infra.stages.nvidia import files as nf
@@ -60,7 +61,7 @@ def host_profile(disk_path: str) -> HostProfile:
     """The host's profile, fetched once per run: pyinfra does not cache facts itself."""
     key = host_key()
     if key not in _profiles:
-        _profiles[key] = host.get_fact(HostProfileFact, disk_path=disk_path)
+        _profiles[key] = read_state(HostProfileFact, disk_path=disk_path)
     return _profiles[key]
 
 
@@ -68,7 +69,7 @@ def host_gpu_probe() -> GpuProbe:
     """nvidia-smi, modules, NVIDIA packages, holds and the driver's owner, read once per run."""
     key = host_key()
     if key not in _gpu_probes:
-        _gpu_probes[key] = host.get_fact(GpuProbeFact, package_patterns=list(nf.PACKAGE_PATTERNS))
+        _gpu_probes[key] = read_state(GpuProbeFact, package_patterns=list(nf.PACKAGE_PATTERNS))
     return _gpu_probes[key]
 
 

@@ -4,6 +4,7 @@ A venv host gets the python env and service stages and runs the model from the v
 docker host (serve_mode: docker) runs it in the engine image instead and needs no venv.
 Both get the expose stage (a TLS front, only when serve_expose is set) before verify.
 One `StageRun` goes through all stages, so later ones see what earlier ones queued.
+The stages' state reads go to the host in one batch (pyinfra_ext/state_reads.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from autoglm_infra.pyinfra_ext.converge_lock import take_converge_lock
 from autoglm_infra.pyinfra_ext.fleet import isolated
 from autoglm_infra.pyinfra_ext.stage import current_run
+from autoglm_infra.pyinfra_ext.state_reads import prefetch_state_reads, remember_state_reads
 from autoglm_infra.stages.docker.deploy import docker
 from autoglm_infra.stages.expose.deploy import expose
 from autoglm_infra.stages.model.deploy import model
@@ -31,5 +33,7 @@ def converge() -> None:
     # before preflight reads the host (it changes nothing, so it would not take the lock)
     with isolated("preflight"):
         take_converge_lock("preflight", run.settings.converge_lock_wait)
+        prefetch_state_reads()  # every stage's read in one round trip, once the lock is held
     for stage in DOCKER_STAGES if run.settings.serve_mode == "docker" else VENV_STAGES:
         stage(run)
+    remember_state_reads()

@@ -248,6 +248,24 @@ def test_the_hosts_state_reads_overlap_in_time(converged_fleet: Fleet) -> None:
     assert whole < 0.6 * sum(spans), (whole, spans)
 
 
+def test_a_no_op_re_run_reads_each_host_in_one_command(converged_fleet: Fleet) -> None:
+    """The stages' state reads that the last converge made go to each host as one batch:
+    a no-op re-run sends every host two commands (the batch and the smoke test)."""
+    result = run_pyinfra(converged_fleet.inventory("plain"), "deploys/full.py", debug=True)
+    assert result.returncode == 0 and result.changed() == [], describe_failure(result)
+    sent = [
+        line.split("Running command on ", 1)[1]
+        for line in result.stderr.splitlines()
+        if "Running command on " in line
+    ]
+    for host in converged_fleet.hosts:
+        mine = [command for command in sent if command.startswith(f"{host.name}:")]
+        assert len(mine) == 2, "\n".join(c[:200] for c in mine)
+    assert result.stderr.count("taken from the batched state read") >= 8 * len(
+        converged_fleet.hosts
+    ), result.stderr[-3000:]
+
+
 def test_a_failed_canary_stops_the_rollout_before_any_other_host(converged_fleet: Fleet) -> None:
     fleet = converged_fleet
     canary, *rest = fleet.hosts

@@ -26,6 +26,7 @@ from autoglm_infra.pyinfra_ext.operations import (
     remove_file,
 )
 from autoglm_infra.pyinfra_ext.stage import StageRefused, StageRun, stage
+from autoglm_infra.pyinfra_ext.state_reads import read_state
 from autoglm_infra.stages.docker import files as df
 from autoglm_infra.stages.docker.args import (
     API_KEY_FILE,
@@ -158,7 +159,7 @@ def converge_docker(settings: Settings, profile: HostProfile) -> None:
     wanted_hash = spec_hash(spec)
     unit_text = df.render_container_unit(spec)
 
-    state = host.get_fact(
+    state = read_state(
         DockerStateFact,
         files=[f.path for f in files]
         + [df.DAEMON_JSON, df.TOOLKIT_HELD_STATE, df.UNIT_PATH, ENV_FILE, API_KEY_FILE]

@@ -24,6 +24,7 @@ from autoglm_infra.pyinfra_ext.operations import (
 )
 from autoglm_infra.pyinfra_ext.preview import previewing
 from autoglm_infra.pyinfra_ext.stage import StageRefused, StageRun, stage
+from autoglm_infra.pyinfra_ext.state_reads import read_state
 from autoglm_infra.stages.expose import front as fr
 from autoglm_infra.stages.expose.clients import client_key_path, client_keys
 from autoglm_infra.stages.expose.ops import derive_engine_auth, start_front
@@ -61,7 +62,7 @@ def converge_expose(settings: Settings) -> None:
     files = fr.front_files(settings, pair.cert_pem, pair.key_pem, keys, scraper)
     binaries = fr.packages(settings)
     source, env_file = fr.engine_key_source(settings)
-    snapshot = host.get_fact(
+    snapshot = read_state(
         ServiceSnapshotFact,
         unit_name=fr.UNIT_NAME,
         user=fr.USER,
@@ -166,7 +167,7 @@ def converge_expose(settings: Settings) -> None:
 
 def withdraw_front() -> None:
     """serve_expose unset: a front an earlier converge set up stops serving, keys removed."""
-    snapshot = host.get_fact(
+    snapshot = read_state(
         ServiceSnapshotFact, unit_name=fr.UNIT_NAME, user=fr.USER, dirs=[fr.FRONT_DIR]
     )
     withdraw_front_op(

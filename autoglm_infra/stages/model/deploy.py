@@ -16,6 +16,7 @@ from pyinfra import host, logger
 from autoglm_infra.host_tools import model_fetch
 from autoglm_infra.pyinfra_ext.operations import put_file, remove_file
 from autoglm_infra.pyinfra_ext.stage import StageRefused, StageRun, stage
+from autoglm_infra.pyinfra_ext.state_reads import read_state
 from autoglm_infra.stages.model.hub_client import (
     HubError,
     hub_token,
@@ -67,7 +68,7 @@ def model(run: StageRun) -> None:
 
     margin = settings.model_disk_margin_mib * 2**20
     plan_file = plan_path(model_dir)
-    snapshot = host.get_fact(
+    snapshot = read_state(
         ModelSnapshotFact, model_dir=model_dir, files=[HELPER_PATH, plan_file, TOKEN_PATH]
     )
     plan = plan_model(lock, snapshot.model, settings.model_verify, settings.model_prune)

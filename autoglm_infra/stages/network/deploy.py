@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyinfra import host
 from pyinfra.operations import server
 
 from autoglm_infra.common.secrets import read_secret
@@ -21,6 +20,7 @@ from autoglm_infra.pyinfra_ext.operations import (
     remove_file,
 )
 from autoglm_infra.pyinfra_ext.stage import StageRefused, StageRun, stage
+from autoglm_infra.pyinfra_ext.state_reads import read_state
 from autoglm_infra.stages.network import files as nw
 from autoglm_infra.stages.network.ops import move_files, remove_paths
 
@@ -58,7 +58,7 @@ def network(run: StageRun) -> None:
         raise StageRefused(f"nothing was changed: {exc}") from None
 
     distro_sources = [*nw.DISTRO_SOURCES, *map(nw.parked_path, nw.DISTRO_SOURCES)]
-    snapshot = host.get_fact(
+    snapshot = read_state(
         SnapshotFact,
         files=[*nw.MANAGED_PATHS, *plan.paths(), *distro_sources],
         read_text=[nw.CA_STATE],

@@ -19,6 +19,7 @@ from autoglm_infra.pyinfra_ext.operations import (
 )
 from autoglm_infra.pyinfra_ext.settings import host_gpu_probe
 from autoglm_infra.pyinfra_ext.stage import StageRefused, StageRun, stage
+from autoglm_infra.pyinfra_ext.state_reads import read_state
 from autoglm_infra.stack.adopt import host_plan
 from autoglm_infra.stack.facts_table import PINNING_PACKAGE_PREFIX
 from autoglm_infra.stack.installed import installed_stack
@@ -63,7 +64,7 @@ def nvidia(run: StageRun) -> None:
     closure_pin = nf.closure_preferences(
         decided.pin_driver_version, decided.pin_cuda_packages, decided.pin_cudnn_version
     )
-    snapshot = host.get_fact(
+    snapshot = read_state(
         SnapshotFact,
         files=[f.path for f in files]
         + [nf.CLOSURE_PIN, nf.HELD_STATE, nf.REBOOT_REQUIRED, PERSISTENCED_ENABLED],

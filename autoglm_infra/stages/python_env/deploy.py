@@ -16,6 +16,7 @@ from pyinfra import host, logger
 from autoglm_infra.common.hash_lock import DEFAULT_LOCKS_DIR, HashLockError
 from autoglm_infra.pyinfra_ext.settings import host_plan_for
 from autoglm_infra.pyinfra_ext.stage import StageRefused, StageRun, stage
+from autoglm_infra.pyinfra_ext.state_reads import read_state
 from autoglm_infra.stages.python_env import venv as pe
 from autoglm_infra.stages.python_env.ops import (
     PythonEnvFact,
@@ -45,7 +46,7 @@ def python_env(run: StageRun) -> None:
     except ValueError as exc:  # StackError / PythonEnvError: user-facing, no traceback
         raise StageRefused(str(exc)) from None
 
-    state = host.get_fact(
+    state = read_state(
         PythonEnvFact,
         interpreter=settings.python_interpreter,
         venv_dir=settings.python_venv_dir,

@@ -14,6 +14,7 @@ from pyinfra import host, logger
 from autoglm_infra.common.secrets import SecretError, read_secret
 from autoglm_infra.pyinfra_ext.operations import put_file
 from autoglm_infra.pyinfra_ext.stage import StageRefused, StageRun, stage
+from autoglm_infra.pyinfra_ext.state_reads import read_state
 from autoglm_infra.stages.model.state import plan_path, stamps_path
 from autoglm_infra.stages.python_env.venv import STAMP_FILE
 from autoglm_infra.stages.service import unit as su
@@ -55,7 +56,7 @@ def service(run: StageRun) -> None:
         plan_path(settings.model_dir),
         stamps_path(settings.model_dir),
     ]
-    snapshot = host.get_fact(
+    snapshot = read_state(
         ServiceSnapshotFact,
         unit_name=su.UNIT_NAME,
         user=layout.user,
