@@ -60,10 +60,14 @@ def _with_bytecode(environ: os._Environ[str]) -> dict[str, str]:
     return {k: v for k, v in environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
-def timed_run(argv: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
+def timed_run(
+    argv: list[str], env: dict[str, str] | None = None, hosts: int | None = None
+) -> dict[str, float]:
     """Run a pyinfra command; seconds per phase (PHASE_MARKS, then EXIT_PHASE) and 'total'.
 
-    The phases are cut where pyinfra prints each progress line, read as it comes."""
+    The phases are cut where pyinfra prints each progress line, read as it comes. With
+    `hosts`, the run must have connected to exactly that many hosts: pyinfra only warns
+    about a --limit that matches nothing and then times a run against no host."""
     started = time.perf_counter()
     proc = subprocess.Popen(
         argv,
@@ -76,14 +80,18 @@ def timed_run(argv: list[str], env: dict[str, str] | None = None) -> dict[str, f
     assert proc.stderr is not None
     marks: dict[str, float] = {}
     tail: list[str] = []
+    connected = 0
     for line in proc.stderr:
         tail = [*tail[-40:], line]
+        connected += "Connected" in line
         for phase, mark in PHASE_MARKS:
             if phase not in marks and line.startswith(mark):
                 marks[phase] = time.perf_counter()
     if proc.wait() != 0:
         raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}:\n{''.join(tail)}")
     ended = time.perf_counter()
+    if hosts is not None and connected != hosts:
+        raise SystemExit(f"{' '.join(argv)} connected {connected} hosts, not {hosts}")
     phases, previous = {}, started
     for phase, _ in PHASE_MARKS:
         if phase in marks:

@@ -45,10 +45,11 @@ def main() -> int:
         seconds: dict[tuple[str, int], list[float]] = {}
         for _ in range(args.runs):
             for count in counts:
-                limit = ["--limit", ",".join(names[:count])]
+                # one --limit per host: pyinfra does not split a comma list
+                limit = [arg for name in names[:count] for arg in ("--limit", name)]
                 for variant, extra in VARIANTS.items():
                     argv = [str(pyinfra_bin()), str(inventory), *limit, "deploys/full.py", "-y"]
-                    run = timed_run([*argv, *extra])
+                    run = timed_run([*argv, *extra], hosts=count)
                     seconds.setdefault((variant, count), []).append(run["total"])
     print(f"first converge of {counts[-1]} hosts: {first_s:.1f} s ({len(first.changed())} changes)")
     print(f"no-op re-run, median of {args.runs} (ratio to 1 host):")

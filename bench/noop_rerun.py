@@ -34,10 +34,10 @@ def main() -> int:
         pyinfra = [str(pyinfra_bin()), str(inventory)]
         floor, noop, slow = [], [], []
         for _ in range(args.runs):
-            floor.append(timed_run([*pyinfra, "exec", "-y", "--", "true"]))
-            noop.append(timed_run([*pyinfra, "deploys/full.py", "-y"]))
+            floor.append(timed_run([*pyinfra, "exec", "-y", "--", "true"], hosts=1))
+            noop.append(timed_run([*pyinfra, "deploys/full.py", "-y"], hosts=1))
             nagle = {"AUTOGLM_SSH_NODELAY": "0"}
-            slow.append(timed_run([*pyinfra, "deploys/full.py", "-y"], nagle))
+            slow.append(timed_run([*pyinfra, "deploys/full.py", "-y"], nagle, hosts=1))
         counted = converge(inventory, debug=True)
         if counted.changed():
             print(f"re-run was not a no-op: {counted.changed()}")
