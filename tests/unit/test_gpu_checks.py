@@ -27,6 +27,11 @@ HEALTHY = [
     "pkg=cuda-toolkit-12-8 12.8.1-1",
     "held=cuda-drivers-570",
     "held=cuda-toolkit-12-8",
+    "kernel=6.8.0-90-generic",
+    "modinfo=present",
+    "modinfo_filename=/lib/modules/6.8.0-90-generic/updates/dkms/nvidia.ko.zst",
+    "modinfo_version=570.172.08",
+    "dkms=nvidia/570.172.08, 6.8.0-90-generic, x86_64: installed",
 ]
 
 

@@ -16,12 +16,20 @@ from packaging.version import InvalidVersion, Version
 from autoglm_infra.common.checks import Check
 from autoglm_infra.common.host_profile import HostProfile
 from autoglm_infra.stages.nvidia.files import HELD_STATE, REBOOT_REQUIRED
+from autoglm_infra.stages.nvidia.kernel_module import (
+    ModuleState,
+    module_checks,
+    module_probe_lines,
+    parse_module_state,
+)
 
 # Open-AutoGLM recommends 24 GB or more of GPU memory for the 9B model.
 RECOMMENDED_VRAM_MIB = 24 * 1024
 SMI_QUERY = "index,pci.bus_id,name,driver_version,persistence_mode,memory.total"
 # The driver's CUDA from the plain `nvidia-smi` banner: "CUDA Version: 13.0" up to R595,
 # "CUDA UMD Version: 13.3" (next to "KMD Version:") from R610 on. POSIX BRE, for any sed.
+# installed packages that mean "a driver is meant to be here" (its kernel module with it)
+_DRIVER_NAMES = ("nvidia-driver", "nvidia-kernel", "nvidia-open", "nvidia-dkms", "cuda-drivers")
 CUDA_VERSION_SED = r"s/.*CUDA \(UMD \)\{0,1\}Version: *\([0-9][0-9.]*\).*/cuda=\2/p"
 
 
@@ -56,6 +64,7 @@ class GpuProbe:
     uninstaller: str = ""  # path of nvidia-uninstall
     dkms: str = ""  # first `dkms status nvidia` line
     cuda_dirs: tuple[str, ...] = ()  # /usr/local/cuda-X.Y
+    kernel_module: ModuleState = field(default_factory=ModuleState)
 
 
 def gpu_probe_script(package_patterns: Sequence[str]) -> str:
@@ -89,8 +98,7 @@ def gpu_probe_script(package_patterns: Sequence[str]) -> str:
             " | sed 's/^/smi_owner=/'",
             "[ -r /var/lib/nvidia/log ] && head -n1 /var/lib/nvidia/log | sed 's/^/runfile_log=/'",
             "p=$(command -v nvidia-uninstall 2>/dev/null) && echo uninstaller=$p",
-            "command -v dkms >/dev/null 2>&1 && dkms status nvidia 2>/dev/null | head -n1"
-            " | sed 's/^/dkms=/'",
+            *module_probe_lines(),
             "for d in /usr/local/cuda-[0-9]*; do [ -d $d ] && echo cuda_dir=$d; done",
             "true",
         ]
@@ -106,6 +114,8 @@ def _int(text: str) -> int:
 
 def parse_gpu_probe(lines: Sequence[str]) -> GpuProbe:
     gpus, packages, held, own_held, cuda_dirs = [], {}, set(), set(), []
+    dkms: list[str] = []
+    klog: list[str] = []
     values: dict[str, str] = {}
     for line in lines:
         key, sep, value = line.strip().partition("=")
@@ -124,7 +134,11 @@ def parse_gpu_probe(lines: Sequence[str]) -> GpuProbe:
             own_held.add(value.strip())
         elif key == "cuda_dir":
             cuda_dirs.append(value.strip())
+        elif key == "klog":
+            klog.append(value.strip())
         else:
+            if key == "dkms":
+                dkms.append(value.strip())
             values.setdefault(key, value.strip())
     return GpuProbe(
         read=bool(values or gpus or packages or held),  # any line: the probe ran
@@ -145,6 +159,7 @@ def parse_gpu_probe(lines: Sequence[str]) -> GpuProbe:
         uninstaller=values.get("uninstaller", ""),
         dkms=values.get("dkms", ""),
         cuda_dirs=tuple(cuda_dirs),
+        kernel_module=parse_module_state(values, dkms, klog),
     )
 
 
@@ -185,6 +200,10 @@ def evaluate_gpu(
         checks.append(
             Check("reboot", "fail", f"reboot required: {probe.reboot_required}", "reboot the host")
         )
+    driver_present = probe.smi_installed or any(n.startswith(_DRIVER_NAMES) for n in probe.packages)
+    checks += module_checks(
+        probe.kernel_module, probe.module_version, bool(profile.gpus), driver_present
+    )
     if not profile.gpus:
         checks.append(
             Check(
