@@ -9,7 +9,8 @@ Two costs dominate it in pyinfra 3.10, both avoidable:
   numbers of its call stack) is read with `inspect.stack()` and `getframeinfo(frame)`,
   whose default context makes `inspect` find and read the source file of every frame
   (about 6 ms per operation here). The frames' own code object and line give the same
-  numbers without reading any source.
+  numbers without reading any source; walking `f_back` from this frame gives the frames
+  `inspect.stack()` lists without its per-frame file lookups (0.8 ms per operation).
 - `pop_global_arguments` calls `all_global_arguments()`, which evaluates
   `typing.get_type_hints` on the same class for every operation and fact (about 0.7 ms).
   Its result depends only on that class, so it is computed once.
@@ -21,7 +22,8 @@ from __future__ import annotations
 
 import functools
 import importlib
-from inspect import stack
+import sys
+from types import FrameType
 from typing import Any
 
 _MARK = "_autoglm_speedup"
@@ -34,7 +36,12 @@ def operation_order_from_stack(state: Any) -> list[int]:
 
     # frame.f_lineno is what getframeinfo reports for a frame's current instruction, and
     # co_filename its file for deploy and package files that exist on disk
-    frames = [item.frame for item in reversed(stack(0))]
+    frames: list[FrameType] = []
+    frame: FrameType | None = sys._getframe()  # what inspect.stack() starts from, outwards
+    while frame is not None:
+        frames.append(frame)
+        frame = frame.f_back
+    frames.reverse()
     # from the first frame of the deploy file being loaded (pyinfra's loop ends on the
     # last frame when none is), or from the outermost frame when no file is loading
     start = 0
@@ -50,7 +57,7 @@ def operation_order_from_stack(state: Any) -> list[int]:
         if not frame.f_code.co_filename.startswith(PYINFRA_INSTALL_DIR)
         and frame.f_code is not _OWN_CODE
     ]
-    del frames
+    del frames, frame
     return line_numbers
 
 
