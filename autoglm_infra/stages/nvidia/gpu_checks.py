@@ -26,10 +26,10 @@ from autoglm_infra.stages.nvidia.kernel_module import (
 # Open-AutoGLM recommends 24 GB or more of GPU memory for the 9B model.
 RECOMMENDED_VRAM_MIB = 24 * 1024
 SMI_QUERY = "index,pci.bus_id,name,driver_version,persistence_mode,memory.total"
-# The driver's CUDA from the plain `nvidia-smi` banner: "CUDA Version: 13.0" up to R595,
-# "CUDA UMD Version: 13.3" (next to "KMD Version:") from R610 on. POSIX BRE, for any sed.
 # installed packages that mean "a driver is meant to be here" (its kernel module with it)
 _DRIVER_NAMES = ("nvidia-driver", "nvidia-kernel", "nvidia-open", "nvidia-dkms", "cuda-drivers")
+# The driver's CUDA from the plain `nvidia-smi` banner: "CUDA Version: 13.0" up to R595,
+# "CUDA UMD Version: 13.3" (next to "KMD Version:") from R610 on. POSIX BRE, for any sed.
 CUDA_VERSION_SED = r"s/.*CUDA \(UMD \)\{0,1\}Version: *\([0-9][0-9.]*\).*/cuda=\2/p"
 
 
