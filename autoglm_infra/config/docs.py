@@ -65,7 +65,7 @@ def render_group_data_all() -> str:
     # pyinfra 3.10 parses a group data file once per name in it to drop imported names,
     # unless __all__ lists the names: about 0.1 s of every run for this file's 100 keys
     out.append("__all__ = [")
-    out.extend(f'    "{key}",' for key, *_ in schema_fields())
+    out.extend(f'    "{key}",' for key in sorted(key for key, *_ in schema_fields()))
     out.append("]")
     out.append("")
     return "\n".join(out)
