@@ -16,6 +16,7 @@ from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, operation
 from pyinfra.api.operation import OperationMeta
 
+from autoglm_infra.common.apt_update import apt_update_command
 from autoglm_infra.common.managed_file import ManagedFile
 from autoglm_infra.common.snapshot import (
     FileState,
@@ -28,7 +29,8 @@ from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
 
 APT_ENV = "DEBIAN_FRONTEND=noninteractive"
 # apt/dpkg are never killed half-way (a broken dpkg state is worse than a late one): a
-# converge whose controller was lost lets them finish, and the next one waits for their lock.
+# converge whose controller was lost lets them finish, and the next one waits for their lock
+# (dpkg's here; the package lists' in apt_update_command).
 APT_OPTS = (
     "-y -q --no-install-recommends -o Dpkg::Options::=--force-confdef "
     "-o Dpkg::Options::=--force-confold -o DPkg::Lock::Timeout=300"
@@ -156,7 +158,7 @@ def apt_present(
     if not missing:
         host.noop(f"{', '.join(packages)} installed")
         return
-    yield StringCommand(f"{APT_ENV} apt-get update -q")
+    yield StringCommand(apt_update_command())
     yield StringCommand(
         f"{APT_ENV} apt-get install {APT_OPTS} " + " ".join(map(shlex.quote, missing))
     )
@@ -225,7 +227,7 @@ def apt_pinned(
         if release:
             yield StringCommand("apt-mark unhold " + " ".join(map(shlex.quote, release)))
         if update:
-            yield StringCommand(f"{APT_ENV} apt-get update -q")
+            yield StringCommand(apt_update_command())
         early = {f"{n}={v}" for n, v in first}
         transactions = [
             [s for s in to_install if s in early],

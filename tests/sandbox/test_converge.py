@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import shlex
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -81,6 +82,26 @@ def upgrades_offered(host: SandboxHost) -> list[str]:
         if line.startswith(("Inst", "Remv"))
         and any(k in line.split()[1] for k in ("nvidia", "cuda", "cudnn"))
     ]
+
+
+HOLD_LISTS_LOCK = """
+import fcntl, os, sys, time
+fd = os.open("/var/lib/apt/lists/lock", os.O_RDWR | os.O_CREAT, 0o640)
+fcntl.lockf(fd, fcntl.LOCK_EX)
+open("/run/lists-lock-held", "w").close()
+time.sleep(float(sys.argv[1]))
+os.unlink("/run/lists-lock-held")
+"""
+
+
+def hold_apt_lists_lock(host: SandboxHost, seconds: float) -> None:
+    """Hold apt's lists lock on the host as apt does (a POSIX record lock), in the background;
+    returns once it is held."""
+    host.ssh(
+        f"setsid python3 -c {shlex.quote(HOLD_LISTS_LOCK)} {seconds} </dev/null >/dev/null 2>&1 & "
+        "for _ in $(seq 100); do [ -e /run/lists-lock-held ] && exit 0; sleep 0.1; done; exit 1"
+    )
+    assert "held by process" in host.ssh("apt-get update -q 2>&1", check=False).stdout
 
 
 def nothing_written(host: SandboxHost) -> bool:
@@ -163,8 +184,12 @@ def test_point_release_upgrade_ends_pinned_and_a_missing_release_changes_nothing
     assert "Traceback" not in declined.stderr, declined.stderr[-3000:]
     after = apt_state(host)
     assert after == untouched, changed_lines(untouched, after)
+    # apt-daily (or a killed converge's apt-get update) holds the lists' lock as it starts:
+    # apt-get update alone fails at once; the converge waits for the lock (CI stop 29)
+    hold_apt_lists_lock(host, seconds=12)
     up = run_pyinfra(inventory, DEPLOY, "--data", "nvidia_driver_version=580.126.09")
     assert up.returncode == 0, describe_failure(up)
+    assert up.seconds >= 8, f"converged in {up.seconds:.1f} s while apt's lists were locked"
     assert_stack(host, "580.126.09", {"nvidia-open-580": "580.126.09-1"})
     assert upgrades_offered(host) == []
     before = (held_versions(host), host.ssh(f"cat {CLOSURE_PIN}").stdout)

@@ -16,6 +16,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from autoglm_infra.common.apt_update import apt_update_command
 from autoglm_infra.stack.facts_table import parse_version
 from autoglm_infra.stages.nvidia.files import DRIVER_PACKAGES_REGEX
 
@@ -269,7 +270,7 @@ def check_script(
         "export LC_ALL=C DEBIAN_FRONTEND=noninteractive; A=; "
         "T=$(mktemp -d) && trap 'rm -rf \"$T\"' EXIT && "
         + state
-        + f'if ! apt-get $A update -q >"$T/update.log" 2>&1; then echo {UPDATE_FAILED}; '
+        + f'if ! {apt_update_command("$A")} >"$T/update.log" 2>&1; then echo {UPDATE_FAILED}; '
         'tail -5 "$T/update.log"; exit 0; fi; rm -f "$T/update.log"; '
         '{ [ ! -d /etc/apt/preferences.d ] || cp -a /etc/apt/preferences.d/. "$T/"; } && '
         f'printf %s {q(prefs_text)} > "$T"/{q(prefs_name)}; '

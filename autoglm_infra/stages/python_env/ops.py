@@ -17,6 +17,7 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, operation
 
+from autoglm_infra.common.apt_update import apt_update_command
 from autoglm_infra.common.hash_lock import Lock
 from autoglm_infra.pyinfra_ext.converge_lock import tie_to_controller
 from autoglm_infra.pyinfra_ext.operations import APT_ENV, APT_OPTS
@@ -171,7 +172,7 @@ def venv_module(has_venv_module: bool, interpreter: str) -> Generator[Any, None,
         host.noop(f"{interpreter} can create venvs")
         return
     yield StringCommand(
-        f"{APT_ENV} apt-get update -q && {APT_ENV} apt-get install {APT_OPTS} python3-venv"
+        f"{apt_update_command()} && {APT_ENV} apt-get install {APT_OPTS} python3-venv"
     )
 
 

@@ -1,0 +1,95 @@
+"""apt_update_command against this machine's real apt-get, on private package lists.
+
+The lists' lock is taken the way apt takes it (a POSIX record lock, fcntl F_SETLK) by a
+child process, as an orphaned `apt-get update` of a killed converge holds it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from autoglm_infra.common.apt_update import apt_update_command
+
+pytestmark = pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs Debian's apt")
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o640)
+fcntl.lockf(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def private_options(root: Path) -> str:
+    """No sources and lists/caches under `root`: apt-get update runs offline in milliseconds."""
+    for sub in ("lists/partial", "cache/archives/partial", "sources.d"):
+        (root / sub).mkdir(parents=True)
+    (root / "sources.list").write_text("")
+    return (
+        f"-o Dir::Etc::SourceList={root}/sources.list -o Dir::Etc::SourceParts={root}/sources.d "
+        f"-o Dir::State::Lists={root}/lists -o Dir::Cache={root}/cache"
+    )
+
+
+def hold_lists_lock(root: Path, seconds: float) -> subprocess.Popen[str]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(root / "lists" / "lock"), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def run(command: str, timeout: float = 60) -> tuple[subprocess.CompletedProcess[str], float]:
+    start = time.monotonic()
+    done = subprocess.run(
+        ["sh", "-c", command], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    return done, time.monotonic() - start
+
+
+def test_waits_for_a_held_lock_then_updates(tmp_path: Path) -> None:
+    options = private_options(tmp_path)
+    # Plain apt-get update fails at once: the behaviour the wait exists for.
+    holder = hold_lists_lock(tmp_path, 3)
+    try:
+        plain, _ = run(f"LC_ALL=C apt-get {options} update -q")
+        assert plain.returncode != 0 and "Could not get lock" in plain.stdout + plain.stderr
+        waited, seconds = run(apt_update_command(options, wait_s=30))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert waited.returncode == 0, waited.stderr
+    assert seconds >= 1.5, f"returned after {seconds:.1f} s while the lock was held for 3 s"
+    assert "Reading package lists" in waited.stdout
+
+
+def test_gives_up_after_the_bound_naming_the_lock(tmp_path: Path) -> None:
+    options = private_options(tmp_path)
+    holder = hold_lists_lock(tmp_path, 60)
+    try:
+        done, seconds = run(apt_update_command(options, wait_s=2))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 100
+    assert seconds < 15
+    assert "Could not get lock" in done.stderr
+    assert "stayed locked for 2 s" in done.stderr
+
+
+def test_other_errors_fail_at_once(tmp_path: Path) -> None:
+    options = private_options(tmp_path)
+    (tmp_path / "sources.list").write_text("deb this-is-not-a-source\n")
+    done, seconds = run(apt_update_command(options, wait_s=30))
+    assert done.returncode == 100
+    assert seconds < 10
+    assert "Malformed" in done.stderr or "E:" in done.stderr
