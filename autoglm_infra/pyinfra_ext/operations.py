@@ -16,7 +16,7 @@ from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, operation
 from pyinfra.api.operation import OperationMeta
 
-from autoglm_infra.common.apt_update import apt_update_command
+from autoglm_infra.common.apt_lock import apt_update_command, waiting_for_apt_lock
 from autoglm_infra.common.managed_file import ManagedFile
 from autoglm_infra.common.snapshot import (
     FileState,
@@ -30,7 +30,7 @@ from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
 APT_ENV = "DEBIAN_FRONTEND=noninteractive"
 # apt/dpkg are never killed half-way (a broken dpkg state is worse than a late one): a
 # converge whose controller was lost lets them finish, and the next one waits for their lock
-# (dpkg's here; the package lists' in apt_update_command).
+# (dpkg's here; the package lists' and apt-mark's in common/apt_lock.py).
 APT_OPTS = (
     "-y -q --no-install-recommends -o Dpkg::Options::=--force-confdef "
     "-o Dpkg::Options::=--force-confold -o DPkg::Lock::Timeout=300"
@@ -225,7 +225,9 @@ def apt_pinned(
             if installed.get(n, PackageState("", False)).held
         ]
         if release:
-            yield StringCommand("apt-mark unhold " + " ".join(map(shlex.quote, release)))
+            yield StringCommand(
+                waiting_for_apt_lock("apt-mark unhold " + " ".join(map(shlex.quote, release)))
+            )
         if update:
             yield StringCommand(apt_update_command())
         early = {f"{n}={v}" for n, v in first}
@@ -240,13 +242,15 @@ def apt_pinned(
             # Only those still installed: the transaction may have replaced some (e.g.
             # the open kernel module by the proprietary one).
             names_q = " ".join(map(shlex.quote, refresh))
+            mark_auto = waiting_for_apt_lock("apt-mark auto $R >/dev/null")
             yield StringCommand(
                 "R=$(dpkg-query -W -f='${db:Status-Abbrev} ${Package}\\n' "
                 f"{names_q} 2>/dev/null | awk '$1 ~ /^.i/ {{print $2}}'); "
-                f'[ -z "$R" ] || {{ {install} $R && apt-mark auto $R >/dev/null; }}'
+                f'[ -z "$R" ] || {{ {install} $R && {mark_auto}; }}'
             )
         to_hold = names
-    yield StringCommand("apt-mark hold " + " ".join(map(shlex.quote, to_hold)) + " >/dev/null")
+    hold = "apt-mark hold " + " ".join(map(shlex.quote, to_hold)) + " >/dev/null"
+    yield StringCommand(waiting_for_apt_lock(hold))
     if state_file:
         q = shlex.quote(state_file)
         listing = shlex.quote("\n".join(names) + "\n")

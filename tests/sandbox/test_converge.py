@@ -84,24 +84,26 @@ def upgrades_offered(host: SandboxHost) -> list[str]:
     ]
 
 
-HOLD_LISTS_LOCK = """
+HOLD_LOCKS = """
 import fcntl, os, sys, time
-fd = os.open("/var/lib/apt/lists/lock", os.O_RDWR | os.O_CREAT, 0o640)
-fcntl.lockf(fd, fcntl.LOCK_EX)
-open("/run/lists-lock-held", "w").close()
+for path in sys.argv[2:]:
+    fcntl.lockf(os.open(path, os.O_RDWR | os.O_CREAT, 0o640), fcntl.LOCK_EX)
+open("/run/apt-locks-held", "w").close()
 time.sleep(float(sys.argv[1]))
-os.unlink("/run/lists-lock-held")
+os.unlink("/run/apt-locks-held")
 """
+LISTS_LOCK = ("/var/lib/apt/lists/lock",)
+DPKG_LOCKS = ("/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock")
 
 
-def hold_apt_lists_lock(host: SandboxHost, seconds: float) -> None:
-    """Hold apt's lists lock on the host as apt does (a POSIX record lock), in the background;
-    returns once it is held."""
+def hold_apt_locks(host: SandboxHost, locks: tuple[str, ...], seconds: float) -> None:
+    """Hold apt's or dpkg's locks on the host as they do (POSIX record locks), in the
+    background, as apt-daily or a killed converge's apt does; returns once they are held."""
     host.ssh(
-        f"setsid python3 -c {shlex.quote(HOLD_LISTS_LOCK)} {seconds} </dev/null >/dev/null 2>&1 & "
-        "for _ in $(seq 100); do [ -e /run/lists-lock-held ] && exit 0; sleep 0.1; done; exit 1"
+        f"setsid python3 -c {shlex.quote(HOLD_LOCKS)} {seconds} {' '.join(locks)} "
+        "</dev/null >/dev/null 2>&1 & "
+        "for _ in $(seq 100); do [ -e /run/apt-locks-held ] && exit 0; sleep 0.1; done; exit 1"
     )
-    assert "held by process" in host.ssh("apt-get update -q 2>&1", check=False).stdout
 
 
 def nothing_written(host: SandboxHost) -> bool:
@@ -186,7 +188,8 @@ def test_point_release_upgrade_ends_pinned_and_a_missing_release_changes_nothing
     assert after == untouched, changed_lines(untouched, after)
     # apt-daily (or a killed converge's apt-get update) holds the lists' lock as it starts:
     # apt-get update alone fails at once; the converge waits for the lock (CI stop 29)
-    hold_apt_lists_lock(host, seconds=12)
+    hold_apt_locks(host, LISTS_LOCK, seconds=12)
+    assert "held by process" in host.ssh("apt-get update -q 2>&1", check=False).stdout
     up = run_pyinfra(inventory, DEPLOY, "--data", "nvidia_driver_version=580.126.09")
     assert up.returncode == 0, describe_failure(up)
     assert up.seconds >= 8, f"converged in {up.seconds:.1f} s while apt's lists were locked"
@@ -208,8 +211,12 @@ def test_branch_change_to_590_and_the_volta_plan_stay_pinned(
     """580 -> 590 (unsuffixed names, NVIDIA's version-locking package first), then the plan a
     Volta/Pascal host gets (proprietary R580, whose cuda-drivers-580 depends on >= only)."""
     host, inventory = world
+    # dpkg's locks held as it starts: `apt-mark unhold` (dpkg --set-selections) waits too
+    hold_apt_locks(host, DPKG_LOCKS, seconds=30)
+    assert "locked by another process" in host.ssh("apt-mark hold dash 2>&1", check=False).stdout
     to_590 = run_pyinfra(inventory, DEPLOY, "--data", "nvidia_driver_branch=590")
     assert to_590.returncode == 0, describe_failure(to_590)
+    assert to_590.seconds >= 25, f"converged in {to_590.seconds:.1f} s while dpkg was locked"
     assert_stack(
         host,
         "590.48.01",

@@ -16,7 +16,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from autoglm_infra.common.apt_update import apt_update_command
+from autoglm_infra.common.apt_lock import apt_update_command
 from autoglm_infra.stack.facts_table import parse_version
 from autoglm_infra.stages.nvidia.files import DRIVER_PACKAGES_REGEX
 

@@ -17,7 +17,7 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, operation
 
-from autoglm_infra.common.apt_update import apt_update_command
+from autoglm_infra.common.apt_lock import apt_update_command
 from autoglm_infra.common.hash_lock import Lock
 from autoglm_infra.pyinfra_ext.converge_lock import tie_to_controller
 from autoglm_infra.pyinfra_ext.operations import APT_ENV, APT_OPTS

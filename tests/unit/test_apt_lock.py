@@ -1,6 +1,6 @@
-"""apt_update_command against this machine's real apt-get, on private package lists.
+"""apt_lock's commands against this machine's real apt-get and dpkg, on private state.
 
-The lists' lock is taken the way apt takes it (a POSIX record lock, fcntl F_SETLK) by a
+The locks are taken the way apt takes it (a POSIX record lock, fcntl F_SETLK) by a
 child process, as an orphaned `apt-get update` of a killed converge holds it.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra.common.apt_update import apt_update_command
+from autoglm_infra.common.apt_lock import apt_update_command, waiting_for_apt_lock
 
 pytestmark = pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs Debian's apt")
 
@@ -38,9 +38,9 @@ def private_options(root: Path) -> str:
     )
 
 
-def hold_lists_lock(root: Path, seconds: float) -> subprocess.Popen[str]:
+def hold_lock(path: Path, seconds: float) -> subprocess.Popen[str]:
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(root / "lists" / "lock"), str(seconds)],
+        [sys.executable, "-c", HOLD_LOCK, str(path), str(seconds)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -59,7 +59,7 @@ def run(command: str, timeout: float = 60) -> tuple[subprocess.CompletedProcess[
 def test_waits_for_a_held_lock_then_updates(tmp_path: Path) -> None:
     options = private_options(tmp_path)
     # Plain apt-get update fails at once: the behaviour the wait exists for.
-    holder = hold_lists_lock(tmp_path, 3)
+    holder = hold_lock(tmp_path / "lists" / "lock", 3)
     try:
         plain, _ = run(f"LC_ALL=C apt-get {options} update -q")
         assert plain.returncode != 0 and "Could not get lock" in plain.stdout + plain.stderr
@@ -74,7 +74,7 @@ def test_waits_for_a_held_lock_then_updates(tmp_path: Path) -> None:
 
 def test_gives_up_after_the_bound_naming_the_lock(tmp_path: Path) -> None:
     options = private_options(tmp_path)
-    holder = hold_lists_lock(tmp_path, 60)
+    holder = hold_lock(tmp_path / "lists" / "lock", 60)
     try:
         done, seconds = run(apt_update_command(options, wait_s=2))
     finally:
@@ -83,7 +83,7 @@ def test_gives_up_after_the_bound_naming_the_lock(tmp_path: Path) -> None:
     assert done.returncode == 100
     assert seconds < 15
     assert "Could not get lock" in done.stderr
-    assert "stayed locked for 2 s" in done.stderr
+    assert "apt's lock stayed held for 2 s" in done.stderr
 
 
 def test_other_errors_fail_at_once(tmp_path: Path) -> None:
@@ -93,3 +93,21 @@ def test_other_errors_fail_at_once(tmp_path: Path) -> None:
     assert done.returncode == 100
     assert seconds < 10
     assert "Malformed" in done.stderr or "E:" in done.stderr
+
+
+def test_dpkg_waits_for_its_frontend_lock(tmp_path: Path) -> None:
+    """apt-mark hold runs `dpkg --set-selections`, which fails at once on a held lock."""
+    admin = tmp_path / "dpkg"
+    (admin / "updates").mkdir(parents=True)
+    (admin / "status").write_text("")
+    selections = f"dpkg --admindir={admin} --set-selections </dev/null"
+    holder = hold_lock(admin / "lock-frontend", 3)
+    try:
+        plain, _ = run(f"LC_ALL=C {selections}")
+        assert plain.returncode != 0 and "lock was locked" in plain.stderr, plain.stderr
+        waited, seconds = run(waiting_for_apt_lock(selections, wait_s=30))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert waited.returncode == 0, waited.stderr
+    assert seconds >= 1.5, f"returned after {seconds:.1f} s while the lock was held for 3 s"
