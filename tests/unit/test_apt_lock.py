@@ -56,19 +56,33 @@ def run(command: str, timeout: float = 60) -> tuple[subprocess.CompletedProcess[
     return done, time.monotonic() - start
 
 
-def test_waits_for_a_held_lock_then_updates(tmp_path: Path) -> None:
-    options = private_options(tmp_path)
-    # Plain apt-get update fails at once: the behaviour the wait exists for.
-    holder = hold_lock(tmp_path / "lists" / "lock", 3)
+def plain_fails_then_wrapped_waits(
+    lock: Path, plain: str, wrapped: str, refusal: str
+) -> subprocess.CompletedProcess[str]:
+    """With `lock` held for 3 s: `plain` fails at once naming it (the behaviour the wait
+    exists for), `wrapped` succeeds after waiting."""
+    holder = hold_lock(lock, 3)
     try:
-        plain, _ = run(f"LC_ALL=C apt-get {options} update -q")
-        assert plain.returncode != 0 and "Could not get lock" in plain.stdout + plain.stderr
-        waited, seconds = run(apt_update_command(options, wait_s=30))
+        refused, _ = run(plain)
+        assert refused.returncode != 0, refused
+        assert refusal in refused.stdout + refused.stderr, refused
+        waited, seconds = run(wrapped)
     finally:
         holder.kill()
         holder.wait()
     assert waited.returncode == 0, waited.stderr
     assert seconds >= 1.5, f"returned after {seconds:.1f} s while the lock was held for 3 s"
+    return waited
+
+
+def test_update_waits_for_the_lists_lock(tmp_path: Path) -> None:
+    options = private_options(tmp_path)
+    waited = plain_fails_then_wrapped_waits(
+        tmp_path / "lists" / "lock",
+        f"LC_ALL=C apt-get {options} update -q",
+        apt_update_command(options, wait_s=30),
+        "Could not get lock",
+    )
     assert "Reading package lists" in waited.stdout
 
 
@@ -101,13 +115,9 @@ def test_dpkg_waits_for_its_frontend_lock(tmp_path: Path) -> None:
     (admin / "updates").mkdir(parents=True)
     (admin / "status").write_text("")
     selections = f"dpkg --admindir={admin} --set-selections </dev/null"
-    holder = hold_lock(admin / "lock-frontend", 3)
-    try:
-        plain, _ = run(f"LC_ALL=C {selections}")
-        assert plain.returncode != 0 and "lock was locked" in plain.stderr, plain.stderr
-        waited, seconds = run(waiting_for_apt_lock(selections, wait_s=30))
-    finally:
-        holder.kill()
-        holder.wait()
-    assert waited.returncode == 0, waited.stderr
-    assert seconds >= 1.5, f"returned after {seconds:.1f} s while the lock was held for 3 s"
+    plain_fails_then_wrapped_waits(
+        admin / "lock-frontend",
+        f"LC_ALL=C {selections}",
+        waiting_for_apt_lock(selections, wait_s=30),
+        "lock was locked",
+    )
