@@ -36,5 +36,11 @@ def format_table(host_name: str, checks: Sequence[Check]) -> str:
     return "\n".join(lines)
 
 
+def json_file_name(host_name: str, kind: str) -> str:
+    """`<host>.<kind>.json`; connector names such as `@vagrant/local` or `@docker/abc` carry
+    a slash, which must not become a directory."""
+    return f"{host_name.replace('/', '_')}.{kind}.json"
+
+
 def to_json(host_name: str, checks: Sequence[Check]) -> str:
     return json.dumps({"host": host_name, "checks": [asdict(c) for c in checks]}, sort_keys=True)

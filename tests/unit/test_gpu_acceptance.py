@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from autoglm_infra.common.checks import to_json
+from autoglm_infra.common.checks import json_file_name, to_json
 from autoglm_infra.common.host_profile import HostProfile, PciGpu
 from autoglm_infra.config.schema import Settings
 from autoglm_infra.doctor import acceptance as ga
@@ -46,6 +46,15 @@ def test_gpu_check_rows_of_the_recorded_h200_survive_the_json_step() -> None:
     by_name = {c.name: c for c in parsed}
     assert by_name["nvidia-smi"].status == "ok"
     assert "13.0" in by_name["CUDA supported"].evidence
+
+
+def test_a_connector_host_name_is_one_file_not_a_directory(tmp_path: Path) -> None:
+    # pyinfra names a Vagrant machine "@vagrant/local", a container "@docker/<id>"
+    for name in ("@vagrant/local", "@docker/abc", "gpu-1.example.com", "@local"):
+        path = tmp_path / json_file_name(name, "gpu_check")
+        path.write_text(to_json(name, []))
+        assert path.parent == tmp_path and path.name.endswith(".gpu_check.json")
+    assert json_file_name("@vagrant/local", "doctor") == "@vagrant_local.doctor.json"
 
 
 def test_a_missing_gpu_check_result_is_a_failure_not_a_pass() -> None:
