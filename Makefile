@@ -9,7 +9,7 @@ SANDBOX := $(PY) -m autoglm_testbed.hosts
 APT_PACKAGES := debootstrap systemd-container iptables zstd openssh-client gnupg dpkg-dev apt-utils vagrant busybox-static apt-cacher-ng openssl curl systemd python3-pip
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: help deps venv lint typecheck unit integration test test-under-load slow gpu-acceptance demo sandbox sandbox-down vagrant vagrant-deps vagrant-down bench docs clean
+.PHONY: help deps venv lint typecheck unit integration test test-under-load slow gpu-acceptance demo sandbox sandbox-down vagrant vagrant-kernel vagrant-deps vagrant-down bench docs clean
 
 help:
 	@echo "make demo          converge two throw-away sandbox hosts end to end, twice"
@@ -17,6 +17,7 @@ help:
 	@echo "make test-under-load   make test with every core kept busy by stress-ng"
 	@echo "make sandbox HOSTS=n / make sandbox-down   boot / remove sandbox hosts"
 	@echo "make vagrant       a real VM (locally built box), converged twice; make vagrant-down"
+	@echo "make vagrant-kernel   the DKMS module on the VM's own kernel, a kernel upgrade, a reboot"
 	@echo "make bench         no-op re-run and fan-out benchmarks"
 	@echo "make gpu-acceptance   on a GPU host: read-only preflight, gpu_check, torch bench"
 	@echo "make docs          regenerate the README variable table and group_data/all.py"
@@ -89,6 +90,9 @@ vagrant-deps: .make/vagrant-deps-$(shell echo '$(VAGRANT_PACKAGES)' | sha1sum | 
 
 vagrant: venv deps vagrant-deps
 	$(PY) -m autoglm_testbed.vagrant_vm
+
+vagrant-kernel: venv deps vagrant-deps
+	$(PY) -m autoglm_testbed.vagrant_kernel
 
 vagrant-down: venv
 	$(PY) -m autoglm_testbed.vagrant_vm --down

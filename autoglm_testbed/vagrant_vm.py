@@ -33,6 +33,7 @@ from autoglm_testbed.converge import ConvergeResult, describe_failure, run_pyinf
 from autoglm_testbed.hosts import (
     Sandbox,
     SandboxError,
+    _alive,
     _atomic_write,
     _proc_stat,
     _run,
@@ -181,6 +182,11 @@ def stop_started_daemons(state_dir: Path) -> None:
         stat = _proc_stat(pid)
         if stat is not None and stat[1] == entry["starttime"]:
             os.kill(pid, signal.SIGTERM)
+            # wait for it: a `make vagrant` right after would find it still exiting,
+            # start none and wait for a libvirtd that is going away
+            deadline = time.monotonic() + 30
+            while _alive(pid, stat[1]) and time.monotonic() < deadline:
+                time.sleep(0.2)
     record.unlink()
 
 
@@ -269,8 +275,19 @@ def existing_vm_state() -> dict[str, object] | None:
     return state if isinstance(state, dict) and state.get("driver") in BOOT_TIMEOUT else None
 
 
-def up(sandbox: Sandbox, boot_timeout: int | None = None) -> int:
-    """Everything `make vagrant` does; boot_timeout overrides vagrant's wait for SSH."""
+@dataclass(frozen=True)
+class BootedVm:
+    """The VM `boot_vm` brought up (or found running), answering SSH."""
+
+    probe: ProbeResult
+    net: Net
+    boot_seconds: float
+    started: float  # time.monotonic() when boot_vm began
+
+
+def boot_vm(sandbox: Sandbox, boot_timeout: int | None = None) -> BootedVm | None:
+    """Box, libvirtd, network, stand-ins and `vagrant up`; None (after saying why) when the
+    VM did not come up within the bound."""
     state = sandbox.state_dir
     sandbox._init_state_dir()  # marks it as a sandbox state dir before anything is written
     net = net_for(sandbox)
@@ -322,11 +339,24 @@ def up(sandbox: Sandbox, boot_timeout: int | None = None) -> int:
         print(
             "    fix: see the messages above; `make vagrant-down` removes the VM", file=sys.stderr
         )
-        return 1
+        return None
     boot_seconds = time.monotonic() - boot_started
     print(f"    up and answering SSH in {boot_seconds:.0f} s")
     known_hosts.unlink(missing_ok=True)  # a new VM has new host keys
+    return BootedVm(probe, net, boot_seconds, started)
 
+
+def up(sandbox: Sandbox, boot_timeout: int | None = None) -> int:
+    """Everything `make vagrant` does; boot_timeout overrides vagrant's wait for SSH."""
+    booted = boot_vm(sandbox, boot_timeout)
+    if booted is None:
+        return 1
+    probe, net, boot_seconds, started = (
+        booted.probe,
+        booted.net,
+        booted.boot_seconds,
+        booted.started,
+    )
     shown = INVENTORY.relative_to(ROOT)
     print(f"==> converge 1: pyinfra {shown} deploys/full.py")
     first = run_pyinfra(INVENTORY, timeout=5400)
