@@ -17,7 +17,7 @@ help:
 	@echo "make test-under-load   make test with every core kept busy by stress-ng"
 	@echo "make sandbox HOSTS=n / make sandbox-down   boot / remove sandbox hosts"
 	@echo "make vagrant       a real VM (locally built box), converged twice; make vagrant-down"
-	@echo "make vagrant-kernel   the DKMS module on the VM's own kernel, a kernel upgrade, a reboot"
+	@echo "make vagrant-kernel   the DKMS module on the VM's own kernel, a kernel change, a reboot"
 	@echo "make bench         no-op re-run and fan-out benchmarks"
 	@echo "make gpu-acceptance   on a GPU host: read-only preflight, gpu_check, torch bench"
 	@echo "make docs          regenerate the README variable table and group_data/all.py"

@@ -67,15 +67,16 @@ class VmCommand:
         return cls(config)
 
     def run(
-        self, script: str, timeout: float = STEP_TIMEOUT, stdin: bytes | None = None
+        self, script: str, timeout: float = STEP_TIMEOUT, data: bytes | None = None
     ) -> subprocess.CompletedProcess[bytes]:
+        """`script` under sudo; `data`, if given, is its standard input."""
         argv = ["ssh", "-F", str(self.config), MACHINE, f"sudo sh -c {shlex.quote(script)}"]
         return subprocess.run(
             argv,
-            input=stdin,
+            input=data,
             capture_output=True,
             timeout=timeout,
-            stdin=None if stdin is not None else subprocess.DEVNULL,
+            stdin=None if data is not None else subprocess.DEVNULL,
         )
 
     def text(self, script: str, timeout: float = STEP_TIMEOUT) -> tuple[int, str]:
@@ -142,10 +143,13 @@ class Scenario:
         return rows
 
     def run(self) -> None:
-        code, old = self.step("running kernel", "uname -r", 60)
+        _, old = self.step("running kernel", "uname -r", 60)
         old = old.strip()
         deb = build_dkms_deb(self.out_dir, VERSION)
-        self.vm.run(f"cat > /tmp/{deb.name}", 120, stdin=deb.read_bytes())
+        upload = self.vm.run(f"cat > /tmp/{deb.name}", 120, data=deb.read_bytes())
+        if upload.returncode != 0:
+            self.problems.append(f"copying {deb.name} to the VM: {upload.stderr.decode()[-400:]}")
+            return
         code, out = self.step(
             f"dkms, linux-headers-{old}, the stand-in driver package (DKMS builds at install)",
             f"apt-get update -q >/dev/null && {APT} install dkms linux-headers-{old} "

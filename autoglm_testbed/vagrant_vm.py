@@ -351,12 +351,7 @@ def up(sandbox: Sandbox, boot_timeout: int | None = None) -> int:
     booted = boot_vm(sandbox, boot_timeout)
     if booted is None:
         return 1
-    probe, net, boot_seconds, started = (
-        booted.probe,
-        booted.net,
-        booted.boot_seconds,
-        booted.started,
-    )
+    probe = booted.probe
     shown = INVENTORY.relative_to(ROOT)
     print(f"==> converge 1: pyinfra {shown} deploys/full.py")
     first = run_pyinfra(INVENTORY, timeout=5400)
@@ -381,15 +376,15 @@ def up(sandbox: Sandbox, boot_timeout: int | None = None) -> int:
         return 1
     problems += [f"changed after the reboot: {op}" for op in third.changed()]
     print("==> summary")
-    print(f"    VM `{MACHINE}` ({probe.driver}) on {net.name}: kernel {after.get('kernel', '?')} "
-          f"under {after.get('virt', '?')}")  # fmt: skip
+    print(f"    VM `{MACHINE}` ({probe.driver}) on {booted.net.name}: kernel "
+          f"{after.get('kernel', '?')} under {after.get('virt', '?')}")  # fmt: skip
     print(f"    boots recorded {before.get('boots', '?')} -> {after.get('boots', '?')}; nouveau "
           f"blacklist in the running kernel's initramfs: {after.get('blacklist_in_initramfs')}; "
           f"nouveau loaded: {after.get('nouveau_loaded', '?')}")  # fmt: skip
-    print(f"    boot to SSH {boot_seconds:.0f} s, first converge {first.seconds:.0f} s, "
+    print(f"    boot to SSH {booted.boot_seconds:.0f} s, first converge {first.seconds:.0f} s, "
           f"no-op re-run {second.seconds:.0f} s, reboot {reboot.seconds:.0f} s, "
           f"no-op after the reboot {third.seconds:.0f} s; total "
-          f"{time.monotonic() - started:.0f} s")  # fmt: skip
+          f"{time.monotonic() - booted.started:.0f} s")  # fmt: skip
     if problems:
         print("error: after the reboot:", *problems, sep="\n    ", file=sys.stderr)
         return 1
