@@ -9,7 +9,7 @@ SANDBOX := $(PY) -m autoglm_testbed.hosts
 APT_PACKAGES := debootstrap systemd-container iptables zstd openssh-client gnupg dpkg-dev apt-utils vagrant busybox-static apt-cacher-ng openssl curl systemd python3-pip
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: help deps venv lint typecheck unit integration test test-under-load slow gpu-acceptance demo sandbox sandbox-down vagrant vagrant-kernel vagrant-deps vagrant-down bench docs clean
+.PHONY: help deps venv lint typecheck unit integration test test-under-load slow gpu-acceptance demo sandbox sandbox-down vagrant vagrant-boot vagrant-kernel vagrant-deps vagrant-down bench docs clean
 
 help:
 	@echo "make demo          converge two throw-away sandbox hosts end to end, twice"
@@ -17,6 +17,7 @@ help:
 	@echo "make test-under-load   make test with every core kept busy by stress-ng"
 	@echo "make sandbox HOSTS=n / make sandbox-down   boot / remove sandbox hosts"
 	@echo "make vagrant       a real VM (locally built box), converged twice; make vagrant-down"
+	@echo "make vagrant-boot  boot a fresh VM, check its kernel, disk and SSH (what CI runs)"
 	@echo "make vagrant-kernel   the DKMS module on the VM's own kernel, a kernel change, a reboot"
 	@echo "make bench         no-op re-run and fan-out benchmarks"
 	@echo "make gpu-acceptance   on a GPU host: read-only preflight, gpu_check, torch bench"
@@ -51,11 +52,12 @@ typecheck: venv
 unit: venv deps
 	$(VENV)/bin/pytest -q -m "not sandbox"
 
-integration: venv deps
+integration: venv deps vagrant-deps
 	$(VENV)/bin/pytest -q -m sandbox
 
 # One pytest session, so the sandbox hosts and stand-ins boot once for the whole run.
-test: lint typecheck deps
+# vagrant-deps: tests/sandbox/test_vagrant_boot.py boots a VM (README: Vagrant).
+test: lint typecheck deps vagrant-deps
 	$(VENV)/bin/pytest -q
 
 # The same suite with every core busy (LOAD_IO=1, AUTOGLM_SANDBOX_CPU_QUOTA=50: heavier).
@@ -79,7 +81,7 @@ sandbox: venv deps
 sandbox-down: venv
 	$(PY) -m autoglm_testbed.demo --down
 
-# The VM scenario (README "Test VMs"): outside `make test`, see the README for why.
+# The VM scenarios (README "Vagrant"): outside `make test` but for the boot check, see why there.
 VAGRANT_PACKAGES := vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base parted
 .make/vagrant-deps-$(shell echo '$(VAGRANT_PACKAGES)' | sha1sum | cut -c1-12):
 	@mkdir -p .make
@@ -90,6 +92,9 @@ vagrant-deps: .make/vagrant-deps-$(shell echo '$(VAGRANT_PACKAGES)' | sha1sum | 
 
 vagrant: venv deps vagrant-deps
 	$(PY) -m autoglm_testbed.vagrant_vm
+
+vagrant-boot: venv deps vagrant-deps
+	$(PY) -m autoglm_testbed.vagrant_vm --boot-check
 
 vagrant-kernel: venv deps vagrant-deps
 	$(PY) -m autoglm_testbed.vagrant_kernel

@@ -74,6 +74,20 @@ class Box:
     built_seconds: float | None  # None: taken from the cache
 
 
+def kernel_release(vmlinuz: Path) -> str:
+    """The release string (`uname -r`) a bzImage carries in its boot header.
+
+    Linux boot protocol >= 2.00: offset 0x20E holds the version string's offset minus 0x200
+    (Documentation/arch/x86/boot.rst). "" when the file is no bzImage.
+    """
+    head = vmlinuz.read_bytes()[:0x10000]
+    if len(head) < 0x210 or head[0x202:0x206] != b"HdrS":
+        return ""
+    start = int.from_bytes(head[0x20E:0x210], "little") + 0x200
+    version = head[start : start + 256].split(b"\0", 1)[0].decode("ascii", "replace")
+    return version.split(" ", 1)[0]
+
+
 def insecure_public_key() -> str:
     """Vagrant's well-known insecure public key, from the installed vagrant package."""
     for pattern in INSECURE_KEY_GLOBS:

@@ -40,7 +40,7 @@ from autoglm_testbed.hosts import (
     _tail,
 )
 from autoglm_testbed.kvm_probe import ProbeResult, probe_kvm
-from autoglm_testbed.vagrant_box import BOX_NAME, add_box, ensure_box
+from autoglm_testbed.vagrant_box import BOX_NAME, add_box, ensure_box, kernel_release
 from autoglm_testbed.world import (
     ROOT,
     full_group_data,
@@ -54,8 +54,9 @@ MACHINE = "local"
 LIBVIRT_URI = "qemu:///system"
 LOCAL_STATE = ROOT / ".vagrant" / "autoglm-local.json"
 INVENTORY = ROOT / "inventories" / "vagrant.py"
-# libvirt runs qemu as libvirt-qemu, which cannot enter ~/.cache; the uploaded box stays here
-POOL_DIR = Path("/var/lib/libvirt/images/autoglm-vagrant")
+# libvirt runs qemu as libvirt-qemu, which cannot enter ~/.cache; the uploaded box stays in
+# a pool per sandbox name (libvirt refuses two dir pools on one path)
+POOL_PARENT = Path("/var/lib/libvirt/images")
 # Bounded waits: TCG on a loaded 2-core machine boots in ~1-2 min; SSH must follow.
 BOOT_TIMEOUT = {"kvm": 180, "qemu": 600}
 UP_TIMEOUT = {"kvm": 600, "qemu": 1200}
@@ -91,6 +92,12 @@ def network_xml(net: Net) -> str:
         f"<ip address='{net.gateway}' netmask='255.255.255.0'>"
         f"<dhcp><range start='{net.prefix}.100' end='{net.prefix}.199'/></dhcp></ip></network>"
     )
+
+
+def pool_for(sandbox: Sandbox) -> tuple[str, Path]:
+    """The libvirt storage pool (name, directory) the sandbox's VM and box image live in."""
+    name = f"autoglm-{sandbox.name}"
+    return name, POOL_PARENT / name
 
 
 def pool_xml(name: str, path: Path) -> str:
@@ -218,6 +225,17 @@ def remove_network(net: Net) -> None:
         virsh("net-undefine", net.name, check=False)
 
 
+def remove_pool(name: str, path: Path) -> None:
+    """Delete the pool's volumes (the uploaded box image), the pool and its directory."""
+    if name in virsh("pool-list", "--all", "--name", check=False).stdout.split():
+        virsh("pool-start", name, check=False)  # volumes are listed only in a running pool
+        for vol in virsh("vol-list", name, "--name", check=False).stdout.split():
+            virsh("vol-delete", vol, name, check=False)
+        virsh("pool-destroy", name, check=False)
+        virsh("pool-undefine", name, check=False)
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def ensure_pool(name: str, path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     known = virsh("pool-list", "--all", "--name", check=False).stdout.split()
@@ -285,13 +303,15 @@ class BootedVm:
     started: float  # time.monotonic() when boot_vm began
 
 
-def boot_vm(sandbox: Sandbox, boot_timeout: int | None = None) -> BootedVm | None:
-    """Box, libvirtd, network, stand-ins and `vagrant up`; None (after saying why) when the
-    VM did not come up within the bound."""
+def boot_vm(
+    sandbox: Sandbox, boot_timeout: int | None = None, standins: bool = True
+) -> BootedVm | None:
+    """Box, libvirtd, network, stand-ins (unless standins=False) and `vagrant up`; None
+    (after saying why) when the VM did not come up within the bound."""
     state = sandbox.state_dir
     sandbox._init_state_dir()  # marks it as a sandbox state dir before anything is written
     net = net_for(sandbox)
-    pool = f"autoglm-{sandbox.name}"
+    pool, pool_dir = pool_for(sandbox)
     started = time.monotonic()
     ensure_libvirtd(state)
     previous = existing_vm_state()
@@ -306,7 +326,7 @@ def boot_vm(sandbox: Sandbox, boot_timeout: int | None = None) -> BootedVm | Non
             "from the cache" if box.built_seconds is None else f"built in {box.built_seconds:.0f} s"
         )
         print(f"    {box.path} ({how})")
-        ensure_pool(pool, POOL_DIR)
+        ensure_pool(pool, pool_dir)
         if add_box(box, BOX_NAME, pool):
             print(f"    `vagrant box add {BOX_NAME}` done")
         probe = probe_kvm(box.kernel)
@@ -314,10 +334,10 @@ def boot_vm(sandbox: Sandbox, boot_timeout: int | None = None) -> BootedVm | Non
 
     print(f"==> network {net.name}: {net.bridge} {net.address}, stand-ins at {net.gateway}")
     ensure_network(net)
-    standins = start_standins(sandbox, detached=True)
+    world = full_group_data(start_standins(sandbox, detached=True)) if standins else {}
     known_hosts = state / "vagrant_known_hosts"
     console = state / "console.log"
-    host_data = vm_host_data(full_group_data(standins), known_hosts)
+    host_data = vm_host_data(world, known_hosts)
     _atomic_write(
         LOCAL_STATE, json.dumps(local_state(probe, net, pool, console, host_data, boot_timeout))
     )
@@ -439,8 +459,13 @@ def parse_kernel_facts(text: str) -> dict[str, str]:
 
 
 def kernel_facts() -> dict[str, str]:
+    return vagrant_ssh_facts(KERNEL_FACTS_SCRIPT)
+
+
+def vagrant_ssh_facts(script: str) -> dict[str, str]:
+    """key=value lines `script` prints on the VM (through `vagrant ssh`)."""
     out = subprocess.run(
-        ["vagrant", "ssh", MACHINE, "-c", KERNEL_FACTS_SCRIPT], cwd=ROOT, capture_output=True,
+        ["vagrant", "ssh", MACHINE, "-c", script], cwd=ROOT, capture_output=True,
         text=True, timeout=1000, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     return parse_kernel_facts(out.stdout)
@@ -455,8 +480,92 @@ def _report(result: ConvergeResult, which: str) -> bool:
     return True
 
 
-def down(sandbox: Sandbox) -> int:
-    """Destroy the VM, stop the stand-ins, remove the network; the box and pool stay cached."""
+def boot_check(sandbox: Sandbox, boot_timeout: int | None = None) -> int:
+    """`make vagrant-boot` (and CI): a fresh VM boots the box's own kernel from its disk and
+    answers SSH and pyinfra; no stand-ins, no converge. The VM stays up for `--down`."""
+    if existing_vm_state() is not None:
+        print(
+            "error: a VM from `make vagrant` exists in this checkout; the boot check needs a "
+            "fresh one: run `make vagrant-down` first",
+            file=sys.stderr,
+        )
+        return 1
+    booted = boot_vm(sandbox, boot_timeout, standins=False)
+    if booted is None:
+        return 1
+    box_kernel = kernel_release(ensure_box(sandbox).kernel)
+    domain = (ROOT / ".vagrant" / "machines" / MACHINE / "libvirt" / "id").read_text().strip()
+    domain_xml = virsh("dumpxml", domain).stdout
+    facts = vagrant_ssh_facts(BOOT_FACTS_SCRIPT)
+    started = time.monotonic()
+    via_pyinfra = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "pyinfra"), str(INVENTORY), "exec", "-y", "--", "uname -r"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    pyinfra_seconds = time.monotonic() - started
+    problems = boot_check_problems(facts, box_kernel, domain_xml)
+    printed = via_pyinfra.stdout + via_pyinfra.stderr  # pyinfra logs command output to stderr
+    if via_pyinfra.returncode != 0 or f"[@vagrant/{MACHINE}] {box_kernel}\n" not in printed:
+        problems.append(
+            f"`pyinfra {INVENTORY.relative_to(ROOT)} exec -- uname -r` exited "
+            f"{via_pyinfra.returncode} without printing {box_kernel!r}:\n"
+            + readable_tail(printed, 8)
+        )
+    print("==> boot check")
+    seen = {key: facts.get(key, "?") for key in ("kernel", "virt", "root", "boots", "state")}
+    print(f"    VM `{MACHINE}` ({booted.probe.driver}): kernel {seen['kernel']} (the box's "
+          f"{box_kernel}) under {seen['virt']}, root {seen['root']}, boots recorded "
+          f"{seen['boots']}, system {seen['state']}")  # fmt: skip
+    print(f"    boot to SSH {booted.boot_seconds:.0f} s, pyinfra exec {pyinfra_seconds:.0f} s, "
+          f"total {time.monotonic() - booted.started:.0f} s")  # fmt: skip
+    if problems:
+        print("error: the boot check failed:", *problems, sep="\n    ", file=sys.stderr)
+        return 1
+    print("    ok; `make vagrant-down` removes the VM")
+    return 0
+
+
+# What a freshly booted VM must show: its own kernel from its own disk, one boot, a booted
+# system, and the insecure key Vagrant swapped out on the first `vagrant up`.
+BOOT_FACTS_SCRIPT = (
+    "echo state=$(timeout 600 systemctl is-system-running --wait); "
+    "echo virt=$(systemd-detect-virt --vm); echo kernel=$(uname -r); "
+    "echo root=$(findmnt -no SOURCE /); "
+    "echo boot_image=$(grep -o 'BOOT_IMAGE=[^ ]*' /proc/cmdline); "
+    "echo boots=$(sudo journalctl --list-boots --no-pager -q | wc -l); "
+    "echo insecure_key=$(grep -c 'vagrant insecure public key' ~/.ssh/authorized_keys)"
+)
+
+
+def boot_check_problems(facts: dict[str, str], box_kernel: str, domain_xml: str) -> list[str]:
+    """What is wrong with a fresh VM (BOOT_FACTS_SCRIPT's facts, libvirt's domain XML)."""
+    problems = []
+    if facts.get("virt") in (None, "", "none"):
+        problems.append(f"systemd-detect-virt --vm names no hypervisor: {facts.get('virt')!r}")
+    if not box_kernel or facts.get("kernel") != box_kernel:
+        problems.append(
+            f"running kernel {facts.get('kernel')!r} is not the box's installed {box_kernel!r}"
+        )
+    if re.search(r"<(kernel|initrd)>", domain_xml):
+        problems.append("libvirt loads the kernel itself (<kernel> in the domain): no bootloader")
+    if not facts.get("boot_image", "").startswith("BOOT_IMAGE="):
+        problems.append("no bootloader's BOOT_IMAGE= on the kernel command line")
+    if not facts.get("root", "").startswith("/dev/"):
+        problems.append(f"the root file system is not on the VM's disk: {facts.get('root')!r}")
+    if facts.get("boots") != "1":
+        problems.append(f"journalctl --list-boots shows {facts.get('boots')!r} boots, expected 1")
+    if facts.get("state") not in ("running", "degraded"):
+        problems.append(f"systemctl is-system-running: {facts.get('state')!r}")
+    if facts.get("insecure_key") != "0":
+        problems.append(
+            f"Vagrant's insecure key is still authorized ({facts.get('insecure_key')!r} lines)"
+        )
+    return problems
+
+
+def down(sandbox: Sandbox, purge: bool = False) -> int:
+    """Destroy the VM, stop the stand-ins, remove the network; the box and pool stay cached
+    unless purge (then the pool, with the box image libvirt holds, goes too)."""
     state = sandbox.state_dir
     if LOCAL_STATE.is_file() and shutil.which("vagrant"):
         try:
@@ -465,8 +574,10 @@ def down(sandbox: Sandbox) -> int:
             print(f"warning: {exc}", file=sys.stderr)
     if virsh("version", check=False).returncode == 0:
         remove_network(net_for(sandbox))
-        pool = f"autoglm-{sandbox.name}"
-        if pool in virsh("pool-list", "--name", check=False).stdout.split():
+        pool, pool_dir = pool_for(sandbox)
+        if purge:
+            remove_pool(pool, pool_dir)
+        elif pool in virsh("pool-list", "--name", check=False).stdout.split():
             virsh("pool-destroy", pool, check=False)
     stop_detached_standins(sandbox)
     daemons = state / "daemons.json"
@@ -485,6 +596,13 @@ def down(sandbox: Sandbox) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m autoglm_testbed.vagrant_vm")
     parser.add_argument("--down", action="store_true", help="destroy the VM and its network")
+    parser.add_argument(
+        "--purge", action="store_true", help="with --down: also delete the libvirt storage pool"
+    )
+    parser.add_argument(
+        "--boot-check", action="store_true",
+        help="boot a fresh VM and check its kernel, disk and SSH; no stand-ins, no converge",
+    )  # fmt: skip
     parser.add_argument("--name", default="vagrant", help="sandbox name (default vagrant)")
     parser.add_argument("--net", type=int, default=3, help="10.231.<net>.0/24 (default 3)")
     parser.add_argument(
@@ -494,7 +612,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="    %(message)s")
     try:
         sandbox = Sandbox(args.name, net=args.net, state_dir=ROOT / ".sandbox" / args.name)
-        return down(sandbox) if args.down else up(sandbox, args.boot_timeout)
+        if args.down:
+            return down(sandbox, purge=args.purge)
+        if args.boot_check:
+            return boot_check(sandbox, args.boot_timeout)
+        return up(sandbox, args.boot_timeout)
     except SandboxError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

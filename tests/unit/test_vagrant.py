@@ -6,6 +6,7 @@ The VM scenario itself is `make vagrant` (README: Test VMs); these are its pure 
 from __future__ import annotations
 
 import json
+import re
 import runpy
 import shutil
 import subprocess
@@ -179,3 +180,55 @@ def test_a_reboot_counts_once_and_boots_with_the_blacklist() -> None:
         "systemctl is-system-running after the reboot: 'starting'"
     ]
     assert len(reboot_problems(before, {})) == 4  # the VM answered nothing
+
+
+def test_the_box_kernel_s_release_is_read_from_its_boot_header(tmp_path: Path) -> None:
+    from autoglm_testbed.vagrant_box import kernel_release
+
+    # A bzImage's setup header (Linux boot protocol): "HdrS" at 0x202, and at 0x20E the
+    # offset (minus 0x200) of the version string, which starts with what `uname -r` says.
+    image = bytearray(0x3000)
+    image[0x202:0x206] = b"HdrS"
+    image[0x20E:0x210] = (0x2000 - 0x200).to_bytes(2, "little")
+    version = b"6.1.0-57-cloud-amd64 (debian-kernel@lists.debian.org) #1 SMP PREEMPT_DYNAMIC\0"
+    image[0x2000 : 0x2000 + len(version)] = version
+    (tmp_path / "vmlinuz").write_bytes(bytes(image))
+    assert kernel_release(tmp_path / "vmlinuz") == "6.1.0-57-cloud-amd64"
+    (tmp_path / "initrd").write_bytes(b"\x1f\x8b" + bytes(0x1000))
+    assert kernel_release(tmp_path / "initrd") == ""
+
+
+def test_a_fresh_vm_must_boot_the_box_s_kernel_from_its_disk() -> None:
+    from autoglm_testbed.vagrant_vm import BOOT_FACTS_SCRIPT, boot_check_problems
+
+    kernel = "6.1.0-57-cloud-amd64"
+    xml = "<domain type='qemu'><os><type>hvm</type><boot dev='hd'/></os></domain>"
+    good = {
+        "state": "running",
+        "virt": "qemu",
+        "kernel": kernel,
+        "root": "/dev/vda1",
+        "boot_image": "BOOT_IMAGE=/vmlinuz",
+        "boots": "1",
+        "insecure_key": "0",
+    }
+    assert set(good) == set(re.findall(r"echo (\w+)=", BOOT_FACTS_SCRIPT))
+    assert boot_check_problems(good, kernel, xml) == []
+    assert boot_check_problems({**good, "virt": "none"}, kernel, xml) == [
+        "systemd-detect-virt --vm names no hypervisor: 'none'"
+    ]
+    assert boot_check_problems(good, "6.1.0-58-cloud-amd64", xml) == [
+        "running kernel '6.1.0-57-cloud-amd64' is not the box's installed '6.1.0-58-cloud-amd64'"
+    ]
+    direct = xml.replace("<boot dev='hd'/>", "<kernel>/tmp/vmlinuz</kernel>")
+    assert "no bootloader" in boot_check_problems(good, kernel, direct)[0]
+    assert boot_check_problems({**good, "boot_image": ""}, kernel, xml) == [
+        "no bootloader's BOOT_IMAGE= on the kernel command line"
+    ]
+    assert boot_check_problems({**good, "root": "overlay"}, kernel, xml) == [
+        "the root file system is not on the VM's disk: 'overlay'"
+    ]
+    assert boot_check_problems({**good, "insecure_key": "1"}, kernel, xml) == [
+        "Vagrant's insecure key is still authorized ('1' lines)"
+    ]
+    assert len(boot_check_problems({}, kernel, xml)) == 7  # the VM answered nothing
