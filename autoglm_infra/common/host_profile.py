@@ -11,7 +11,9 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 
-_EFI_SECURE_BOOT = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-e0a9e5c2c1b0"
+# EFI_GLOBAL_VARIABLE's GUID (UEFI spec 2.10, section 3.3); read in a Secure Boot VM
+# (`make vm-secureboot`), where a wrong GUID had made every host "unknown".
+_EFI_SECURE_BOOT = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
 # Where DKMS (Debian) and shim-signed (Ubuntu) keep the key they sign modules with.
 MOK_KEYS = ("/var/lib/dkms/mok.pub", "/var/lib/shim-signed/mok/MOK.der")
 

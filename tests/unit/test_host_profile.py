@@ -97,3 +97,15 @@ def test_secure_boot_probe_reports_key_state_through_mokutil(tmp_path) -> None: 
     )
     profile = parse_host_profile(out.stdout.splitlines())
     assert (profile.secure_boot, profile.module_signing_key) == ("on", "enrolled")
+
+
+def test_the_secure_boot_variable_is_the_one_real_firmware_has() -> None:
+    """Listed in a Secure Boot VM (OVMF with Microsoft's keys, `make vm-secureboot`); the
+    probe's name for it once had a wrong GUID, which read every host as "unknown"."""
+    from pathlib import Path
+
+    from autoglm_infra.common import host_profile
+
+    listed = Path(__file__).parents[1] / "fixtures/recorded/secureboot-vm-efivars.txt"
+    assert Path(host_profile._EFI_SECURE_BOOT).name in listed.read_text().split()
+    assert Path(host_profile._EFI_SECURE_BOOT).parent == Path("/sys/firmware/efi/efivars")

@@ -6,7 +6,9 @@ autoglm_infra/stages/nvidia/kernel_module.py); the probe's shell runs here for r
 
 from __future__ import annotations
 
+import os
 import subprocess
+from pathlib import Path
 
 from autoglm_infra.stages.nvidia.kernel_module import (
     DkmsEntry,
@@ -145,3 +147,25 @@ def test_probe_lines_run_here() -> None:
     state = parse_module_state(values, [], [])
     assert state.kernel == running
     assert not state.file and not state.dkms
+
+
+def test_a_secure_boot_refusal_is_read_from_the_kernel_log(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Recorded in a Secure Boot VM (`make vm-secureboot`, 2026-12-06): `modprobe nvidia`
+    of DKMS's module, signed with an unenrolled key, failed "Key was rejected by service"
+    and the kernel's only line names no module. The probe must keep it."""
+    recorded = Path(__file__).parents[1] / "fixtures/recorded/secureboot-vm-dmesg.txt"
+    shim = tmp_path / "dmesg"
+    shim.write_text(f"#!/bin/sh\ncat {recorded}\n")
+    shim.chmod(0o755)
+    out = subprocess.run(
+        ["sh", "-c", "\n".join([*module_probe_lines(), "true"])],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"},
+        check=True,
+    ).stdout
+    klog = [line.partition("=")[2] for line in out.splitlines() if line.startswith("klog=")]
+    assert "Loading of module with unavailable key is rejected" in klog
+    state = ModuleState(**{**BUILT.__dict__, "kernel_log": tuple(klog)})
+    row = _rows(state)["module loaded"]
+    assert row.status == "fail" and "mokutil --import /var/lib/dkms/mok.pub" in row.fix

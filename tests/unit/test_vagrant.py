@@ -232,3 +232,40 @@ def test_a_fresh_vm_must_boot_the_box_s_kernel_from_its_disk() -> None:
         "Vagrant's insecure key is still authorized ('1' lines)"
     ]
     assert len(boot_check_problems({}, kernel, xml)) == 7  # the VM answered nothing
+
+
+def test_the_secure_boot_vm_boots_signed_loaders_with_smm_protected_variables(
+    tmp_path: Path,
+) -> None:
+    from autoglm_testbed.secureboot_vm import OVMF_CODE, grub_cfg, qemu_argv
+
+    argv = qemu_argv("qemu", tmp_path / "d", tmp_path / "e", tmp_path / "v", 2222, tmp_path / "c",
+                     tmp_path / "p")  # fmt: skip
+    joined = " ".join(argv)
+    assert "q35,smm=on,accel=tcg" in joined
+    assert "driver=cfi.pflash01,property=secure,value=on" in joined
+    assert f"readonly=on,file={OVMF_CODE}" in joined and OVMF_CODE.name.endswith("secboot.fd")
+    assert "hostfwd=tcp:127.0.0.1:2222-:22" in joined  # loopback only
+    assert "accel=kvm" in " ".join(qemu_argv("kvm", *[tmp_path] * 3, 1, tmp_path, tmp_path))
+    assert f"--label {ROOT_LABEL}" in grub_cfg() and f"root=LABEL={ROOT_LABEL}" in grub_cfg()
+
+
+def test_the_secure_boot_vm_must_show_the_refusal_it_was_built_for() -> None:
+    from autoglm_infra.common.host_profile import HostProfile
+    from autoglm_testbed.secureboot_vm import sb_problems
+
+    profile = HostProfile(efi=True, secure_boot="on", module_signing_key="not-enrolled")
+    refused = (1, "modprobe: ERROR: could not insert 'nvidia': Key was rejected by service")
+    rows = {
+        "module built": {"status": "ok", "evidence": "nvidia.ko (built by DKMS, signed by DKMS "
+                         "module signing key)"},
+        "module loaded": {"status": "skip", "evidence": "kernel log: Loading of module with "
+                          "unavailable key is rejected"},
+    }  # fmt: skip
+    assert sb_problems("SecureBoot enabled\n", profile, refused, rows) == []
+    off = sb_problems("SecureBoot disabled\n", profile, refused, rows)
+    assert len(off) == 1 and "SecureBoot enabled" in off[0]
+    unread = HostProfile(efi=True, secure_boot="unknown")
+    assert len(sb_problems("SecureBoot enabled\n", unread, refused, rows)) == 2  # + preflight
+    assert "modprobe nvidia" in sb_problems("SecureBoot enabled", profile, (0, ""), rows)[0]
+    assert len(sb_problems("SecureBoot enabled", profile, refused, {})) == 2

@@ -20,8 +20,18 @@ from dataclasses import dataclass
 
 from autoglm_infra.common.checks import Check
 
-# Secure Boot / lockdown refusals in the kernel log (module.c, lockdown LSM)
-_SIGNATURE_REFUSALS = ("key was rejected", "lockdown", "unsigned module", "required key not")
+# Secure Boot / lockdown refusals in the kernel log (kernel/module/signing.c, lockdown LSM).
+# They name no module: a locked-down Debian 12 kernel refusing DKMS's nvidia.ko logs only
+# "Loading of module with unavailable key is rejected" (read in a Secure Boot VM,
+# `make vm-secureboot`), so the probe keeps them beside the NVRM lines.
+_SIGNATURE_REFUSALS = (
+    "key was rejected",
+    "lockdown",
+    "unsigned module",
+    "required key not",
+    "with unavailable key",
+)
+_KERNEL_LOG_PATTERN = "nvrm|nvidia|module with unavailable key|unsigned module loading"
 
 
 @dataclass(frozen=True)
@@ -55,7 +65,8 @@ def module_probe_lines() -> list[str]:
         # why a module is not loaded is in the kernel log (dmesg needs root; journald's
         # copy when dmesg is refused); only read when it is not loaded
         "[ -d /sys/module/nvidia ] || { dmesg 2>/dev/null || journalctl -k -b -q --no-pager"
-        " -o cat 2>/dev/null; } | grep -i -E 'nvrm|nvidia' | tail -n 3"
+        " -o cat 2>/dev/null; }"
+        f" | grep -i -E '{_KERNEL_LOG_PATTERN}' | tail -n 3"
         " | sed 's/^\\[[^]]*\\] *//; s/^/klog=/'",
     ]
 
