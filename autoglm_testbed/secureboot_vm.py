@@ -267,6 +267,15 @@ def gpu_check_rows(inventory: Path, out_dir: Path) -> tuple[dict[str, dict[str, 
 
 
 def run(sandbox: Sandbox, keep: bool) -> int:
+    """The scenario; unless keep, its files go whether it passed or not (qemu is stopped)."""
+    try:
+        return _scenario(sandbox, keep)
+    finally:
+        if not keep:
+            sandbox.down()  # the work dir (disks, key), the base copy, the state dir
+
+
+def _scenario(sandbox: Sandbox, keep: bool) -> int:
     sandbox._init_state_dir()  # marks it as a sandbox state dir before anything is written
     work = sandbox.state_dir / "secureboot"
     shutil.rmtree(work, ignore_errors=True)
@@ -313,19 +322,20 @@ def run(sandbox: Sandbox, keep: bool) -> int:
     print(f"==> total {time.monotonic() - started:.0f} s")
     if problems:
         print("error:", *problems, sep="\n    ", file=sys.stderr)
+        print(f"    last lines of the VM's console:\n{_tail(console, 10)}", file=sys.stderr)
         return 1
-    if not keep:
-        sandbox.down()  # the work dir, the base copy, the state dir
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m autoglm_testbed.secureboot_vm")
     parser.add_argument("--keep", action="store_true", help="leave the VM running")
+    parser.add_argument("--name", default="secboot", help="sandbox name (default secboot)")
+    parser.add_argument("--net", type=int, default=106, help="its registry slot (default 106)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="    %(message)s")
     try:
-        sandbox = Sandbox("secboot", net=106, state_dir=ROOT / ".sandbox" / "secboot")
+        sandbox = Sandbox(args.name, net=args.net, state_dir=ROOT / ".sandbox" / args.name)
         return run(sandbox, args.keep)
     except (SandboxError, subprocess.SubprocessError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
