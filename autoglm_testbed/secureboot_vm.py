@@ -200,18 +200,20 @@ def prepare_disks(sandbox: Sandbox, work: Path, log: Path) -> tuple[Path, Path, 
                     "dkms", f"linux-headers-{kernel}", logfile=log, timeout=1800)  # fmt: skip
             # dh_dkms's postinst builds for the kernels that have headers: the box's, not ours
             _chroot(mnt, "dpkg", "-i", f"/tmp/{deb.name}", logfile=log, timeout=1800)
+            # the signed loaders from the box's own (just updated) package lists
+            fetch = "cd /tmp/loaders && apt-get download " + " ".join(SIGNED_LOADERS)
+            (mnt / "tmp" / "loaders").mkdir()
+            _chroot(mnt, "sh", "-c", fetch, logfile=log)
             _chroot(mnt, "apt-get", "clean", logfile=log)
         (mnt / "tmp" / deb.name).unlink()
+        for fetched in (mnt / "tmp" / "loaders").glob("*.deb"):
+            _run(["dpkg-deb", "-x", str(fetched), str(work / "loaders")])
+        shutil.rmtree(mnt / "tmp" / "loaders")
         resolv.unlink()
         resolv.symlink_to("../run/systemd/resolve/stub-resolv.conf")
     finally:
         _run(["umount", str(mnt)], check=False)
     loaders = work / "loaders"
-    for package in SIGNED_LOADERS:
-        _run(["apt-get", "download", package], cwd=work)
-    for fetched in work.glob("*.deb"):
-        if fetched != deb:
-            _run(["dpkg-deb", "-x", str(fetched), str(loaders)])
     esp = work / "esp.img"
     with esp.open("wb") as fh:
         fh.truncate(ESP_MIB * 1024 * 1024)
