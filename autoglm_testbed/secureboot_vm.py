@@ -64,7 +64,7 @@ from autoglm_testbed.vagrant_box import (
 
 VERSION = "550.54.15"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
-OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")  # Microsoft's and Debian's db keys
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")  # db: Microsoft PCA 2011 + UEFI CA 2011
 SIGNED_LOADERS = {  # package -> (file in it, name on the ESP)
     "shim-signed": ("usr/lib/shim/shimx64.efi.signed", "EFI/BOOT/BOOTX64.EFI"),
     "grub-efi-amd64-signed": (
