@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import shlex
@@ -39,7 +38,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from autoglm_infra.common.checks import json_file_name
 from autoglm_infra.common.host_profile import (
     HostProfile,
     PciGpu,
@@ -48,7 +46,7 @@ from autoglm_infra.common.host_profile import (
 )
 from autoglm_infra.doctor.host import secure_boot_check
 from autoglm_infra.stages.preflight.problems import secure_boot_problem
-from autoglm_testbed.converge import ROOT, describe_failure, run_pyinfra
+from autoglm_testbed.converge import ROOT
 from autoglm_testbed.dkms_standin import build_dkms_deb
 from autoglm_testbed.hosts import Sandbox, SandboxError, _run, _tail
 from autoglm_testbed.kvm_probe import probe_kvm
@@ -56,13 +54,14 @@ from autoglm_testbed.servers import free_port
 from autoglm_testbed.vagrant_box import (
     PART_OFFSET,
     ROOT_LABEL,
+    Box,
     _chroot,
     _chroot_mounts,
     ensure_box,
     kernel_release,
 )
+from autoglm_testbed.vagrant_kernel import VERSION, gpu_check_rows
 
-VERSION = "550.54.15"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")  # db: Microsoft PCA 2011 + UEFI CA 2011
 SIGNED_LOADERS = {  # package -> (file in it, name on the ESP)
@@ -75,6 +74,7 @@ SIGNED_LOADERS = {  # package -> (file in it, name on the ESP)
 ESP_MIB = 64
 BOOT_TIMEOUT = {"kvm": 300, "qemu": 900}
 SSH_USER = "vagrant"
+VM_HOST = "127.0.0.1"  # its name in the run's inventory (SSH forwarded on loopback)
 
 
 def grub_cfg() -> str:
@@ -167,13 +167,12 @@ class Vm:
             "ssh_known_hosts_file": "/dev/null", "ssh_strict_host_key_checking": "no",
             "_sudo": True, "nvidia_require_gpu": False,
         }  # fmt: skip
-        path.write_text(f"secureboot = [('127.0.0.1', {data!r})]\n")
+        path.write_text(f"secureboot = [({VM_HOST!r}, {data!r})]\n")
         return path
 
 
-def prepare_disks(sandbox: Sandbox, work: Path, log: Path) -> tuple[Path, Path, str]:
+def prepare_disks(box: Box, work: Path, log: Path) -> tuple[Path, Path, str]:
     """The box's disk with the driver package installed, and an ESP with the signed chain."""
-    box = ensure_box(sandbox)
     kernel = kernel_release(box.kernel)
     with tarfile.open(box.path) as tar:
         tar.extract("box.img", work, filter="data")
@@ -256,18 +255,6 @@ def wait_for_ssh(vm: Vm, pid: int, timeout: float, console: Path) -> float:
     )
 
 
-def gpu_check_rows(inventory: Path, out_dir: Path) -> tuple[dict[str, dict[str, Any]], str]:
-    result = run_pyinfra(
-        inventory, "deploys/gpu_check.py", timeout=900, env={"AUTOGLM_CHECKS_JSON": str(out_dir)}
-    )
-    path = out_dir / json_file_name("127.0.0.1", "gpu_check")
-    try:
-        rows = {row["name"]: row for row in json.loads(path.read_text())["checks"]}
-    except (OSError, ValueError, KeyError) as exc:
-        return {}, f"no gpu_check table ({exc}):\n{describe_failure(result)}"
-    return rows, ""
-
-
 def run(sandbox: Sandbox, keep: bool) -> int:
     """The scenario; unless keep, its files go whether it passed or not (qemu is stopped)."""
     try:
@@ -285,10 +272,11 @@ def _scenario(sandbox: Sandbox, keep: bool) -> int:
     log, console, pidfile = work / "build.log", work / "console.log", work / "qemu.pid"
     started = time.monotonic()
     print("==> disks: the box + mokutil, dkms, headers, the DKMS stand-in; an ESP with shim")
-    disk, esp, kernel = prepare_disks(sandbox, work, log)
+    box = ensure_box(sandbox)
+    disk, esp, kernel = prepare_disks(box, work, log)
     prepared = time.monotonic() - started
     print(f"    done in {prepared:.0f} s (kernel {kernel}; log {log})")
-    driver = probe_kvm(ensure_box(sandbox).kernel).driver
+    driver = probe_kvm(box.kernel).driver
     port = free_port()
     vm = Vm(work, work / "id_ed25519", port)
     print(f"==> boot with Secure Boot on ({driver}; SSH on 127.0.0.1:{port})")
@@ -312,11 +300,11 @@ def _scenario(sandbox: Sandbox, keep: bool) -> int:
         modprobe = vm.ssh("modprobe nvidia", 300)
         _, klog = vm.ssh("dmesg | tail -n 2")
         show(f"modprobe nvidia (exit {modprobe[0]}), then dmesg", modprobe[1] + klog)
-        rows, why = gpu_check_rows(vm.inventory(), work)
+        rows, tail = gpu_check_rows(work, vm.inventory(), VM_HOST)
         for name in ("module built", "module loaded"):
             print(f"    gpu_check {name}: {rows.get(name)}")
-        if why:
-            problems.append(why)
+        if not rows:
+            problems.append(f"gpu_check: {tail}")
         problems += sb_problems(sb_state, profile, modprobe, rows)
     finally:
         if not keep:

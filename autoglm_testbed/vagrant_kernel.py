@@ -84,12 +84,14 @@ class VmCommand:
         return done.returncode, (done.stdout + done.stderr).decode(errors="replace")
 
 
-def gpu_check_rows(out_dir: Path) -> tuple[dict[str, dict[str, Any]], str]:
-    """gpu_check through pyinfra on the VM: its rows by name, and pyinfra's output tail."""
+def gpu_check_rows(
+    out_dir: Path, inventory: Path = INVENTORY, host: str = HOST_NAME
+) -> tuple[dict[str, dict[str, Any]], str]:
+    """gpu_check through pyinfra on a VM: its rows by name, and pyinfra's output tail."""
     result = run_pyinfra(
-        INVENTORY, "deploys/gpu_check.py", timeout=900, env={"AUTOGLM_CHECKS_JSON": str(out_dir)}
+        inventory, "deploys/gpu_check.py", timeout=900, env={"AUTOGLM_CHECKS_JSON": str(out_dir)}
     )
-    path = out_dir / json_file_name(HOST_NAME, "gpu_check")
+    path = out_dir / json_file_name(host, "gpu_check")
     try:
         rows = {row["name"]: row for row in json.loads(path.read_text())["checks"]}
     except (OSError, ValueError, KeyError) as exc:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoglm_infra.stages.nvidia.files import NOUVEAU_BLACKLIST
-from autoglm_testbed.converge import ConvergeResult, describe_failure, run_pyinfra
+from autoglm_testbed.converge import ConvergeResult, describe_failure, pyinfra_bin, run_pyinfra
 from autoglm_testbed.hosts import (
     Sandbox,
     SandboxError,
@@ -40,7 +40,7 @@ from autoglm_testbed.hosts import (
     _tail,
 )
 from autoglm_testbed.kvm_probe import ProbeResult, probe_kvm
-from autoglm_testbed.vagrant_box import BOX_NAME, add_box, ensure_box, kernel_release
+from autoglm_testbed.vagrant_box import BOX_NAME, Box, add_box, ensure_box, kernel_release
 from autoglm_testbed.world import (
     ROOT,
     full_group_data,
@@ -54,6 +54,7 @@ MACHINE = "local"
 LIBVIRT_URI = "qemu:///system"
 LOCAL_STATE = ROOT / ".vagrant" / "autoglm-local.json"
 INVENTORY = ROOT / "inventories" / "vagrant.py"
+MACHINE_ID = ROOT / ".vagrant" / "machines" / MACHINE / "libvirt" / "id"  # libvirt's domain UUID
 # libvirt runs qemu as libvirt-qemu, which cannot enter ~/.cache; the uploaded box stays in
 # a pool per sandbox name (libvirt refuses two dir pools on one path)
 POOL_PARENT = Path("/var/lib/libvirt/images")
@@ -286,7 +287,7 @@ def vagrant(*args: str, timeout: float, log_file: Path | None = None) -> None:
 
 def existing_vm_state() -> dict[str, object] | None:
     """The state of the VM vagrant created earlier (None: there is none)."""
-    created = (ROOT / ".vagrant" / "machines" / MACHINE / "libvirt" / "id").is_file()
+    created = MACHINE_ID.is_file()
     if not (created and LOCAL_STATE.is_file()):
         return None
     state = json.loads(LOCAL_STATE.read_text())
@@ -301,6 +302,7 @@ class BootedVm:
     net: Net
     boot_seconds: float
     started: float  # time.monotonic() when boot_vm began
+    box: Box | None  # None: a VM that existed was kept, with whatever box it came from
 
 
 def boot_vm(
@@ -315,6 +317,7 @@ def boot_vm(
     started = time.monotonic()
     ensure_libvirtd(state)
     previous = existing_vm_state()
+    box: Box | None = None
     if previous is not None:
         # Re-adding the box would delete the image volume the running VM's disk sits on.
         probe = ProbeResult(str(previous["driver"]), "as when the VM was created")
@@ -363,7 +366,7 @@ def boot_vm(
     boot_seconds = time.monotonic() - boot_started
     print(f"    up and answering SSH in {boot_seconds:.0f} s")
     known_hosts.unlink(missing_ok=True)  # a new VM has new host keys
-    return BootedVm(probe, net, boot_seconds, started)
+    return BootedVm(probe, net, boot_seconds, started, box)
 
 
 def up(sandbox: Sandbox, boot_timeout: int | None = None) -> int:
@@ -493,13 +496,13 @@ def boot_check(sandbox: Sandbox, boot_timeout: int | None = None) -> int:
     booted = boot_vm(sandbox, boot_timeout, standins=False)
     if booted is None:
         return 1
-    box_kernel = kernel_release(ensure_box(sandbox).kernel)
-    domain = (ROOT / ".vagrant" / "machines" / MACHINE / "libvirt" / "id").read_text().strip()
+    box_kernel = kernel_release(booted.box.kernel) if booted.box else ""
+    domain = MACHINE_ID.read_text().strip()
     domain_xml = virsh("dumpxml", domain).stdout
     facts = vagrant_ssh_facts(BOOT_FACTS_SCRIPT)
     started = time.monotonic()
     via_pyinfra = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "pyinfra"), str(INVENTORY), "exec", "-y", "--", "uname -r"],
+        [pyinfra_bin(), str(INVENTORY), "exec", "-y", "--", "uname -r"],
         cwd=ROOT, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     pyinfra_seconds = time.monotonic() - started

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_testbed.vagrant_vm import LIBVIRT_URI, existing_vm_state, readable_tail
+from autoglm_testbed.vagrant_vm import LIBVIRT_URI, MACHINE_ID, existing_vm_state, readable_tail
 
 ROOT = Path(__file__).resolve().parents[2]
 # Beside the session's sandbox (its own bridge and subnet), never on `make vagrant`'s net 3.
@@ -61,8 +61,8 @@ def test_a_fresh_vm_boots_the_box_s_own_kernel_and_answers_pyinfra() -> None:
             output, 40
         )
         # Read again here, not only through the boot check: libvirt runs the VM...
-        domain = (ROOT / ".vagrant" / "machines" / "local" / "libvirt" / "id").read_text()
-        assert virsh("domstate", domain.strip()).stdout.strip() == "running"
+        domain = MACHINE_ID.read_text().strip()
+        assert virsh("domstate", domain).stdout.strip() == "running"
         # ...and the summary reports the kernel the VM runs, the box's own.
         summary = re.search(r"kernel (\S+) \(the box's (\S+)\) under (\S+),", output)
         assert summary, output
