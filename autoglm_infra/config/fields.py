@@ -66,4 +66,4 @@ def key(default: Any, description: str, allowed: str) -> Any:
 class Keys(BaseModel):
     """Base of every key group: unknown keys are ignored here (validate.py reports them)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, validate_default=True, defer_build=True)

@@ -23,7 +23,6 @@ import json
 import os
 import secrets
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,6 +38,7 @@ from autoglm_infra.common.batched_reads import (
     encode_record,
     split_batch,
 )
+from autoglm_infra.common.controller_cache import cache_dir, write_private
 from autoglm_infra.pyinfra_ext.run_key import host_key
 from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
 
@@ -62,7 +62,6 @@ def _collecting() -> bool:
 
 def record_path() -> Path:
     """The current host's record: one per host, connection and deploy files."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     deploys = [a for a in sys.argv[1:] if a.endswith(".py") and "inventor" not in a]
     identity = [
         host.name,
@@ -72,7 +71,7 @@ def record_path() -> Path:
         *deploys,
     ]
     digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:32]
-    return base / "autoglm-infra" / "state-reads" / f"{digest}.json"
+    return cache_dir("state-reads") / f"{digest}.json"
 
 
 def prefetch_state_reads() -> None:
@@ -125,10 +124,6 @@ def remember_state_reads() -> None:
     try:
         if path.exists() and decode_record(path.read_text()) == reads:
             return
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".record-")  # mode 0600
-        with os.fdopen(fd, "w") as out:
-            out.write(encode_record(reads))
-        os.replace(tmp, path)
+        write_private(path, encode_record(reads).encode())
     except OSError as exc:  # a cache: the next converge reads one by one
         logger.debug(f"{host.name}: state-read record not written: {exc}")

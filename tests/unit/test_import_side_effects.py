@@ -29,3 +29,14 @@ def test_importing_every_module_patches_nothing() -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("patched: none"), done.stdout + done.stderr[-2000:]
+
+
+def test_the_converge_imports_no_http_client() -> None:
+    """`requests` (50 ms of every run) is imported where a key is fetched or a hub asked,
+    which a no-op converge with its keys cached never does."""
+    check = "import sys, autoglm_infra.stages.deploy; print('requests' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "False"

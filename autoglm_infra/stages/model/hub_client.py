@@ -22,9 +22,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
-
-import requests
+from typing import TYPE_CHECKING, Any
 
 from autoglm_infra.common.secrets import Secret, SecretError, read_secret
 from autoglm_infra.host_tools.model_fetch import (
@@ -48,6 +46,9 @@ from autoglm_infra.stages.model.lock import (
     revision_url,
     write_lock,
 )
+
+if TYPE_CHECKING:  # imported where a hub is asked: a no-op converge never asks one
+    import requests
 
 # Hosts whose own token it is: anything else is a mirror, which gets no token unless the
 # user opts in (hub_token_to_mirror), so a third-party mirror never sees an HF token.
@@ -103,10 +104,14 @@ class HubHttp:
         self.attempts = attempts
         self.retry_base = retry_base
         self.note = note
+        import requests
+
         self.session = requests.Session()
         self.session.trust_env = True  # proxies from the environment, as before
 
     def get(self, url: str, stream: bool = False, what: str = "") -> requests.Response:
+        import requests
+
         delay = self.retry_base
         for attempt in range(1, self.attempts + 1):
             try:
