@@ -75,10 +75,11 @@ def profile_script(disk_path: str) -> str:
             f'p={path}; while [ ! -e "$p" ] && [ "$p" != / ]; do p=$(dirname "$p"); done',
             'echo "disk_path=$p"',
             'df -Pk "$p" | awk \'NR==2{print "disk_free_kib=" $4}\'',
+            # `read`, not `cat`: a GPU server has hundreds of PCI functions, a fork each
             "for d in /sys/bus/pci/devices/*; do"
-            ' [ "$(cat $d/vendor 2>/dev/null)" = 0x10de ] || continue;'
-            " c=$(cat $d/class); case $c in 0x03*)"
-            ' echo "gpu=${d##*/} $(cat $d/device) $c";; esac; done',
+            ' v=; read -r v < "$d/vendor" 2>/dev/null; [ "$v" = 0x10de ] || continue;'
+            ' read -r c < "$d/class"; case $c in 0x03*)'
+            ' read -r i < "$d/device"; echo "gpu=${d##*/} $i $c";; esac; done',
             "[ -r /sys/module/nvidia/version ]"
             ' && echo "nvidia_module=$(cat /sys/module/nvidia/version)"',
             f"if [ -r {_EFI_SECURE_BOOT} ]; then"

@@ -48,6 +48,32 @@ def test_probe_runs_here_and_reads_this_machine(tmp_path) -> None:  # type: igno
     assert profile.disk_free_kib > 0
 
 
+def test_pci_scan_finds_nvidia_display_functions_only(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The scan over PCI functions (sysfs's layout: one directory per function, files with
+    one 0x line each): NVIDIA's display controllers are GPUs; its audio function, another
+    vendor's VGA and a function without a vendor file are not."""
+    devices = tmp_path / "devices"
+    functions = {
+        "0000:17:00.0": ("0x10de", "0x2335", "0x030200"),  # H200, 3D controller
+        "0000:17:00.1": ("0x10de", "0x22ba", "0x040300"),  # its HD audio
+        "0000:03:00.0": ("0x1a03", "0x2000", "0x030000"),  # ASPEED BMC VGA
+        "0000:65:00.0": ("0x10de", "0x2330", "0x030200"),  # H100
+    }
+    for name, (vendor, device, klass) in functions.items():
+        d = devices / name
+        d.mkdir(parents=True)
+        for file, value in (("vendor", vendor), ("device", device), ("class", klass)):
+            (d / file).write_text(value + "\n")
+    (devices / "0000:00:00.0").mkdir()  # no vendor file
+    script = profile_script("/").replace("/sys/bus/pci/devices", str(devices))
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+    gpus = parse_host_profile(out.stdout.splitlines()).gpus
+    assert sorted((g.address, g.device_id) for g in gpus) == [
+        ("0000:17:00.0", "0x2335"),
+        ("0000:65:00.0", "0x2330"),
+    ]
+
+
 def test_unsupported_os_and_no_systemd_refused_with_fix() -> None:
     lines = [ln for ln in RECORDED_H100_HOST if not ln.startswith(("os_version", "systemd"))]
     lines = [ln for ln in lines if not ln.startswith("gpu=")]

@@ -36,6 +36,24 @@ def test_snapshot_of_this_machine(tmp_path: Path) -> None:
     assert snap.commands == {"sh": True, "no-such-binary-xyz": False}
 
 
+def test_odd_names_and_many_files_in_one_read(tmp_path: Path) -> None:
+    """One stat and one sha256sum for all files: names GNU escapes (a backslash) and
+    names with runs of spaces come back as they are, each with its own digest and mode."""
+    names = ["back\\slash", "two  spaces", "plain", *(f"f{i}" for i in range(20))]
+    for i, name in enumerate(names):
+        (tmp_path / name).write_text(f"content {i}\n")
+        os.chmod(tmp_path / name, 0o600 + i % 8)
+    paths = [str(tmp_path / n) for n in names] + [str(tmp_path / "gone")]
+    snap = parse_snapshot(run(snapshot_script(paths, [])))
+    for i, name in enumerate(names):
+        digest = hashlib.sha256(f"content {i}\n".encode()).hexdigest()
+        assert snap.files[str(tmp_path / name)] == FileState(
+            digest, f"{600 + i % 8}", "root", "root"
+        ), name
+    assert snap.files[str(tmp_path / "gone")] is None
+    assert len(snap.files) == len(paths)
+
+
 def test_held_and_config_only_packages() -> None:
     snap = parse_snapshot(
         [
