@@ -19,6 +19,7 @@ from pathlib import Path
 
 MODULE = "nvidia"
 DEFAULT_PACKAGE = "nvidia-kernel-dkms"
+DKMS_DEPENDS = "dkms (>= 2.1.0.0)"
 
 
 def module_source(version: str) -> str:
@@ -69,32 +70,44 @@ def dkms_conf(version: str) -> str:
     )
 
 
-def package_files(version: str, package: str = DEFAULT_PACKAGE) -> dict[str, tuple[str, int]]:
-    """Every file of the .deb: path -> (content, mode)."""
-    src = f"usr/src/{MODULE}-{version}"
-    control = (
-        f"Package: {package}\nVersion: {version}-1\nArchitecture: all\n"
-        "Maintainer: autoglm-infra testbed <noreply@example.invalid>\n"
-        "Depends: dkms (>= 2.1.0.0)\nProvides: nvidia-kernel-dkms-any\n"
-        "Section: non-free/kernel\nPriority: optional\n"
-        "Description: stand-in NVIDIA kernel module (DKMS source)\n"
-        " Builds a module that refuses to load without an NVIDIA GPU, like nvidia.ko.\n"
-    )
-    # what dh_dkms generates for a package named like this one
-    postinst = (
-        "#!/bin/sh\nset -e\n"
-        f'if [ "$1" = configure ]; then /usr/lib/dkms/common.postinst {MODULE} {version} '
-        '"" "" "$2"; fi\n'
-    )
-    prerm = f"#!/bin/sh\nset -e\ndkms remove -m {MODULE} -v {version} --all || true\n"
+def source_files(version: str) -> dict[str, tuple[str, int]]:
+    """The DKMS source tree: absolute path -> (content, mode)."""
+    src = f"/usr/src/{MODULE}-{version}"
     return {
-        "DEBIAN/control": (control, 0o644),
-        "DEBIAN/postinst": (postinst, 0o755),
-        "DEBIAN/prerm": (prerm, 0o755),
         f"{src}/dkms.conf": (dkms_conf(version), 0o644),
         f"{src}/Makefile": (f"obj-m := {MODULE}.o\n", 0o644),
         f"{src}/{MODULE}.c": (module_source(version), 0o644),
     }
+
+
+def maintainer_scripts(version: str) -> dict[str, str]:
+    """What dh_dkms generates: build and install at configure, remove before removal."""
+    return {
+        "postinst": (
+            "#!/bin/sh\nset -e\n"
+            f'if [ "$1" = configure ]; then /usr/lib/dkms/common.postinst {MODULE} {version} '
+            '"" "" "$2"; fi\n'
+        ),
+        "prerm": f"#!/bin/sh\nset -e\ndkms remove -m {MODULE} -v {version} --all || true\n",
+    }
+
+
+def package_files(version: str, package: str = DEFAULT_PACKAGE) -> dict[str, tuple[str, int]]:
+    """Every file of the .deb: path -> (content, mode)."""
+    control = (
+        f"Package: {package}\nVersion: {version}-1\nArchitecture: all\n"
+        "Maintainer: autoglm-infra testbed <noreply@example.invalid>\n"
+        f"Depends: {DKMS_DEPENDS}\nProvides: nvidia-kernel-dkms-any\n"
+        "Section: non-free/kernel\nPriority: optional\n"
+        "Description: stand-in NVIDIA kernel module (DKMS source)\n"
+        " Builds a module that refuses to load without an NVIDIA GPU, like nvidia.ko.\n"
+    )
+    files = {"DEBIAN/control": (control, 0o644)}
+    files.update(
+        {f"DEBIAN/{name}": (body, 0o755) for name, body in maintainer_scripts(version).items()}
+    )
+    files.update({path.lstrip("/"): entry for path, entry in source_files(version).items()})
+    return files
 
 
 def build_dkms_deb(out_dir: Path, version: str, package: str = DEFAULT_PACKAGE) -> Path:

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from autoglm_testbed import dkms_standin
 from autoglm_testbed.apt_repo import AptRepo, FileEntry, PackageSpec, build_repo
 from autoglm_testbed.repo_site import RepoSite
 
@@ -100,8 +101,27 @@ def _pinning(name: str, version: str, pin_version: str, arch: str) -> PackageSpe
     )  # fmt: skip
 
 
-def repo_specs(name: str) -> list[PackageSpec]:
-    """Every package the named repository publishes, per the record (DATA_FILE)."""
+def _dkms_payload(version: str, depends: str) -> dict[str, Any]:
+    """A kernel module package's DKMS shape: the stand-in module's source, dh_dkms's scripts
+    and the dependency on dkms (autoglm_testbed/dkms_standin.py)."""
+    files = {
+        path: FileEntry(content, mode)
+        for path, (content, mode) in dkms_standin.source_files(version).items()
+    }
+    return {
+        "depends": ", ".join(d for d in (depends, dkms_standin.DKMS_DEPENDS) if d),
+        "files": files,
+        "maintainer_scripts": dkms_standin.maintainer_scripts(version),
+    }
+
+
+def repo_specs(name: str, dkms: bool = False) -> list[PackageSpec]:
+    """Every package the named repository publishes, per the record (DATA_FILE).
+
+    `dkms`: the kernel module packages carry their DKMS shape (a real module source that
+    DKMS builds at install). Off for nspawn hosts: they share the controller's kernel, for
+    which no headers package exists, and dkms with its compiler would cost every NVIDIA
+    converge minutes. On for a VM, which has its own kernel."""
     repo = repo_data(name)
     arch = repo["architecture"]
     releases = [(r["version"], r["revision"]) for r in repo["releases"]]
@@ -115,15 +135,18 @@ def repo_specs(name: str) -> list[PackageSpec]:
         for shape in repo["packages"]:
             if "branches" in shape and branch not in shape["branches"]:
                 continue
+            fields: dict[str, Any] = {"depends": _fill(shape.get("depends", ""), **values)}
+            if dkms and shape.get("dkms"):
+                fields = _dkms_payload(version, fields["depends"])
             specs.append(
                 PackageSpec(
                     name=_fill(shape["name"], **values),
                     version=f"{version}-{revision}",
                     architecture=arch,
-                    depends=_fill(shape.get("depends", ""), **values),
                     provides=_fill(shape.get("provides", ""), **values),
                     conflicts=_fill(shape.get("conflicts", ""), **values),
                     description=f"stand-in for NVIDIA's {_fill(shape['name'], **values)}",
+                    **fields,
                 )
             )
     pinning = repo["version_pinning"]
@@ -165,12 +188,13 @@ class NvidiaRepoStandin(RepoSite):
         """What `nvidia_repo_base_url` is set to in the sandbox."""
         return f"http://{self.bind}:{self.port}/{REPO_PATH}"
 
-    def build(self, repos: Sequence[str] = ("debian12",)) -> list[AptRepo]:
-        """Sandbox hosts are Debian 12: build only what is asked for (each costs seconds)."""
+    def build(self, repos: Sequence[str] = ("debian12",), dkms: bool = False) -> list[AptRepo]:
+        """Sandbox hosts are Debian 12: build only what is asked for (each costs seconds);
+        `dkms`: the kernel module packages carry DKMS source (see repo_specs)."""
         built = []
         for repo in repos:
             target = self.repo_dir(repo)
-            built.append(build_repo(target, repo_specs(repo), self.key, origin="NVIDIA"))
+            built.append(build_repo(target, repo_specs(repo, dkms), self.key, origin="NVIDIA"))
             # NVIDIA publishes the key next to the packages as <short id>.pub
             shutil.copyfile(self.key.armored_path, target / f"{self.key.short_id}.pub")
         return built

@@ -337,7 +337,12 @@ def boot_vm(
 
     print(f"==> network {net.name}: {net.bridge} {net.address}, stand-ins at {net.gateway}")
     ensure_network(net)
-    world = full_group_data(start_standins(sandbox, detached=True)) if standins else {}
+    # the VM has its own kernel: the NVIDIA packages' DKMS source is built for it
+    world = (
+        full_group_data(start_standins(sandbox, detached=True, nvidia_dkms=True))
+        if standins
+        else {}
+    )
     known_hosts = state / "vagrant_known_hosts"
     console = state / "console.log"
     host_data = vm_host_data(world, known_hosts)

@@ -187,9 +187,12 @@ def tiny_model_source() -> Path:
     return out
 
 
-def start_standins(sandbox: Sandbox, detached: bool = False, apt_mirror: bool = False) -> Standins:
+def start_standins(
+    sandbox: Sandbox, detached: bool = False, apt_mirror: bool = False, nvidia_dkms: bool = False
+) -> Standins:
     """Build and start every stand-in; `detached` leaves them up for the demo; `apt_mirror`
-    adds apt-cacher-ng as the Debian archive mirror (for air-gapped hosts).
+    adds apt-cacher-ng as the Debian archive mirror (for air-gapped hosts); `nvidia_dkms`
+    makes the NVIDIA repository's module packages DKMS sources (for VMs: own kernel).
 
     Ports are fixed per sandbox so re-runs of the demo keep the hosts' sources unchanged.
     """
@@ -207,7 +210,7 @@ def start_standins(sandbox: Sandbox, detached: bool = False, apt_mirror: bool = 
     stop_detached_standins(sandbox)  # of an earlier demo run
     if apt_mirror:
         standins.apt_mirror = mirror.start(detached=detached)
-    nvidia_repo.build()
+    nvidia_repo.build(dkms=nvidia_dkms)
     nvidia_repo.start(detached=detached)
     hub.start(detached=detached)
     pypi.start(detached=detached)

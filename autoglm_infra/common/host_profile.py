@@ -37,6 +37,9 @@ class HostProfile:
     disk_free_kib: int = 0
     gpus: tuple[PciGpu, ...] = ()
     nvidia_module_version: str = ""  # loaded kernel module (/sys/module/nvidia/version)
+    nouveau_loaded: bool = False  # only a reboot unloads it once it drives a GPU
+    kernel_headers: bool = False  # /lib/modules/<running kernel>/build: DKMS can build for it
+    dkms: bool = False  # /usr/sbin/dkms
     secure_boot: str = "unknown"  # on | off (EFI variable, or no EFI at all) | unknown
     efi: bool | None = None  # booted through EFI; None: not read
     module_signing_key: str = "none"  # enrolled | not-enrolled | none (no DKMS/MOK key)
@@ -68,7 +71,7 @@ def profile_script(disk_path: str) -> str:
             'echo "os_id=${ID:-}"',
             'echo "os_version=${VERSION_ID:-}"',
             'echo "arch=$(uname -m)"',
-            'echo "kernel=$(uname -r)"',
+            'k=$(uname -r); echo "kernel=$k"',
             'echo "cpus=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN)"',
             "awk '/^MemTotal:/{print \"mem_kib=\" $2}' /proc/meminfo",
             # nearest existing parent of the model directory: that is where it will live
@@ -82,6 +85,9 @@ def profile_script(disk_path: str) -> str:
             ' read -r i < "$d/device"; echo "gpu=${d##*/} $i $c";; esac; done',
             "[ -r /sys/module/nvidia/version ]"
             ' && echo "nvidia_module=$(cat /sys/module/nvidia/version)"',
+            "[ -d /sys/module/nouveau ] && echo nouveau=loaded",
+            '[ -e "/lib/modules/$k/build" ] && echo kernel_headers=yes',
+            "[ -x /usr/sbin/dkms ] && echo dkms=yes",
             f"if [ -r {_EFI_SECURE_BOOT} ]; then"
             f" sb=$(od -An -tu1 {_EFI_SECURE_BOOT} | awk '{{print $NF}}');"
             ' [ "$sb" = 1 ] && echo secure_boot=on || echo secure_boot=off; fi',
@@ -129,6 +135,9 @@ def parse_host_profile(lines: list[str]) -> HostProfile:
         "disk_path",
         "disk_free_kib",
         "nvidia_module",
+        "nouveau",
+        "kernel_headers",
+        "dkms",
         "secure_boot",
         "mok",
         "systemd",
@@ -148,6 +157,9 @@ def parse_host_profile(lines: list[str]) -> HostProfile:
         disk_free_kib=_int(values.get("disk_free_kib", "0")),
         gpus=tuple(gpus),
         nvidia_module_version=values.get("nvidia_module", ""),
+        nouveau_loaded=values.get("nouveau") == "loaded",
+        kernel_headers=values.get("kernel_headers") == "yes",
+        dkms=values.get("dkms") == "yes",
         secure_boot=secure_boot,
         efi=efi,
         module_signing_key=values.get("mok", "none"),

@@ -97,6 +97,7 @@ OPERATIONS: dict[str, tuple[Any, dict[str, Build]]] = {
     "move_files": (network_ops.move_files, {"moves": pairs}),
     "driver_reboot": (nvidia_ops.driver_reboot, {"current_marker": file_state}),
     "verify_driver": (nvidia_ops.verify_driver, {}),
+    "kernel_headers": (nvidia_ops.kernel_headers, {}),
     "persistence_mode": (nvidia_ops.persistence_mode, {"enabled": file_state}),
     "nvidia_apt_check": (nvidia_ops.nvidia_apt_check, {"expect": expectation}),
     "service_user": (python_ops.service_user, {"current": triple}),

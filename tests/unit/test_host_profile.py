@@ -135,3 +135,35 @@ def test_the_secure_boot_variable_is_the_one_real_firmware_has() -> None:
     listed = Path(__file__).parents[1] / "fixtures/recorded/secureboot-vm-efivars.txt"
     assert Path(host_profile._EFI_SECURE_BOOT).name in listed.read_text().split()
     assert Path(host_profile._EFI_SECURE_BOOT).parent == Path("/sys/firmware/efi/efivars")
+
+
+def test_nouveau_kernel_headers_and_dkms_are_read_from_the_host(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """What the driver stage decides its reboot and the headers install on: nouveau in
+    /sys/module, the running kernel's build link, dkms's binary."""
+    kernel = subprocess.run(["uname", "-r"], capture_output=True, text=True).stdout.strip()
+    module, modules, sbin = tmp_path / "module", tmp_path / "modules", tmp_path / "sbin"
+    (module / "nouveau").mkdir(parents=True)
+    (modules / kernel / "build").mkdir(parents=True)
+    sbin.mkdir()
+    (sbin / "dkms").write_text("#!/bin/sh\n")
+    (sbin / "dkms").chmod(0o755)
+    base = profile_script("/")
+
+    def read(script: str):  # type: ignore[no-untyped-def]
+        out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+        return parse_host_profile(out.stdout.splitlines())
+
+    found = read(
+        base.replace("/sys/module/nouveau", str(module / "nouveau"))
+        .replace("/lib/modules/", f"{modules}/")
+        .replace("/usr/sbin/dkms", str(sbin / "dkms"))
+    )
+    assert (found.nouveau_loaded, found.kernel_headers, found.dkms) == (True, True, True)
+    assert found.kernel == kernel
+    absent = read(
+        base.replace("/sys/module/nouveau", str(tmp_path / "none"))
+        .replace("/lib/modules/", f"{tmp_path}/none/")
+        .replace("/usr/sbin/dkms", str(tmp_path / "none"))
+    )
+    assert (absent.nouveau_loaded, absent.kernel_headers, absent.dkms) == (False, False, False)
+    assert "nouveau" not in absent.extra and "dkms" not in found.extra

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,31 @@ def test_safety_net_leaves_a_kept_drivers_untouched_packages_alone(debian12: Iso
     message = judge(moving, ARCHIVE_SETTINGS, answer)
     assert message is not None
     assert "nvidia-settings: planned 580.95.05-*, apt would land 510.47.03-0ubuntu1" in message
+
+
+def test_module_packages_carry_dkms_source_only_where_asked(tmp_path: Path) -> None:
+    """For a VM the module packages are DKMS sources that need dkms (what apt reads in the
+    built repository); for nspawn hosts they stay empty, and nothing else changes."""
+    key = SigningKey.load_or_create(tmp_path / "key")
+    repo = build_repo(tmp_path / "repo", repo_specs("debian12", dkms=True), key, origin="NVIDIA")
+    apt = IsolatedApt(tmp_path / "apt")
+    apt.add_source(repo.source_line(f"file://{tmp_path / 'repo'}", key.dearmored_path))
+    apt.apt_get("update")
+    prefs = apt.workdir / "preferences.d" / "nvidia-driver-pin"
+    prefs.write_text(pin_file_text("580.95.05-*"))
+    out = apt.apt_get("-s", "install", "nvidia-open-580=580.95.05-1", check=False).stdout
+    assert "nvidia-kernel-open-dkms : Depends: dkms (>= 2.1.0.0) but it is not installable" in out
+    debs = list((tmp_path / "repo").rglob("nvidia-kernel-open-dkms_580.95.05-1_*.deb"))
+    assert len(debs) == 1
+    listing = subprocess.run(["dpkg-deb", "-c", str(debs[0])], capture_output=True, text=True)
+    assert "./usr/src/nvidia-580.95.05/dkms.conf" in listing.stdout
+    scripts = tmp_path / "control"
+    subprocess.run(["dpkg-deb", "-e", str(debs[0]), str(scripts)], check=True)
+    assert "/usr/lib/dkms/common.postinst nvidia 580.95.05" in (scripts / "postinst").read_text()
+
+    plain = {s.name + s.version: s for s in repo_specs("debian12")}
+    with_dkms = {s.name + s.version: s for s in repo_specs("debian12", dkms=True)}
+    changed = sorted({s.name for k, s in with_dkms.items() if s != plain[k]})
+    assert changed == ["nvidia-kernel-dkms", "nvidia-kernel-open-dkms"]
+    assert not any(s.files or "dkms (>=" in s.depends for s in plain.values()
+                   if s.name.startswith("nvidia-kernel-"))  # fmt: skip

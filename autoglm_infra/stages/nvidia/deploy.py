@@ -28,6 +28,7 @@ from autoglm_infra.stages.nvidia.apt_check import Expectation, stale_closure
 from autoglm_infra.stages.nvidia.ops import (
     PERSISTENCED_ENABLED,
     driver_reboot,
+    kernel_headers,
     nvidia_apt_check,
     persistence_mode,
     verify_driver,
@@ -123,6 +124,13 @@ def nvidia(run: StageRun) -> None:
         refresh=stale,
         update=False,  # nvidia_apt_check ran it for this change
     )
+    # On a host without dkms and with nothing to install, asking would be a command per no-op.
+    if profile.kernel_headers or profile.dkms or to_install or stale:
+        kernel_headers(
+            name=f"NVIDIA: headers of the running kernel {profile.kernel} (DKMS builds for it)",
+            kernel=profile.kernel,
+            present=profile.kernel_headers,
+        )
 
     if snapshot.commands.get("update-initramfs"):
         server.shell(
@@ -138,13 +146,14 @@ def nvidia(run: StageRun) -> None:
         already_on=bool(found.gpus) and all(g.persistence == "Enabled" for g in found.gpus),
     )
     driver_reboot(
-        name="NVIDIA: reboot when the driver changed",
+        name="NVIDIA: reboot when the running kernel needs it for the driver",
         policy=settings.nvidia_reboot,
         driver_version=plan.driver_version,
         gpu_present=bool(profile.gpus),
         loaded_version=profile.nvidia_module_version,
         marker=nf.REBOOT_REQUIRED,
         current_marker=snapshot.files.get(nf.REBOOT_REQUIRED),
+        nouveau_loaded=profile.nouveau_loaded,
     )
     verify_driver(
         name="NVIDIA: verify driver with nvidia-smi",

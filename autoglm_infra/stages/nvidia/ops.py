@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Generator, Mapping, Sequence
+from hashlib import sha256
 from typing import Any
 
 from pyinfra import host, logger, state
@@ -12,7 +13,7 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import server
 
 from autoglm_infra.common.snapshot import FileState
-from autoglm_infra.pyinfra_ext.operations import fail_host
+from autoglm_infra.pyinfra_ext.operations import APT_ENV, APT_OPTS, fail_host
 from autoglm_infra.pyinfra_ext.preview import previewing
 from autoglm_infra.stages.nvidia.apt_check import Expectation, check_script, judge
 
@@ -25,6 +26,19 @@ def _loaded_module_version() -> str:
     return str(out or "").strip()
 
 
+def reboot_reasons(
+    driver_version: str, gpu_present: bool, loaded_version: str, nouveau_loaded: bool
+) -> list[str]:
+    """Why the running kernel cannot have the planned driver without a reboot. Pure."""
+    reasons = []
+    if gpu_present and loaded_version != driver_version:
+        reasons.append(f"installed driver {driver_version}, loaded {loaded_version or 'none'}")
+    if nouveau_loaded:
+        # the blacklist is read at boot; a nouveau that drives a GPU cannot be unloaded
+        reasons.append("nouveau is loaded (blacklisted now; gone after a reboot)")
+    return reasons
+
+
 @operation()
 def driver_reboot(
     policy: str,
@@ -33,11 +47,13 @@ def driver_reboot(
     loaded_version: str,
     marker: str,
     current_marker: FileState | None,
+    nouveau_loaded: bool = False,
 ) -> Generator[Any, None, None]:
-    """Reboot only when the loaded driver differs from the installed plan, as `policy` allows.
+    """Reboot only when the running kernel cannot have the planned driver otherwise, as
+    `policy` allows: the loaded driver differs from the plan, or nouveau is loaded.
 
-    `loaded_version` comes from the preflight host profile: only a reboot changes the
-    loaded module, so it needs no second read. With policy "never", writes `marker`
+    `loaded_version` and `nouveau_loaded` come from the preflight host profile: only a
+    reboot changes them, so they need no second read. With policy "never", writes `marker`
     (read by later stages and the doctor) and warns.
 
     + policy: nvidia_reboot: 'if-needed' reboots, 'never' writes `marker` and warns
@@ -46,6 +62,7 @@ def driver_reboot(
     + loaded_version: the loaded module's version ('' when none)
     + marker: reboot-required file
     + current_marker: its state from the snapshot
+    + nouveau_loaded: nouveau is loaded in the running kernel
 
     **Example:**
 
@@ -53,29 +70,80 @@ def driver_reboot(
 
         driver_reboot(name="reboot", policy="never", driver_version="580.95.05", gpu_present=True,
                       loaded_version=profile.nvidia_module_version, marker=MARKER,
-                      current_marker=None)
+                      current_marker=None, nouveau_loaded=profile.nouveau_loaded)
     """
-    if not gpu_present:
+    reasons = reboot_reasons(driver_version, gpu_present, loaded_version, nouveau_loaded)
+    if not reasons:
         if current_marker is not None:
             yield StringCommand(f"rm -f {shlex.quote(marker)}")
+        elif gpu_present:
+            host.noop(f"loaded driver {loaded_version} matches the plan")
         else:
             host.noop(f"{NO_GPU}, no kernel module to reload: reboot not needed")
         return
-    if loaded_version == driver_version:
-        if current_marker is not None:
-            yield StringCommand(f"rm -f {shlex.quote(marker)}")
-        else:
-            host.noop(f"loaded driver {loaded_version} matches the plan")
-        return
-    reason = f"installed driver {driver_version}, loaded {loaded_version or 'none'}"
+    reason = "; ".join(reasons)
     if policy == "if-needed":
         logger.warning(f"{host.print_prefix}rebooting: {reason}")
         yield from server.reboot._inner(delay=10, interval=2, reboot_timeout=600)
         return
     logger.warning(f"{host.print_prefix}REBOOT REQUIRED ({reason}); nvidia_reboot=never")
-    text = shlex.quote(f"driver: {reason}\n")
+    text = f"driver: {reason}\n"
+    if current_marker is not None and current_marker.sha256 == sha256(text.encode()).hexdigest():
+        host.noop(f"{marker} already says so")
+        return
     q = shlex.quote(marker)
-    yield StringCommand(f"mkdir -p $(dirname {q}) && printf %s {text} > {q}")
+    yield StringCommand(f"mkdir -p $(dirname {q}) && printf %s {shlex.quote(text)} > {q}")
+
+
+def headers_package(kernel: str) -> str:
+    """Debian's and Ubuntu's name for the headers of one kernel release."""
+    return f"linux-headers-{kernel}"
+
+
+@operation()
+def kernel_headers(kernel: str, present: bool) -> Generator[Any, None, None]:
+    """The running kernel's headers, where DKMS builds the driver's module: NVIDIA's repository
+    packages are DKMS sources, and DKMS cannot build for a kernel without its headers. Their
+    install runs DKMS for that kernel (also the fix after a kernel change).
+
+    Read when it runs: the driver install just before it pulls in dkms.
+
+    + kernel: the running kernel (`uname -r`)
+    + present: /lib/modules/<kernel>/build exists (from the host profile)
+
+    **Example:**
+
+    .. code:: python
+
+        kernel_headers(name="headers", kernel=profile.kernel, present=profile.kernel_headers)
+    """
+    if present:
+        host.noop(f"headers of the running kernel {kernel} are installed")
+        return
+    package = shlex.quote(headers_package(kernel))
+    found = str(
+        host.get_fact(
+            Command,
+            "command -v dkms >/dev/null && echo dkms; "
+            f"apt-cache show --no-all-versions {package} >/dev/null 2>&1 && echo packaged; true",
+        )
+        or ""
+    ).split()
+    if "dkms" not in found:
+        host.noop("the driver's module is not built by DKMS here: no kernel headers needed")
+        return
+    if "packaged" not in found:
+        logger.warning(
+            f"{host.print_prefix}WARNING: no package {headers_package(kernel)} in the host's apt "
+            f"sources: DKMS cannot build the driver's module for the running kernel {kernel} "
+            "(gpu_check names it). Fix: install that kernel's headers, or boot a kernel your "
+            "distribution packages"
+        )
+        host.noop(f"no headers package for {kernel}")
+        return
+    k = shlex.quote(kernel)
+    yield StringCommand(f"{APT_ENV} apt-get install {APT_OPTS} {package}")
+    yield StringCommand(f"dkms autoinstall -k {k}")
 
 
 @operation()
