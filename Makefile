@@ -9,7 +9,7 @@ SANDBOX := $(PY) -m autoglm_testbed.hosts
 APT_PACKAGES := debootstrap systemd-container iptables zstd openssh-client gnupg dpkg-dev apt-utils vagrant busybox-static apt-cacher-ng openssl curl systemd python3-pip
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: help deps venv lint typecheck unit integration test test-under-load slow gpu-acceptance demo sandbox sandbox-down vagrant vagrant-boot vagrant-kernel vm-secureboot vagrant-deps vagrant-down bench docs clean
+.PHONY: help deps venv lint typecheck unit integration test test-under-load slow gpu-acceptance demo sandbox sandbox-down vagrant vagrant-boot vagrant-kernel vagrant-driver vm-secureboot vagrant-deps vagrant-down bench docs clean
 
 help:
 	@echo "make demo          converge two throw-away sandbox hosts end to end, twice"
@@ -19,6 +19,7 @@ help:
 	@echo "make vagrant       a real VM (locally built box), converged twice; make vagrant-down"
 	@echo "make vagrant-boot  boot a fresh VM, check its kernel, disk and SSH (what CI runs)"
 	@echo "make vagrant-kernel   the DKMS module on the VM's own kernel, a kernel change, a reboot"
+	@echo "make vagrant-driver   the NVIDIA stage installs the DKMS driver on the VM and reboots it once"
 	@echo "make vm-secureboot    the DKMS module refused by a kernel booted with UEFI Secure Boot"
 	@echo "make bench         no-op re-run and fan-out benchmarks"
 	@echo "make gpu-acceptance   on a GPU host: read-only preflight, gpu_check, torch bench"
@@ -99,6 +100,9 @@ vagrant-boot: venv deps vagrant-deps
 
 vagrant-kernel: venv deps vagrant-deps
 	$(PY) -m autoglm_testbed.vagrant_kernel
+
+vagrant-driver: venv deps vagrant-deps
+	$(PY) -m autoglm_testbed.vagrant_driver
 
 vm-secureboot: venv deps vagrant-deps
 	$(PY) -m autoglm_testbed.secureboot_vm

@@ -248,8 +248,9 @@ class Scenario:
         )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m autoglm_testbed.vagrant_kernel")
+def run_scenario(prog: str, scenario: type[Scenario], argv: list[str] | None) -> int:
+    """Boot the `make vagrant` VM, run `scenario` on it, print its timings and problems."""
+    parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--name", default="vagrant", help="sandbox name (default vagrant)")
     parser.add_argument("--net", type=int, default=3, help="10.231.<net>.0/24 (default 3)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -263,22 +264,26 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             vm = VmCommand.from_vagrant(Path(tmp))
             console = sandbox.state_dir / "console.log"
-            scenario = Scenario(vm, Path(tmp), booted.probe.driver, console)
-            scenario.run()
+            ran = scenario(vm, Path(tmp), booted.probe.driver, console)
+            ran.run()
     except (SandboxError, subprocess.SubprocessError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print("==> summary")
     print(f"    boot to SSH {booted.boot_seconds:.0f} s ({booted.probe.driver})")
-    for title, seconds in scenario.timings:
+    for title, seconds in ran.timings:
         print(f"    {seconds:7.0f} s  {title}")
     print(f"    total {time.monotonic() - started:.0f} s; the VM stays up: make vagrant-down")
-    if scenario.problems:
+    if ran.problems:
         print("error: expectations that did not hold:", file=sys.stderr)
-        for problem in scenario.problems:
+        for problem in ran.problems:
             print(f"    - {problem}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_scenario("python -m autoglm_testbed.vagrant_kernel", Scenario, argv)
 
 
 if __name__ == "__main__":

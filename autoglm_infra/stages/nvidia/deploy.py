@@ -135,7 +135,9 @@ def nvidia(run: StageRun) -> None:
     if snapshot.commands.get("update-initramfs"):
         server.shell(
             name="NVIDIA: rebuild initramfs (nouveau blacklist changed)",
-            commands=["update-initramfs -u"],
+            # every installed kernel's: `-u` alone rebuilds only the newest, which need not
+            # be the one that boots next
+            commands=["update-initramfs -u -k all"],
             _if=changed[nf.NOUVEAU_BLACKLIST].did_change,
         )
 
