@@ -196,8 +196,8 @@ cudnn_version = "auto"
 # | false.
 nvidia_require_gpu = True
 
-# Reboot when the installed driver differs from the loaded one; never only warns. Allowed: never |
-# if-needed.
+# Reboot when the running kernel needs it for the driver (the loaded driver differs from the
+# installed one, or nouveau is loaded); never only warns. Allowed: never | if-needed.
 nvidia_reboot = "if-needed"
 
 # Base URL of NVIDIA's CUDA apt repositories, or a mirror with the same layout. Allowed: http(s)

@@ -74,7 +74,8 @@ class NvidiaKeys(Keys):
     )
     nvidia_reboot: Literal["never", "if-needed"] = key(
         "if-needed",
-        "Reboot when the installed driver differs from the loaded one; never only warns.",
+        "Reboot when the running kernel needs it for the driver (the loaded driver differs"
+        " from the installed one, or nouveau is loaded); never only warns.",
         "never | if-needed",
     )
     nvidia_repo_base_url: HttpUrl = key(

@@ -168,7 +168,8 @@ def _built_check(
             "fail",
             f"no nvidia module for the running kernel {kernel}: DKMS has nvidia {versions} "
             f"{elsewhere}",
-            f"install linux-headers-{kernel} and run `dkms autoinstall -k {kernel}`{boot}",
+            f"install linux-headers-{kernel} and run `dkms autoinstall -k {kernel}` (a converge "
+            f"of deploys/nvidia.py does both){boot}",
         )
     if loaded_version or (gpu_present and driver_present):
         return Check(
