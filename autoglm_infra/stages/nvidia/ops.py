@@ -125,7 +125,9 @@ def kernel_headers(kernel: str, present: bool) -> Generator[Any, None, None]:
         host.get_fact(
             Command,
             "command -v dkms >/dev/null && echo dkms; "
-            f"apt-cache show --no-all-versions {package} >/dev/null 2>&1 && echo packaged; true",
+            # no pkgcache.bin written: a read, also in a preview
+            "apt-cache -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache= show "
+            f"--no-all-versions {package} >/dev/null 2>&1 && echo packaged; true",
         )
         or ""
     ).split()
