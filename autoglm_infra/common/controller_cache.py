@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -28,3 +29,22 @@ def write_private(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def prune_unused(directory: Path, max_age_s: float, now: float | None = None) -> list[Path]:
+    """Remove the files in `directory` not modified (or touched on use) for `max_age_s`
+    seconds: entries of hosts and keys long gone. Returns what was removed; errors skip."""
+    cutoff = (time.time() if now is None else now) - max_age_s
+    removed = []
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
+    return removed

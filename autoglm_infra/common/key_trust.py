@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from autoglm_infra.common.controller_cache import cache_dir, write_private
+from autoglm_infra.common.controller_cache import cache_dir, prune_unused, write_private
 from autoglm_infra.common.openpgp import KeyFormatError, dearmor, primary_fingerprints
 
 KEY_CACHE_MAX_AGE_S = 24 * 3600
@@ -89,5 +89,7 @@ def fetch_trusted_keyring(url: str, fingerprint: str, key_name: str, timeout: fl
     _fetched[cache_key] = trusted_keyring(response.content, fingerprint, key_name, url)
     if _cache_on():
         with contextlib.suppress(OSError):  # a cache: the next converge fetches again
-            write_private(key_cache_path(url, fingerprint), response.content)
+            path = key_cache_path(url, fingerprint)
+            write_private(path, response.content)
+            prune_unused(path.parent, 30 * KEY_CACHE_MAX_AGE_S)  # keys of repositories left
     return _fetched[cache_key]

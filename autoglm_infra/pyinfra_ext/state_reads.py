@@ -38,11 +38,14 @@ from autoglm_infra.common.batched_reads import (
     encode_record,
     split_batch,
 )
-from autoglm_infra.common.controller_cache import cache_dir, write_private
+from autoglm_infra.common.controller_cache import cache_dir, prune_unused, write_private
 from autoglm_infra.pyinfra_ext.run_key import host_key
 from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
 
 T = TypeVar("T")
+
+# A record not used for this long belongs to a host or a deploy long gone.
+RECORD_MAX_AGE_S = 30 * 24 * 3600
 
 # per pyinfra State and host: the batch's outputs, and the reads made in this run
 _batches: dict[tuple[int, str], dict[str, list[str]]] = {}
@@ -80,8 +83,10 @@ def prefetch_state_reads() -> None:
     if key in _batches or not _enabled() or not _collecting():
         return
     _batches[key] = {}
+    path = record_path()
     try:
-        commands = decode_record(record_path().read_text())
+        commands = decode_record(path.read_text())
+        os.utime(path)  # in use: kept by prune_unused
     except OSError:
         return  # no record yet: this converge reads one by one and writes it
     if not commands:
@@ -125,5 +130,6 @@ def remember_state_reads() -> None:
         if path.exists() and decode_record(path.read_text()) == reads:
             return
         write_private(path, encode_record(reads).encode())
+        prune_unused(path.parent, RECORD_MAX_AGE_S)  # a new record: others may be long gone
     except OSError as exc:  # a cache: the next converge reads one by one
         logger.debug(f"{host.name}: state-read record not written: {exc}")
