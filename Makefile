@@ -16,7 +16,7 @@ help:
 	@echo "make test          lint, type check, unit and sandbox integration tests"
 	@echo "make test-under-load   make test with every core kept busy by stress-ng"
 	@echo "make sandbox HOSTS=n / make sandbox-down   boot / remove sandbox hosts"
-	@echo "make vagrant       a real VM (locally built box), converged twice; make vagrant-down"
+	@echo "make vagrant       a real VM (locally built box), converged twice, rebooted once by the deploy; make vagrant-down"
 	@echo "make vagrant-boot  boot a fresh VM, check its kernel, disk and SSH (what CI runs)"
 	@echo "make vagrant-kernel   the DKMS module on the VM's own kernel, a kernel change, a reboot"
 	@echo "make vagrant-driver   the NVIDIA stage installs the DKMS driver on the VM and reboots it once"
@@ -93,7 +93,7 @@ VAGRANT_PACKAGES := vagrant vagrant-libvirt libvirt-daemon-system libvirt-client
 vagrant-deps: .make/vagrant-deps-$(shell echo '$(VAGRANT_PACKAGES)' | sha1sum | cut -c1-12)
 
 vagrant: venv deps vagrant-deps
-	$(PY) -m autoglm_testbed.vagrant_vm
+	$(PY) -m autoglm_testbed.vagrant_driver --deploy full
 
 vagrant-boot: venv deps vagrant-deps
 	$(PY) -m autoglm_testbed.vagrant_vm --boot-check

@@ -144,6 +144,22 @@ class Scenario:
             self.problems.append(f"gpu_check {when}: {tail}")
         return rows
 
+    def reboot(self, why: str) -> bool:
+        print(f"==> reboot through pyinfra (server.reboot): {why}")
+        started = time.monotonic()
+        try:
+            done = run_pyinfra(INVENTORY, "server.reboot", timeout=self.reboot_timeout)
+        except subprocess.TimeoutExpired:
+            self.problems.append(
+                f"the VM did not come back within {self.reboot_timeout} s of the reboot; last "
+                f"lines of its console ({self.console}):\n{_tail(self.console, 15)}"
+            )
+            return False
+        self.timings.append((f"reboot ({why})", time.monotonic() - started))
+        if done.returncode != 0:
+            self.problems.append(f"the reboot failed:\n{describe_failure(done)}")
+        return done.returncode == 0
+
     def run(self) -> None:
         _, old = self.step("running kernel", "uname -r", 60)
         old = old.strip()
@@ -198,19 +214,7 @@ class Scenario:
         if not new or new == old:
             return
         _, boots = self.vm.text("journalctl --list-boots --no-pager -q | wc -l", 120)
-        print("==> reboot through pyinfra (server.reboot)")
-        started = time.monotonic()
-        try:
-            reboot = run_pyinfra(INVENTORY, "server.reboot", timeout=self.reboot_timeout)
-        except subprocess.TimeoutExpired:
-            self.problems.append(
-                f"the VM did not come back within {self.reboot_timeout} s of the reboot; last "
-                f"lines of its console ({self.console}):\n{_tail(self.console, 15)}"
-            )
-            return
-        self.timings.append(("reboot", time.monotonic() - started))
-        if reboot.returncode != 0:
-            self.problems.append(f"the reboot failed:\n{describe_failure(reboot)}")
+        if not self.reboot(f"boot {new}"):
             return
         _, running = self.vm.text("uname -r; journalctl --list-boots --no-pager -q | wc -l", 120)
         kernel, _, count = running.strip().partition("\n")
@@ -248,12 +252,16 @@ class Scenario:
         )
 
 
-def run_scenario(prog: str, scenario: type[Scenario], argv: list[str] | None) -> int:
-    """Boot the `make vagrant` VM, run `scenario` on it, print its timings and problems."""
+def run_scenario(prog: str, scenarios: dict[str, type[Scenario]], argv: list[str] | None) -> int:
+    """Boot the `make vagrant` VM, run a scenario on it, print its timings and problems
+    (the first of `scenarios` unless --deploy names another)."""
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--name", default="vagrant", help="sandbox name (default vagrant)")
     parser.add_argument("--net", type=int, default=3, help="10.231.<net>.0/24 (default 3)")
+    if len(scenarios) > 1:
+        parser.add_argument("--deploy", choices=list(scenarios), default=next(iter(scenarios)))
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    scenario = scenarios[getattr(args, "deploy", next(iter(scenarios)))]
     logging.basicConfig(level=logging.INFO, format="    %(message)s")
     started = time.monotonic()
     try:
@@ -283,7 +291,7 @@ def run_scenario(prog: str, scenario: type[Scenario], argv: list[str] | None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_scenario("python -m autoglm_testbed.vagrant_kernel", Scenario, argv)
+    return run_scenario("python -m autoglm_testbed.vagrant_kernel", {"kernel": Scenario}, argv)
 
 
 if __name__ == "__main__":

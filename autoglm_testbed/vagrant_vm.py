@@ -1,4 +1,5 @@
-"""`make vagrant`: boot the locally built box in a real VM and converge it twice.
+"""The local VM: box, libvirtd, network, stand-ins and `vagrant up` (used by `make vagrant`,
+autoglm_testbed/vagrant_driver.py), its boot check and its teardown.
 
 The VM runs its own kernel (unlike the nspawn sandbox hosts): vagrant-libvirt with KVM
 where a KVM vCPU really runs, qemu's software emulation (TCG) where not. It sits on a
@@ -6,8 +7,8 @@ libvirt NAT network this run defines (bridge `ag-<name>-br`, 10.231.<net>.0/24),
 gateway address is where the demo's stand-in servers listen (signed NVIDIA repository,
 model hub, PyPI-style index, container toolkit repository).
 
-    python -m autoglm_testbed.vagrant_vm            # make vagrant
-    python -m autoglm_testbed.vagrant_vm --down     # make vagrant-down
+    python -m autoglm_testbed.vagrant_vm --boot-check   # make vagrant-boot (CI)
+    python -m autoglm_testbed.vagrant_vm --down         # make vagrant-down
 
 The VM stays up afterwards: `vagrant ssh`, `pyinfra inventories/vagrant.py ...`.
 """
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoglm_infra.stages.nvidia.files import NOUVEAU_BLACKLIST
-from autoglm_testbed.converge import ConvergeResult, describe_failure, pyinfra_bin, run_pyinfra
+from autoglm_testbed.converge import pyinfra_bin
 from autoglm_testbed.hosts import (
     Sandbox,
     SandboxError,
@@ -374,54 +375,6 @@ def boot_vm(
     return BootedVm(probe, net, boot_seconds, started, box)
 
 
-def up(sandbox: Sandbox, boot_timeout: int | None = None) -> int:
-    """Everything `make vagrant` does; boot_timeout overrides vagrant's wait for SSH."""
-    booted = boot_vm(sandbox, boot_timeout)
-    if booted is None:
-        return 1
-    probe = booted.probe
-    shown = INVENTORY.relative_to(ROOT)
-    print(f"==> converge 1: pyinfra {shown} deploys/full.py")
-    first = run_pyinfra(INVENTORY, timeout=5400)
-    if not _report(first, "first"):
-        return 1
-    print("==> converge 2 (must change nothing)")
-    second = run_pyinfra(INVENTORY, timeout=1800)
-    if not _report(second, "second"):
-        return 1
-    if second.changed():
-        print("    NOT idempotent, changed on the second run:", *second.changed(), sep="\n      ")
-        return 1
-    print("==> reboot through pyinfra (server.reboot), then converge 3 (must change nothing)")
-    before = kernel_facts()
-    reboot = run_pyinfra(INVENTORY, "server.reboot", timeout=REBOOT_TIMEOUT[probe.driver])
-    if not _report(reboot, "reboot"):
-        return 1
-    after = kernel_facts()
-    problems = reboot_problems(before, after)
-    third = run_pyinfra(INVENTORY, timeout=1800)
-    if not _report(third, "third"):
-        return 1
-    problems += [f"changed after the reboot: {op}" for op in third.changed()]
-    print("==> summary")
-    print(f"    VM `{MACHINE}` ({probe.driver}) on {booted.net.name}: kernel "
-          f"{after.get('kernel', '?')} under {after.get('virt', '?')}")  # fmt: skip
-    print(f"    boots recorded {before.get('boots', '?')} -> {after.get('boots', '?')}; nouveau "
-          f"blacklist in the running kernel's initramfs: {after.get('blacklist_in_initramfs')}; "
-          f"nouveau loaded: {after.get('nouveau_loaded', '?')}")  # fmt: skip
-    print(f"    boot to SSH {booted.boot_seconds:.0f} s, first converge {first.seconds:.0f} s, "
-          f"no-op re-run {second.seconds:.0f} s, reboot {reboot.seconds:.0f} s, "
-          f"no-op after the reboot {third.seconds:.0f} s; total "
-          f"{time.monotonic() - booted.started:.0f} s")  # fmt: skip
-    if problems:
-        print("error: after the reboot:", *problems, sep="\n    ", file=sys.stderr)
-        return 1
-    print("    ssh:      vagrant ssh")
-    print(f"    try:      .venv/bin/pyinfra {shown} deploys/doctor.py -y")
-    print("    teardown: make vagrant-down   (the VM and the stand-ins stay up until then)")
-    return 0
-
-
 def reboot_problems(before: dict[str, str], after: dict[str, str]) -> list[str]:
     """What is wrong after one reboot: boot count not +1, blacklist missing, nouveau loaded."""
     problems = []
@@ -457,7 +410,7 @@ KERNEL_FACTS_SCRIPT = (
 
 
 def parse_kernel_facts(text: str) -> dict[str, str]:
-    """key=value lines of KERNEL_FACTS_SCRIPT; other lines (ssh banners) are ignored."""
+    """key=value lines a fact script printed; other lines (ssh banners) are ignored."""
     facts: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.strip().partition("=")
@@ -477,15 +430,6 @@ def vagrant_ssh_facts(script: str) -> dict[str, str]:
         text=True, timeout=1000, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     return parse_kernel_facts(out.stdout)
-
-
-def _report(result: ConvergeResult, which: str) -> bool:
-    if result.returncode != 0:
-        print(f"error: the {which} converge failed", file=sys.stderr)
-        print(describe_failure(result), file=sys.stderr)
-        return False
-    print(f"    {len(result.changed())} operations changed in {result.seconds:.1f} s")
-    return True
 
 
 def boot_check(sandbox: Sandbox, boot_timeout: int | None = None) -> int:
@@ -624,7 +568,12 @@ def main(argv: list[str] | None = None) -> int:
             return down(sandbox, purge=args.purge)
         if args.boot_check:
             return boot_check(sandbox, args.boot_timeout)
-        return up(sandbox, args.boot_timeout)
+        print(
+            "error: say --boot-check or --down; `make vagrant` is "
+            "`python -m autoglm_testbed.vagrant_driver --deploy full`",
+            file=sys.stderr,
+        )
+        return 2
     except SandboxError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -132,7 +132,10 @@ def kernel_headers(kernel: str, present: bool) -> Generator[Any, None, None]:
         or ""
     ).split()
     if "dkms" not in found:
-        host.noop("the driver's module is not built by DKMS here: no kernel headers needed")
+        if previewing() or not state.is_executing:  # the driver may still bring dkms
+            host.noop(f"preview: if the driver brings dkms, {headers_package(kernel)} follows")
+        else:
+            host.noop("no dkms on the host: the driver's module is not built here, no headers")
         return
     if "packaged" not in found:
         logger.warning(
