@@ -35,7 +35,7 @@ def prune_unused(directory: Path, max_age_s: float, now: float | None = None) ->
     """Remove the files in `directory` not modified (or touched on use) for `max_age_s`
     seconds: entries of hosts and keys long gone. Returns what was removed; errors skip."""
     cutoff = (time.time() if now is None else now) - max_age_s
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(directory.iterdir())
     except OSError:
