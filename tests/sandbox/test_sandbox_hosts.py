@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import socket
 import subprocess
@@ -150,7 +151,7 @@ def test_pyinfra_exec_over_ssh_with_generated_inventory(
 def test_down_removes_everything_and_spares_other_sandbox(
     sandbox: Sandbox, plain_hosts: list[SandboxHost], tmp_path: Path
 ) -> None:
-    other = Sandbox("ptdown", 3, tmp_path / "state", cache_dir=sandbox.cache_dir)
+    other = Sandbox("ptdown", _unused_net(), tmp_path / "state", cache_dir=sandbox.cache_dir)
     try:
         first = other.up([HostSpec()])[0]
         first.ssh("true")  # records its host key in known_hosts
@@ -172,6 +173,14 @@ def test_down_removes_everything_and_spares_other_sandbox(
     assert sandbox.leftovers()["iptables"]
     for host in plain_hosts:
         assert host.ssh("systemctl is-system-running").stdout.strip() == "running"
+
+
+def _unused_net() -> int:
+    """A 10.231.<net>.0/24 no interface here uses: a `make vagrant` VM (net 3) or another
+    session's sandbox may be up beside this one."""
+    addresses = subprocess.run(["ip", "-br", "addr"], capture_output=True, text=True).stdout
+    used = {int(n) for n in re.findall(r"\b10\.231\.(\d+)\.", addresses)}
+    return next(n for n in range(250, 200, -1) if n not in used)
 
 
 def _is_zombie(pid: int) -> bool:
