@@ -8,7 +8,7 @@ from hashlib import sha256
 from typing import Any
 
 from pyinfra import host, logger, state
-from pyinfra.api import StringCommand, operation
+from pyinfra.api import FunctionCommand, StringCommand, operation
 from pyinfra.facts.server import Command
 from pyinfra.operations import server
 
@@ -18,12 +18,50 @@ from autoglm_infra.pyinfra_ext.preview import previewing
 from autoglm_infra.stages.nvidia.apt_check import Expectation, check_script, judge
 
 NO_GPU = "no NVIDIA GPU: driver not loaded"
+REBOOT_TIMEOUT_S = 600
 PERSISTENCED_ENABLED = "/etc/systemd/system/multi-user.target.wants/nvidia-persistenced.service"
 
 
 def _loaded_module_version() -> str:
     out = host.get_fact(Command, "cat /sys/module/nvidia/version 2>/dev/null || true")
     return str(out or "").strip()
+
+
+def bounded_reboot(timeout_s: int = REBOOT_TIMEOUT_S) -> Generator[Any, None, None]:
+    """pyinfra's server.reboot, except that a host which does not come back fails the
+    operation with one line saying so, not with pyinfra's traceback ("Unexpected error in
+    Python callback": its wait raises a bare Exception)."""
+    for command in server.reboot._inner(delay=10, interval=2, reboot_timeout=timeout_s):
+        if (
+            isinstance(command, FunctionCommand)
+            and command.function.__name__ == "wait_and_reconnect"
+        ):
+            yield FunctionCommand(reported_wait(command.function, timeout_s), (), {})
+        else:
+            yield command
+
+
+def reported_wait(wait: Any, timeout_s: int) -> Any:
+    """`wait(state, host)`, with pyinfra's "did not reboot in time" turned into a failed
+    command (False) and an error line naming the bound and where to look."""
+
+    def wait_for_host(state: Any, host: Any) -> bool:
+        try:
+            wait(state, host)
+        except Exception as exc:  # pyinfra raises a bare Exception for the timeout
+            if "did not reboot in time" not in str(exc):
+                raise
+            host.log_styled(
+                f"the host did not answer SSH within {timeout_s} s of the reboot: look at its "
+                "console (a kernel or initramfs that does not boot, a network that did not come "
+                "up), then converge again; nothing after the reboot ran",
+                fg="red",
+                log_func=logger.error,
+            )
+            return False
+        return True
+
+    return wait_for_host
 
 
 def reboot_reasons(
@@ -84,7 +122,7 @@ def driver_reboot(
     reason = "; ".join(reasons)
     if policy == "if-needed":
         logger.warning(f"{host.print_prefix}rebooting: {reason}")
-        yield from server.reboot._inner(delay=10, interval=2, reboot_timeout=600)
+        yield from bounded_reboot()
         return
     logger.warning(f"{host.print_prefix}REBOOT REQUIRED ({reason}); nvidia_reboot=never")
     text = f"driver: {reason}\n"
