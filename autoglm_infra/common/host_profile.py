@@ -39,7 +39,7 @@ class HostProfile:
     nvidia_module_version: str = ""  # loaded kernel module (/sys/module/nvidia/version)
     nouveau_loaded: bool = False  # only a reboot unloads it once it drives a GPU
     kernel_headers: bool = False  # /lib/modules/<running kernel>/build: DKMS can build for it
-    dkms: bool = False  # /usr/sbin/dkms
+    dkms: bool = False  # /usr/sbin/dkms (dkms 2.x, 3.x) or /usr/bin/dkms
     secure_boot: str = "unknown"  # on | off (EFI variable, or no EFI at all) | unknown
     efi: bool | None = None  # booted through EFI; None: not read
     module_signing_key: str = "none"  # enrolled | not-enrolled | none (no DKMS/MOK key)
@@ -87,7 +87,7 @@ def profile_script(disk_path: str) -> str:
             ' && echo "nvidia_module=$(cat /sys/module/nvidia/version)"',
             "[ -d /sys/module/nouveau ] && echo nouveau=loaded",
             '[ -e "/lib/modules/$k/build" ] && echo kernel_headers=yes',
-            "[ -x /usr/sbin/dkms ] && echo dkms=yes",
+            "{ [ -x /usr/sbin/dkms ] || [ -x /usr/bin/dkms ]; } && echo dkms=yes",
             f"if [ -r {_EFI_SECURE_BOOT} ]; then"
             f" sb=$(od -An -tu1 {_EFI_SECURE_BOOT} | awk '{{print $NF}}');"
             ' [ "$sb" = 1 ] && echo secure_boot=on || echo secure_boot=off; fi',

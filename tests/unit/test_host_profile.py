@@ -157,6 +157,7 @@ def test_nouveau_kernel_headers_and_dkms_are_read_from_the_host(tmp_path) -> Non
         base.replace("/sys/module/nouveau", str(module / "nouveau"))
         .replace("/lib/modules/", f"{modules}/")
         .replace("/usr/sbin/dkms", str(sbin / "dkms"))
+        .replace("/usr/bin/dkms", str(tmp_path / "none"))
     )
     assert (found.nouveau_loaded, found.kernel_headers, found.dkms) == (True, True, True)
     assert found.kernel == kernel
@@ -164,6 +165,7 @@ def test_nouveau_kernel_headers_and_dkms_are_read_from_the_host(tmp_path) -> Non
         base.replace("/sys/module/nouveau", str(tmp_path / "none"))
         .replace("/lib/modules/", f"{tmp_path}/none/")
         .replace("/usr/sbin/dkms", str(tmp_path / "none"))
+        .replace("/usr/bin/dkms", str(tmp_path / "none"))
     )
     assert (absent.nouveau_loaded, absent.kernel_headers, absent.dkms) == (False, False, False)
     assert "nouveau" not in absent.extra and "dkms" not in found.extra
