@@ -9,7 +9,7 @@ SANDBOX := $(PY) -m autoglm_testbed.hosts
 APT_PACKAGES := debootstrap systemd-container iptables zstd openssh-client gnupg dpkg-dev apt-utils vagrant busybox-static apt-cacher-ng openssl curl systemd python3-pip
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: help deps venv lint typecheck unit integration test test-under-load slow gpu-acceptance demo sandbox sandbox-down vagrant vagrant-boot vagrant-kernel vagrant-driver vm-secureboot vagrant-deps vagrant-down bench docs clean
+.PHONY: help deps venv lint typecheck unit integration test test-under-load slow gpu-acceptance demo sandbox sandbox-down vagrant vagrant-boot vagrant-kernel vagrant-driver vagrant-docker vm-secureboot vagrant-deps vagrant-down bench docs clean
 
 help:
 	@echo "make demo          converge two throw-away sandbox hosts end to end, twice"
@@ -20,6 +20,7 @@ help:
 	@echo "make vagrant-boot  boot a fresh VM, check its kernel, disk and SSH (what CI runs)"
 	@echo "make vagrant-kernel   the DKMS module on the VM's own kernel, a kernel change, a reboot"
 	@echo "make vagrant-driver   the NVIDIA stage installs the DKMS driver on the VM and reboots it once"
+	@echo "make vagrant-docker   Docker mode under the VM's kernel: AppArmor, seccomp, cgroup v2 OOM, CIS 5, kill -9"
 	@echo "make vm-secureboot    the DKMS module refused by a kernel booted with UEFI Secure Boot"
 	@echo "make bench         no-op re-run and fan-out benchmarks"
 	@echo "make gpu-acceptance   on a GPU host: read-only preflight, gpu_check, torch bench"
@@ -103,6 +104,9 @@ vagrant-kernel: venv deps vagrant-deps
 
 vagrant-driver: venv deps vagrant-deps
 	$(PY) -m autoglm_testbed.vagrant_driver
+
+vagrant-docker: venv deps vagrant-deps
+	$(PY) -m autoglm_testbed.vagrant_docker
 
 vm-secureboot: venv deps vagrant-deps
 	$(PY) -m autoglm_testbed.secureboot_vm

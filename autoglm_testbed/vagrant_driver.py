@@ -26,12 +26,10 @@ Ends non-zero naming each expectation that did not hold; every step is bounded.
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 
-from autoglm_testbed.converge import ROOT, ConvergeResult, describe_failure, run_pyinfra
 from autoglm_testbed.vagrant_kernel import APT, Scenario, row_text, run_scenario
-from autoglm_testbed.vagrant_vm import INVENTORY, kernel_facts, reboot_problems
+from autoglm_testbed.vagrant_vm import kernel_facts, reboot_problems
 
 GENERIC = "linux-image-amd64"  # Debian's generic kernel: nouveau is one of its modules
 _NVIDIA_PACKAGE = re.compile(r"^Inst (nvidia-|libnvidia-|libcuda|cuda-|cudnn|libcudnn)")
@@ -40,20 +38,6 @@ _NVIDIA_PACKAGE = re.compile(r"^Inst (nvidia-|libnvidia-|libcuda|cuda-|cudnn|lib
 class DriverScenario(Scenario):
     deploy = "deploys/nvidia.py"
     timeout = 5400  # dkms, a compiler and headers under TCG on a loaded 2-core machine
-
-    def converge(self, title: str) -> ConvergeResult | None:
-        print(f"==> {title}: pyinfra {INVENTORY.relative_to(ROOT)} {self.deploy}")
-        try:
-            result = run_pyinfra(INVENTORY, self.deploy, timeout=self.timeout)
-        except subprocess.TimeoutExpired:
-            self.problems.append(f"{title}: no end within {self.timeout} s")
-            return None
-        self.timings.append((title, result.seconds))
-        print(f"    {len(result.changed())} operations changed in {result.seconds:.0f} s")
-        if result.returncode != 0:
-            self.problems.append(f"{title} failed:\n{describe_failure(result)}")
-            return None
-        return result
 
     def with_nouveau(self) -> str:
         """Boot a kernel that has nouveau and load it; the running kernel, "" on failure."""

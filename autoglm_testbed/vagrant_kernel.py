@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from autoglm_infra.common.checks import json_file_name
-from autoglm_testbed.converge import ROOT, describe_failure, run_pyinfra
+from autoglm_testbed.converge import ROOT, ConvergeResult, describe_failure, run_pyinfra
 from autoglm_testbed.dkms_standin import build_dkms_deb
 from autoglm_testbed.hosts import Sandbox, SandboxError, _tail
-from autoglm_testbed.vagrant_vm import INVENTORY, MACHINE, REBOOT_TIMEOUT, boot_vm
+from autoglm_testbed.vagrant_vm import INVENTORY, MACHINE, REBOOT_TIMEOUT, BootedVm, boot_vm
 
 VERSION = "550.54.15"
 HOST_NAME = f"@vagrant/{MACHINE}"
@@ -85,17 +85,25 @@ class VmCommand:
 
 
 def gpu_check_rows(
-    out_dir: Path, inventory: Path = INVENTORY, host: str = HOST_NAME
+    out_dir: Path,
+    inventory: Path = INVENTORY,
+    host: str = HOST_NAME,
+    check: str = "gpu_check",
+    env: dict[str, str] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], str]:
-    """gpu_check through pyinfra on a VM: its rows by name, and pyinfra's output tail."""
+    """gpu_check (or the doctor: check="doctor") through pyinfra on a VM: its rows by
+    name, and pyinfra's output tail."""
     result = run_pyinfra(
-        inventory, "deploys/gpu_check.py", timeout=900, env={"AUTOGLM_CHECKS_JSON": str(out_dir)}
+        inventory,
+        f"deploys/{check}.py",
+        timeout=900,
+        env={**(env or {}), "AUTOGLM_CHECKS_JSON": str(out_dir)},
     )
-    path = out_dir / json_file_name(host, "gpu_check")
+    path = out_dir / json_file_name(host, check)
     try:
         rows = {row["name"]: row for row in json.loads(path.read_text())["checks"]}
     except (OSError, ValueError, KeyError) as exc:
-        return {}, f"no gpu_check table ({exc}):\n{describe_failure(result)}"
+        return {}, f"no {check} table ({exc}):\n{describe_failure(result)}"
     path.unlink()
     return rows, "\n".join(result.stderr.splitlines()[-30:])
 
@@ -110,13 +118,19 @@ def row_text(row: dict[str, Any] | None) -> str:
 class Scenario:
     """The steps, each recording what it expected and what it read."""
 
-    def __init__(self, vm: VmCommand, out_dir: Path, driver: str, console: Path) -> None:
+    deploy = "deploys/full.py"  # what `converge` runs
+    timeout = 7200  # bounds each converge (TCG on a loaded 2-core machine)
+
+    def __init__(self, vm: VmCommand, out_dir: Path, booted: BootedVm, console: Path) -> None:
         self.vm = vm
         self.out_dir = out_dir
-        self.reboot_timeout = REBOOT_TIMEOUT[driver]
+        self.booted = booted
+        self.reboot_timeout = REBOOT_TIMEOUT[booted.probe.driver]
         self.console = console
         self.problems: list[str] = []
         self.timings: list[tuple[str, float]] = []
+        self.inventory = INVENTORY
+        self.env: dict[str, str] = {}
 
     def expect(self, ok: bool, what: str, seen: str) -> None:
         print(f"    [{'ok' if ok else 'FAILED'}] {what}")
@@ -133,6 +147,20 @@ class Scenario:
             tail = "\n        ".join(out.strip().splitlines()[-12:])
             print(f"    exit status {code}:\n        {tail}")
         return code, out
+
+    def converge(self, title: str) -> ConvergeResult | None:
+        print(f"==> {title}: pyinfra {self.inventory.name} {self.deploy}")
+        try:
+            result = run_pyinfra(self.inventory, self.deploy, timeout=self.timeout, env=self.env)
+        except subprocess.TimeoutExpired:
+            self.problems.append(f"{title}: no end within {self.timeout} s")
+            return None
+        self.timings.append((title, result.seconds))
+        print(f"    {len(result.changed())} operations changed in {result.seconds:.0f} s")
+        if result.returncode != 0:
+            self.problems.append(f"{title} failed:\n{describe_failure(result)}")
+            return None
+        return result
 
     def rows(self, when: str) -> dict[str, dict[str, Any]]:
         started = time.monotonic()
@@ -272,7 +300,7 @@ def run_scenario(prog: str, scenarios: dict[str, type[Scenario]], argv: list[str
         with tempfile.TemporaryDirectory() as tmp:
             vm = VmCommand.from_vagrant(Path(tmp))
             console = sandbox.state_dir / "console.log"
-            ran = scenario(vm, Path(tmp), booted.probe.driver, console)
+            ran = scenario(vm, Path(tmp), booted, console)
             ran.run()
     except (SandboxError, subprocess.SubprocessError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

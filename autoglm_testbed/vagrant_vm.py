@@ -44,6 +44,7 @@ from autoglm_testbed.kvm_probe import ProbeResult, probe_kvm
 from autoglm_testbed.vagrant_box import BOX_NAME, Box, add_box, ensure_box, kernel_release
 from autoglm_testbed.world import (
     ROOT,
+    Standins,
     full_group_data,
     start_standins,
     stop_detached_standins,
@@ -304,6 +305,7 @@ class BootedVm:
     boot_seconds: float
     started: float  # time.monotonic() when boot_vm began
     box: Box | None  # None: a VM that existed was kept, with whatever box it came from
+    standins: Standins | None = None  # None: boot_vm(standins=False)
 
 
 def boot_vm(
@@ -339,11 +341,8 @@ def boot_vm(
     print(f"==> network {net.name}: {net.bridge} {net.address}, stand-ins at {net.gateway}")
     ensure_network(net)
     # the VM has its own kernel: the NVIDIA packages' DKMS source is built for it
-    world = (
-        full_group_data(start_standins(sandbox, detached=True, nvidia_dkms=True))
-        if standins
-        else {}
-    )
+    world_standins = start_standins(sandbox, detached=True, nvidia_dkms=True) if standins else None
+    world = full_group_data(world_standins) if world_standins else {}
     known_hosts = state / "vagrant_known_hosts"
     console = state / "console.log"
     host_data = vm_host_data(world, known_hosts)
@@ -372,7 +371,7 @@ def boot_vm(
     boot_seconds = time.monotonic() - boot_started
     print(f"    up and answering SSH in {boot_seconds:.0f} s")
     known_hosts.unlink(missing_ok=True)  # a new VM has new host keys
-    return BootedVm(probe, net, boot_seconds, started, box)
+    return BootedVm(probe, net, boot_seconds, started, box, world_standins)
 
 
 def reboot_problems(before: dict[str, str], after: dict[str, str]) -> list[str]:

@@ -40,6 +40,9 @@ class HostProfile:
     nouveau_loaded: bool = False  # only a reboot unloads it once it drives a GPU
     kernel_headers: bool = False  # /lib/modules/<running kernel>/build: DKMS can build for it
     dkms: bool = False  # /usr/sbin/dkms (dkms 2.x, 3.x) or /usr/bin/dkms
+    # The kernel enforces AppArmor (securityfs and parameters/enabled Y, runc's own test):
+    # Docker confines containers with docker-default only where apparmor_parser exists.
+    apparmor: bool = False
     secure_boot: str = "unknown"  # on | off (EFI variable, or no EFI at all) | unknown
     efi: bool | None = None  # booted through EFI; None: not read
     module_signing_key: str = "none"  # enrolled | not-enrolled | none (no DKMS/MOK key)
@@ -88,6 +91,9 @@ def profile_script(disk_path: str) -> str:
             "[ -d /sys/module/nouveau ] && echo nouveau=loaded",
             '[ -e "/lib/modules/$k/build" ] && echo kernel_headers=yes',
             "{ [ -x /usr/sbin/dkms ] || [ -x /usr/bin/dkms ]; } && echo dkms=yes",
+            "a=/sys/module/apparmor/parameters/enabled;"
+            ' [ -d /sys/kernel/security/apparmor ] && [ -r $a ] && read -r a < $a && [ "$a" = Y ]'
+            " && echo apparmor=yes",
             f"if [ -r {_EFI_SECURE_BOOT} ]; then"
             f" sb=$(od -An -tu1 {_EFI_SECURE_BOOT} | awk '{{print $NF}}');"
             ' [ "$sb" = 1 ] && echo secure_boot=on || echo secure_boot=off; fi',
@@ -138,6 +144,7 @@ def parse_host_profile(lines: list[str]) -> HostProfile:
         "nouveau",
         "kernel_headers",
         "dkms",
+        "apparmor",
         "secure_boot",
         "mok",
         "systemd",
@@ -160,6 +167,7 @@ def parse_host_profile(lines: list[str]) -> HostProfile:
         nouveau_loaded=values.get("nouveau") == "loaded",
         kernel_headers=values.get("kernel_headers") == "yes",
         dkms=values.get("dkms") == "yes",
+        apparmor=values.get("apparmor") == "yes",
         secure_boot=secure_boot,
         efi=efi,
         module_signing_key=values.get("mok", "none"),

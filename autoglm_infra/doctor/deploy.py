@@ -18,6 +18,7 @@ from autoglm_infra.doctor.table import doctor_checks, doctor_layout, gpu_rows
 from autoglm_infra.host_tools import model_fetch
 from autoglm_infra.pyinfra_ext.report import report_checks
 from autoglm_infra.pyinfra_ext.settings import host_gpu_probe, host_profile, host_settings
+from autoglm_infra.stages.docker.args import CONTAINER_NAME
 from autoglm_infra.stages.expose.front import CERT_PATH
 from autoglm_infra.stages.model.state import plan_path
 from autoglm_infra.stages.service.engine_args import served_model_name
@@ -47,6 +48,7 @@ def doctor() -> None:
         path_roles=layout.path_roles,
         compile_caches=layout.compile_caches,
         cache_home=settings.python_cache_dir if layout.venv_mode else None,
+        container="" if layout.venv_mode else CONTAINER_NAME,
     )
     state = host.get_fact(DoctorProbeFact, script=script)
     listening = str(host.get_fact(Command, listeners_script()) or "")

@@ -47,11 +47,13 @@ def doctor_script(
     path_roles: Sequence[tuple[str, str]] = (),
     compile_caches: Sequence[str] = (),
     cache_home: str | None = None,
+    container: str = "",
 ) -> str:
     """`access_user` (default `user`): who the engine runs as, a name or Docker's UID:GID;
     `path_roles`: (role, dir) whose mount, label and access are read; `compile_caches`:
     version-keyed cache roots dated against the venv; `cache_home`: tree whose files must
-    all belong to `user`."""
+    all belong to `user`; `container`: Docker mode's server container, whose process the
+    LSM section reads."""
     as_user = as_user_prefix(access_user or user)
     stamp = f"{venv_dir}/{STAMP_FILE}" if venv_dir else "/nonexistent"
     sections = [
@@ -63,7 +65,7 @@ def doctor_script(
         cache_section(user, cache_dirs),
         docker_section(),
         reach_section(targets, dict(env)),
-        lsm_section(unit),
+        lsm_section(unit, container=container),
         paths_section(as_user, path_roles),
         user_section(access_user or user),
         model_access_section(as_user, model_dir),

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 from autoglm_infra.common.checks import Check
 from autoglm_infra.doctor.probe import PathAccess
+from autoglm_infra.stages.docker.files import UNIT_NAME as DOCKER_UNIT
 
 # Types a file keeps when it was moved (not copied) out of a home or temp directory:
 # confined services and containers are denied them.
@@ -83,16 +84,21 @@ def _apparmor_profile(label: str) -> tuple[str, str]:
     return profile, mode.rstrip(")")
 
 
-def apparmor_check(lsm: Mapping[str, str], model_dir: str, cache_dir: str) -> Check:
+def apparmor_check(
+    lsm: Mapping[str, str], model_dir: str, cache_dir: str, docker: bool = False
+) -> Check:
     name = "apparmor"
     if lsm.get("apparmor", "").strip().upper() != "Y":
         return Check(name, "ok", "AppArmor not enabled")
     label = lsm.get("apparmor_label") or lsm.get("confinement")
     if label is None:
-        return Check(name, "skip", "AppArmor enabled; the service is not running")
+        what = "the container is" if docker else "the service is"
+        return Check(name, "skip", f"AppArmor enabled; {what} not running")
     if lsm.get("selinux") is not None and "apparmor_label" not in lsm:
         return Check(name, "ok", "AppArmor enabled; the process label is SELinux's")
     profile, mode = _apparmor_profile(label)
+    if docker:
+        return _container_apparmor(name, profile, mode)
     if profile in ("", "unconfined"):
         return Check(name, "ok", "AppArmor enabled; the service runs unconfined")
     if mode != "enforce":
@@ -106,3 +112,17 @@ def apparmor_check(lsm: Mapping[str, str], model_dir: str, cache_dir: str) -> Ch
         f"aa-complain {profile}; then allow `{model_dir}/** r, {cache_dir}/** rwkm,` in "
         f"/etc/apparmor.d/local/{profile} and apparmor_parser -r the profile",
     )
+
+
+def _container_apparmor(name: str, profile: str, mode: str) -> Check:
+    """Docker mode: the container should run under a profile (CIS Docker 5.2)."""
+    if profile in ("", "unconfined"):
+        return Check(
+            name,
+            "warn",
+            "AppArmor enabled, but the container runs unconfined: dockerd confines with "
+            "docker-default only when apparmor_parser exists (Docker 23+ skips it silently)",
+            f"apt-get install apparmor && systemctl restart docker && systemctl restart "
+            f"{DOCKER_UNIT} (or converge the docker stage, which does all three)",
+        )
+    return Check(name, "ok", f"the container runs under AppArmor profile {profile} ({mode})")

@@ -238,17 +238,23 @@ def reach_section(
     )
 
 
-def lsm_section(unit: str, root: str = "") -> str:
-    """SELinux mode, AppArmor on/off and the label confining the unit's main process.
+def lsm_section(unit: str, root: str = "", container: str = "") -> str:
+    """SELinux mode, AppArmor on/off and the label confining the server's process: the
+    unit's main process, or in Docker mode the container's (the unit runs `docker run`).
 
     `root` prefixes /sys and /proc (tests point it at recorded copies).
     """
     u = shlex.quote(unit)
+    pid = (
+        f"$(docker inspect -f '{{{{.State.Pid}}}}' {shlex.quote(container)} 2>/dev/null)"
+        if container
+        else f"$(systemctl show -p MainPID --value {u} 2>/dev/null)"
+    )
     return (
         f"r={shlex.quote(root)}; "
         'f=$r/sys/fs/selinux/enforce; [ -r $f ] && echo "LS selinux $(cat $f)"; '
         'f=$r/sys/module/apparmor/parameters/enabled; [ -r $f ] && echo "LS apparmor $(cat $f)"; '
-        f"pid=$(systemctl show -p MainPID --value {u} 2>/dev/null); "
+        f"pid={pid}; "
         'if [ -n "$pid" ] && [ "$pid" != 0 ]; then '
         "echo \"LS confinement $(tr -d '\\000' < $r/proc/$pid/attr/current 2>/dev/null)\"; "
         "f=$r/proc/$pid/attr/apparmor/current; "  # AppArmor's own label when LSMs are stacked

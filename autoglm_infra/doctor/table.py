@@ -206,7 +206,11 @@ def _probe_checks(
     if layout.venv_mode:
         checks += _venv_checks(settings, layout, state, plan)
     checks.append(selinux_check(state.lsm, state.paths, docker=not layout.venv_mode))
-    checks.append(apparmor_check(state.lsm, settings.model_dir, settings.python_cache_dir))
+    checks.append(
+        apparmor_check(
+            state.lsm, settings.model_dir, settings.python_cache_dir, docker=not layout.venv_mode
+        )
+    )
     checks.append(containers_check(state.docker, state.containers, CONTAINER_NAME))
     # the download probe's URL came from the stored lock when the script was built
     download = next((r.url for r in state.reach if r.kind == "model download"), None)

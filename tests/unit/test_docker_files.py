@@ -219,3 +219,10 @@ def test_generated_env_file_is_private_and_kept(tmp_path: Path) -> None:
     subprocess.run(["/bin/sh", "-c", command], check=True)
     assert path.read_text() == first
     assert json.dumps(first)  # one line, printable
+
+
+def test_apparmor_parser_comes_with_the_engine_only_where_the_kernel_enforces_apparmor() -> None:
+    """Without apparmor_parser, Debian 12's docker.io cannot start a container on an
+    AppArmor kernel (`make vagrant-docker` read it); nspawn hosts have no AppArmor."""
+    assert df.confinement_packages(kernel_apparmor=True) == ("apparmor",)
+    assert df.confinement_packages(kernel_apparmor=False) == ()

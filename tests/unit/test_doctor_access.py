@@ -381,3 +381,35 @@ def test_a_mirror_sending_downloads_to_the_hf_cdn_is_named() -> None:
     hf = url.replace("hf-mirror.com", "huggingface.co")
     row = reach_checks([("model download", hf)], [Reach("model download", hf, fine)])[0]
     assert row.status == "ok" and "Hugging Face's CDN" not in row.evidence
+
+
+def test_docker_mode_reads_the_containers_process_not_the_docker_client(tmp_path: Path) -> None:
+    """The unit's main process in Docker mode is `docker run`; the server is the container's
+    process, whose PID `docker inspect` gives."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "docker").write_text('#!/bin/sh\n[ "$4" = autoglm ] && echo 4242\n')
+    (bindir / "docker").chmod(0o755)
+    proc = tmp_path / "proc/4242/attr/apparmor"
+    proc.mkdir(parents=True)
+    (proc / "current").write_text("docker-default (enforce)\n")
+    (tmp_path / "proc/4242/attr/current").write_text("docker-default (enforce)\n")
+    (tmp_path / "sys/module/apparmor/parameters").mkdir(parents=True)
+    (tmp_path / "sys/module/apparmor/parameters/enabled").write_text("Y\n")
+    script = lsm_section("autoglm-docker.service", root=str(tmp_path), container="autoglm")
+    out = subprocess.run(["sh", "-c", f"PATH={bindir}:$PATH; {script}"],
+                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    lsm = parse_doctor_probe(out.stdout.splitlines()).lsm
+    assert lsm["apparmor_label"] == "docker-default (enforce)", out
+    check = apparmor_check(lsm, MODEL, CACHE, docker=True)
+    assert check.status == "ok" and "docker-default (enforce)" in check.evidence
+
+
+def test_docker_mode_unconfined_container_on_an_apparmor_kernel_warns_with_the_fix() -> None:
+    unconfined = {"apparmor": "Y", "apparmor_label": "unconfined"}
+    check = apparmor_check(unconfined, MODEL, CACHE, docker=True)
+    assert check.status == "warn" and "runs unconfined" in check.evidence
+    assert "apt-get install apparmor && systemctl restart docker" in check.fix
+    # venv mode: an unconfined service is the normal case
+    assert apparmor_check(unconfined, MODEL, CACHE).status == "ok"
+    assert apparmor_check({"apparmor": "Y"}, MODEL, CACHE, docker=True).status == "skip"

@@ -169,3 +169,29 @@ def test_nouveau_kernel_headers_and_dkms_are_read_from_the_host(tmp_path) -> Non
     )
     assert (absent.nouveau_loaded, absent.kernel_headers, absent.dkms) == (False, False, False)
     assert "nouveau" not in absent.extra and "dkms" not in found.extra
+
+
+def test_apparmor_counts_only_where_the_kernel_enforces_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """As runc decides it: securityfs has apparmor/ and parameters/enabled reads Y. Debian
+    12's kernels enforce it (the VM); the controller's kernel here has neither file."""
+    securityfs, param = tmp_path / "securityfs", tmp_path / "enabled"
+    (securityfs / "apparmor").mkdir(parents=True)
+    base = profile_script("/")
+
+    def read(enabled: str | None, with_securityfs: bool = True) -> bool:
+        if enabled is None:
+            param.unlink(missing_ok=True)
+        else:
+            param.write_text(enabled + "\n")
+        script = base.replace(
+            "/sys/kernel/security/apparmor",
+            str(securityfs / "apparmor") if with_securityfs else str(tmp_path / "none"),
+        ).replace("/sys/module/apparmor/parameters/enabled", str(param))
+        out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+        assert "apparmor" not in out.stderr, out.stderr
+        return parse_host_profile(out.stdout.splitlines()).apparmor
+
+    assert read("Y") is True
+    assert read("N") is False
+    assert read(None) is False
+    assert read("Y", with_securityfs=False) is False

@@ -56,6 +56,7 @@ from autoglm_infra.stages.docker.ops import (
 )
 
 PACKAGE_PATTERNS = (
+    "apparmor",
     "docker.io",
     "docker-ce*",
     "containerd*",
@@ -194,14 +195,28 @@ def converge_docker(settings: Settings, profile: HostProfile) -> None:
 
     engine = df.engine_packages(settings.docker_engine_source)
     engine_was_installed = all(p in snap.packages for p in engine)
+    # before the engine: dockerd decides once, at its start, whether it can confine
+    parser = df.confinement_packages(profile.apparmor)
+    confinement = []
+    if parser:
+        confinement.append(
+            apt_present(
+                name=f"Docker: {', '.join(parser)} (dockerd loads docker-default with it)",
+                packages=parser,
+                installed=snap.packages,
+            )
+        )
     apt_present(
         name=f"Docker: engine ({', '.join(engine)})", packages=engine, installed=snap.packages
     )
+    # a running container keeps the confinement it started with
+    triggers = list(confinement) if engine_was_installed else []
     if engine_was_installed:
         server.shell(
-            name="Docker: restart dockerd (daemon.json changed; live-restore keeps containers)",
+            name="Docker: restart dockerd (daemon.json or AppArmor changed; live-restore "
+            "keeps containers)",
             commands=["systemctl restart docker"],
-            _if=daemon.did_change,
+            _if=lambda: any(op.did_change() for op in [daemon, *confinement]),
         )
     apt_pinned(
         name=f"Docker: NVIDIA container toolkit {settings.docker_toolkit_version}, held",
@@ -217,7 +232,7 @@ def converge_docker(settings: Settings, profile: HostProfile) -> None:
         hint="converge the model stage first (deploys/model.py)",
     )
     env = deliver_api_key(settings, api_key, snap)
-    triggers = [env]
+    triggers.append(env)
     triggers.append(
         ensure_image(
             name=f"Docker: image {image}",

@@ -37,6 +37,11 @@ BUILD_LOG = "/var/lib/autoglm/docker-build.log"
 IMAGE_DIR = "/var/lib/autoglm/images"
 
 DISTRO_ENGINE = ("docker.io",)
+# apparmor_parser: how dockerd loads docker-default. docker.io only Recommends it and we
+# install without recommends; on a kernel that enforces AppArmor, Docker 20.10 (Debian
+# 12's docker.io) then refuses to start any container, and 23+ runs them unconfined,
+# saying so only in its own log (moby/moby#44902).
+APPARMOR_PARSER = ("apparmor",)
 DOCKER_REPO_ENGINE = ("docker-ce", "docker-ce-cli", "containerd.io", "docker-buildx-plugin")
 TOOLKIT_PACKAGES = (
     "nvidia-container-toolkit",
@@ -70,6 +75,11 @@ class DockerStageError(ValueError):
 
 def engine_packages(source: str) -> tuple[str, ...]:
     return DISTRO_ENGINE if source == "distro" else DOCKER_REPO_ENGINE
+
+
+def confinement_packages(kernel_apparmor: bool) -> tuple[str, ...]:
+    """What dockerd needs to confine containers on this kernel (nothing without AppArmor)."""
+    return APPARMOR_PARSER if kernel_apparmor else ()
 
 
 def docker_repo_url(base_url: str, os_id: str) -> str:
