@@ -17,7 +17,7 @@ help:
 	@echo "make test-under-load   make test with every core kept busy by stress-ng"
 	@echo "make sandbox HOSTS=n / make sandbox-down   boot / remove sandbox hosts"
 	@echo "make vagrant       a real VM (locally built box), converged twice, rebooted once by the deploy; make vagrant-down"
-	@echo "make vagrant-boot  boot a fresh VM, check its kernel, disk and SSH (what CI runs)"
+	@echo "make vagrant-boot  boot a fresh VM, check its kernel, disk and SSH (what CI runs); DEBIAN=13 for trixie"
 	@echo "make vagrant-kernel   the DKMS module on the VM's own kernel, a kernel change, a reboot"
 	@echo "make vagrant-driver   the NVIDIA stage installs the DKMS driver on the VM and reboots it once"
 	@echo "make vagrant-docker   Docker mode under the VM's kernel: AppArmor, seccomp, cgroup v2 OOM, CIS 5, kill -9"
@@ -96,8 +96,9 @@ vagrant-deps: .make/vagrant-deps-$(shell echo '$(VAGRANT_PACKAGES)' | sha1sum | 
 vagrant: venv deps vagrant-deps
 	$(PY) -m autoglm_testbed.vagrant_driver --deploy full
 
+DEBIAN ?= 12
 vagrant-boot: venv deps vagrant-deps
-	$(PY) -m autoglm_testbed.vagrant_vm --boot-check
+	$(PY) -m autoglm_testbed.vagrant_vm --boot-check --debian $(DEBIAN)
 
 vagrant-kernel: venv deps vagrant-deps
 	$(PY) -m autoglm_testbed.vagrant_kernel

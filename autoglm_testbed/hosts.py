@@ -54,6 +54,7 @@ from typing import IO, Any
 log = logging.getLogger(__name__)
 
 SUITE = "bookworm"
+DEBIAN_SUITES = {"12": "bookworm", "13": "trixie"}  # Debian version -> suite
 BASE_PACKAGES: tuple[str, ...] = (
     "systemd",
     "systemd-sysv",
@@ -270,7 +271,9 @@ def read_mirrors(sources: Path = Path("/etc/apt/sources.list.d/debian.sources"))
     return main, (security or f"{main}-security").rstrip("/")
 
 
-def base_prep_files(mirror: str, security_mirror: str) -> dict[str, tuple[str, int]]:
+def base_prep_files(
+    mirror: str, security_mirror: str, suite: str = SUITE
+) -> dict[str, tuple[str, int]]:
     """Files written into the golden rootfs: path -> (content, mode). Part of the cache key."""
     cgroup_rw_unit = """\
 [Unit]
@@ -304,9 +307,9 @@ WantedBy=sysinit.target
             0o644,
         ),
         "/etc/apt/sources.list": (
-            f"deb {mirror} {SUITE} main\n"
-            f"deb {mirror} {SUITE}-updates main\n"
-            f"deb {security_mirror} {SUITE}-security main\n",
+            f"deb {mirror} {suite} main\n"
+            f"deb {mirror} {suite}-updates main\n"
+            f"deb {security_mirror} {suite}-security main\n",
             0o644,
         ),
         "/etc/systemd/system/harness-cgroup-rw.service": (cgroup_rw_unit, 0o644),
@@ -337,11 +340,12 @@ def cache_key(
     prep_files: dict[str, tuple[str, int]] | None = None,
     week: str | None = None,
     prep_version: int = PREP_VERSION,
+    suite: str = SUITE,
 ) -> str:
     """Content key of the golden rootfs: packages + prep + ISO week (picks up security fixes)."""
-    files = prep_files if prep_files is not None else base_prep_files(*read_mirrors())
+    files = prep_files if prep_files is not None else base_prep_files(*read_mirrors(), suite)
     doc = {
-        "suite": SUITE,
+        "suite": suite,
         "packages": sorted(packages),
         "prep_version": prep_version,
         "prep_files": {k: [v[0], v[1]] for k, v in sorted(files.items())},
@@ -577,6 +581,7 @@ class Sandbox:
         state_dir: Path,
         cache_dir: Path | None = None,
         cpu_quota_percent: int | None = None,
+        suite: str = SUITE,
     ) -> None:
         if not _NAME_RE.match(name):
             raise SandboxError(
@@ -592,8 +597,11 @@ class Sandbox:
                 f"cpu quota {cpu_quota_percent}% must be 1..{100 * (os.cpu_count() or 1)} "
                 "(percent of one core per host)"
             )
+        if suite not in DEBIAN_SUITES.values():
+            raise SandboxError(f"suite {suite!r} is none of {sorted(DEBIAN_SUITES.values())}")
         self.name = name
         self.net = net
+        self.suite = suite  # of the golden rootfs (the VM box may be Debian 13)
         # CPU time each host may use (percent of one core); None: unlimited. Starving the
         # hosts shows the waits that only hold on a quiet machine.
         self.cpu_quota_percent = cpu_quota_percent
@@ -668,14 +676,14 @@ class Sandbox:
             )
 
     def base_cache_file(self, key: str | None = None) -> Path:
-        return self.cache_dir / f"base-{key or cache_key()}.tar.zst"
+        return self.cache_dir / f"base-{key or cache_key(suite=self.suite)}.tar.zst"
 
     def ensure_base(self) -> Path:
         """The golden rootfs under the state dir: kept, restored from the cache, or built."""
         _require_root()
         self._init_state_dir()
         mirror, security = read_mirrors()
-        key = cache_key(prep_files=base_prep_files(mirror, security))
+        key = cache_key(prep_files=base_prep_files(mirror, security, self.suite), suite=self.suite)
         key_file = self.state_dir / "base.key"
         if (self.base_dir / "usr").is_dir():
             current = key_file.read_text().strip() if key_file.exists() else ""
@@ -707,7 +715,7 @@ class Sandbox:
     def _build_base(self, root: Path, mirror: str, security: str) -> None:
         self.ensure_tools()
         logfile = self.state_dir / "debootstrap.log"
-        log.info("debootstrap %s from %s (about 60-90 s)", SUITE, mirror)
+        log.info("debootstrap %s from %s (about 60-90 s)", self.suite, mirror)
         with logfile.open("w") as out:
             argv = [
                 _which("debootstrap") or "debootstrap",
@@ -715,7 +723,7 @@ class Sandbox:
                 f"--include={','.join(BASE_PACKAGES)}",
             ]
             rc = subprocess.run(
-                [*argv, SUITE, str(root), mirror],
+                [*argv, self.suite, str(root), mirror],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -724,10 +732,10 @@ class Sandbox:
             raise SandboxError(
                 f"debootstrap failed (rc {rc}); {logfile}:\n{_indent(_tail(logfile))}"
             )
-        self._prep_base(root, mirror, security)
+        self._prep_base(root, mirror, security, self.suite)
 
     @staticmethod
-    def _prep_base(root: Path, mirror: str, security: str) -> None:
+    def _prep_base(root: Path, mirror: str, security: str, suite: str = SUITE) -> None:
         """Strip identity from the base and add the harness's config (see base_prep_files)."""
         for key in root.glob("etc/ssh/ssh_host_*"):
             key.unlink()
@@ -735,7 +743,7 @@ class Sandbox:
             (root / stale).unlink(missing_ok=True)
         (root / "etc/machine-id").write_text("")  # empty: systemd makes one per boot
         _run(["chroot", str(root), "useradd", "-m", "-s", "/bin/bash", "-G", "sudo", "deploy"])
-        for rel, (content, mode) in base_prep_files(mirror, security).items():
+        for rel, (content, mode) in base_prep_files(mirror, security, suite).items():
             target = root / rel.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(content)

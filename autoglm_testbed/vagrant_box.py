@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoglm_testbed.hosts import (
+    DEBIAN_SUITES,
     DEFAULT_CACHE_DIR,
     SUITE,
     Sandbox,
@@ -138,10 +139,11 @@ def box_cache_key(
     packages: Sequence[str] = BOX_PACKAGES,
     week: str | None = None,
     version: int = BOX_VERSION,
+    suite: str = SUITE,
 ) -> str:
     """Content key of the box: sandbox base key + packages + files + week + build version."""
     doc = {
-        "suite": SUITE,
+        "suite": suite,
         "base": base_key,
         "packages": sorted(packages),
         "files": {k: list(v) for k, v in sorted(box_prep_files(public_key).items())},
@@ -151,6 +153,15 @@ def box_cache_key(
         "version": version,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def debian_version(suite: str) -> str:
+    return next(v for v, s in DEBIAN_SUITES.items() if s == suite)
+
+
+def box_name(suite: str = SUITE) -> str:
+    """`autoglm/debian12-local`, `autoglm/debian13-local`: one box per Debian release."""
+    return f"autoglm/debian{debian_version(suite)}-local"
 
 
 def box_metadata(disk_gib: int = DISK_GIB) -> dict[str, object]:
@@ -276,9 +287,10 @@ def ensure_box(sandbox: Sandbox, cache_dir: Path = BOX_CACHE_DIR) -> Box:
     public_key = insecure_public_key()
     base = sandbox.ensure_base()
     base_key = (sandbox.state_dir / "base.key").read_text().strip()
-    key = box_cache_key(public_key, base_key)
+    key = box_cache_key(public_key, base_key, suite=sandbox.suite)
+    cache_dir = cache_dir / sandbox.suite  # a box per release; each prunes only its own
     entry = cache_dir / key
-    box, kernel = entry / "autoglm-debian12.box", entry / "vmlinuz"
+    box, kernel = entry / f"autoglm-debian{debian_version(sandbox.suite)}.box", entry / "vmlinuz"
     if box.is_file() and kernel.is_file():
         return Box(box, key, kernel, None)
     started = time.monotonic()
@@ -297,9 +309,10 @@ def ensure_box(sandbox: Sandbox, cache_dir: Path = BOX_CACHE_DIR) -> Box:
         shutil.copy(work / "root" / "vmlinuz", kernel)  # follows the link
         _pack_box(work / "disk.raw", box, key)
         _remove_build_dir(work)
-        for old in cache_dir.iterdir():
-            if old.is_dir() and old.name != key and not old.name.startswith("."):
-                shutil.rmtree(old, ignore_errors=True)  # one box is enough
+        for old in [*cache_dir.iterdir(), *cache_dir.parent.iterdir()]:
+            kept = (key, *DEBIAN_SUITES.values())  # the parent also held boxes before 2026-12
+            if old.is_dir() and old.name not in kept and not old.name.startswith("."):
+                shutil.rmtree(old, ignore_errors=True)  # one box per release is enough
     return Box(box, key, kernel, time.monotonic() - started)
 
 

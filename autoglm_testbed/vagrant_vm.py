@@ -32,6 +32,7 @@ from pathlib import Path
 from autoglm_infra.stages.nvidia.files import NOUVEAU_BLACKLIST
 from autoglm_testbed.converge import pyinfra_bin
 from autoglm_testbed.hosts import (
+    DEBIAN_SUITES,
     Sandbox,
     SandboxError,
     _alive,
@@ -41,7 +42,14 @@ from autoglm_testbed.hosts import (
     _tail,
 )
 from autoglm_testbed.kvm_probe import ProbeResult, probe_kvm
-from autoglm_testbed.vagrant_box import BOX_NAME, Box, add_box, ensure_box, kernel_release
+from autoglm_testbed.vagrant_box import (
+    Box,
+    add_box,
+    box_name,
+    debian_version,
+    ensure_box,
+    kernel_release,
+)
 from autoglm_testbed.world import (
     ROOT,
     Standins,
@@ -128,9 +136,11 @@ def local_state(
     console: Path,
     host_data: dict[str, object],
     boot_timeout: int | None = None,
+    box: str = "autoglm/debian12-local",
 ) -> dict[str, object]:
     """What the Vagrantfile and inventories/vagrant.py read (.vagrant/autoglm-local.json)."""
     return {
+        "box": box,
         "driver": probe.driver,
         "driver_reason": probe.reason,
         "boot_timeout": boot_timeout or BOOT_TIMEOUT[probe.driver],
@@ -321,20 +331,31 @@ def boot_vm(
     ensure_libvirtd(state)
     previous = existing_vm_state()
     box: Box | None = None
+    name = box_name(sandbox.suite)
+    if previous is not None and previous.get("box", "autoglm/debian12-local") != name:
+        print(
+            f"error: the VM in this checkout runs {previous.get('box')}, not {name}: "
+            "run `make vagrant-down` first",
+            file=sys.stderr,
+        )
+        return None
     if previous is not None:
         # Re-adding the box would delete the image volume the running VM's disk sits on.
         probe = ProbeResult(str(previous["driver"]), "as when the VM was created")
         print("==> the VM exists: keeping its box and driver (`make vagrant-down` for a new one)")
     else:
-        print("==> box: Debian 12 + linux-image-cloud-amd64 + extlinux (built once, cached)")
+        print(
+            f"==> box {name}: Debian {debian_version(sandbox.suite)} + linux-image-cloud-amd64 "
+            "+ extlinux (built once, cached)"
+        )
         box = ensure_box(sandbox)
         how = (
             "from the cache" if box.built_seconds is None else f"built in {box.built_seconds:.0f} s"
         )
         print(f"    {box.path} ({how})")
         ensure_pool(pool, pool_dir)
-        if add_box(box, BOX_NAME, pool):
-            print(f"    `vagrant box add {BOX_NAME}` done")
+        if add_box(box, name, pool):
+            print(f"    `vagrant box add {name}` done")
         probe = probe_kvm(box.kernel)
     print(f"==> hypervisor: {probe.driver} ({probe.reason})")
 
@@ -347,7 +368,8 @@ def boot_vm(
     console = state / "console.log"
     host_data = vm_host_data(world, known_hosts)
     _atomic_write(
-        LOCAL_STATE, json.dumps(local_state(probe, net, pool, console, host_data, boot_timeout))
+        LOCAL_STATE,
+        json.dumps(local_state(probe, net, pool, console, host_data, boot_timeout, name)),
     )
 
     print(
@@ -454,7 +476,7 @@ def boot_check(sandbox: Sandbox, boot_timeout: int | None = None) -> int:
         cwd=ROOT, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     pyinfra_seconds = time.monotonic() - started
-    problems = boot_check_problems(facts, box_kernel, domain_xml)
+    problems = boot_check_problems(facts, box_kernel, domain_xml, debian_version(sandbox.suite))
     printed = via_pyinfra.stdout + via_pyinfra.stderr  # pyinfra logs command output to stderr
     if via_pyinfra.returncode != 0 or f"[@vagrant/{MACHINE}] {box_kernel}\n" not in printed:
         problems.append(
@@ -464,7 +486,8 @@ def boot_check(sandbox: Sandbox, boot_timeout: int | None = None) -> int:
         )
     print("==> boot check")
     seen = {key: facts.get(key, "?") for key in ("kernel", "virt", "root", "boots", "state")}
-    print(f"    VM `{MACHINE}` ({booted.probe.driver}): kernel {seen['kernel']} (the box's "
+    print(f"    VM `{MACHINE}` ({booted.probe.driver}), Debian {facts.get('debian', '?')}: "
+          f"kernel {seen['kernel']} (the box's "
           f"{box_kernel}) under {seen['virt']}, root {seen['root']}, boots recorded "
           f"{seen['boots']}, system {seen['state']}")  # fmt: skip
     print(f"    boot to SSH {booted.boot_seconds:.0f} s, pyinfra exec {pyinfra_seconds:.0f} s, "
@@ -484,13 +507,18 @@ BOOT_FACTS_SCRIPT = (
     "echo root=$(findmnt -no SOURCE /); "
     "echo boot_image=$(grep -o 'BOOT_IMAGE=[^ ]*' /proc/cmdline); "
     "echo boots=$(sudo journalctl --list-boots --no-pager -q | wc -l); "
-    "echo insecure_key=$(grep -c 'vagrant insecure public key' ~/.ssh/authorized_keys)"
+    "echo insecure_key=$(grep -c 'vagrant insecure public key' ~/.ssh/authorized_keys); "
+    "echo debian=$(. /etc/os-release; echo $VERSION_ID)"
 )
 
 
-def boot_check_problems(facts: dict[str, str], box_kernel: str, domain_xml: str) -> list[str]:
+def boot_check_problems(
+    facts: dict[str, str], box_kernel: str, domain_xml: str, debian: str = "12"
+) -> list[str]:
     """What is wrong with a fresh VM (BOOT_FACTS_SCRIPT's facts, libvirt's domain XML)."""
     problems = []
+    if facts.get("debian") != debian:
+        problems.append(f"/etc/os-release says Debian {facts.get('debian')!r}, not {debian}")
     if facts.get("virt") in (None, "", "none"):
         problems.append(f"systemd-detect-virt --vm names no hypervisor: {facts.get('virt')!r}")
     if not box_kernel or facts.get("kernel") != box_kernel:
@@ -557,12 +585,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="vagrant", help="sandbox name (default vagrant)")
     parser.add_argument("--net", type=int, default=3, help="10.231.<net>.0/24 (default 3)")
     parser.add_argument(
+        "--debian", choices=sorted(DEBIAN_SUITES), default="12",
+        help="the box's Debian release (default 12; the converge scenarios use 12)",
+    )  # fmt: skip
+    parser.add_argument(
         "--boot-timeout", type=int, help="seconds vagrant waits for SSH (default 180 KVM, 600 TCG)"
     )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="    %(message)s")
     try:
-        sandbox = Sandbox(args.name, net=args.net, state_dir=ROOT / ".sandbox" / args.name)
+        sandbox = Sandbox(
+            args.name,
+            net=args.net,
+            state_dir=ROOT / ".sandbox" / args.name,
+            suite=DEBIAN_SUITES[args.debian],
+        )
         if args.down:
             return down(sandbox, purge=args.purge)
         if args.boot_check:

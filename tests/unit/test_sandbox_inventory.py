@@ -10,6 +10,8 @@ import pytest
 
 from autoglm_testbed.hosts import (
     BASE_PACKAGES,
+    Sandbox,
+    SandboxError,
     SandboxHost,
     base_prep_files,
     cache_key,
@@ -120,3 +122,18 @@ def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "inv.py"
     path.write_text(text)
     return path
+
+
+def test_a_trixie_base_has_its_own_key_and_sources() -> None:
+    """The Debian 13 box's base (make vagrant-boot DEBIAN=13): never the bookworm cache."""
+    trixie = base_prep_files(
+        "http://deb.debian.org/debian", "http://deb.debian.org/debian-security", "trixie"
+    )
+    sources = trixie["/etc/apt/sources.list"][0]
+    assert "deb http://deb.debian.org/debian trixie main\n" in sources
+    assert "trixie-security main" in sources and "bookworm" not in sources
+    assert cache_key(BASE_PACKAGES, trixie, "2025-W21", suite="trixie") != cache_key(
+        BASE_PACKAGES, PREP, "2025-W21"
+    )
+    with pytest.raises(SandboxError, match="suite 'sid' is none of"):
+        Sandbox("x", 9, Path("/tmp/x"), suite="sid")

@@ -20,6 +20,7 @@ from autoglm_testbed.vagrant_box import (
     ROOT_LABEL,
     box_cache_key,
     box_metadata,
+    box_name,
     box_prep_files,
 )
 from autoglm_testbed.vagrant_vm import Net, local_state, network_xml, vm_host_data
@@ -84,8 +85,9 @@ def test_box_key_changes_with_every_input() -> None:
         box_cache_key(KEY, "base1", week="2026-W50"),
         box_cache_key(KEY, "base1", packages=(*BOX_PACKAGES, "vim"), week="2026-W49"),
         box_cache_key(KEY, "base1", week="2026-W49", version=99),
+        box_cache_key(KEY, "base1", week="2026-W49", suite="trixie"),
     }
-    assert key not in others and len(others) == 5
+    assert key not in others and len(others) == 6
 
 
 def test_box_boots_its_installed_kernel_from_the_labelled_root() -> None:
@@ -138,6 +140,10 @@ def test_vm_state_carries_the_world_and_what_a_vm_allows(tmp_path: Path) -> None
     state = local_state(ProbeResult("qemu", "why"), net, "pool", tmp_path / "c", data)
     assert json.loads(json.dumps(state))["network_address"] == "10.231.3.0/24"
     assert state["driver"] == "qemu" and state["boot_timeout"] == 600
+    assert state["box"] == "autoglm/debian12-local"  # what the Vagrantfile boots
+    probe = ProbeResult("qemu", "why")
+    trixie = local_state(probe, net, "p", tmp_path, data, box=box_name("trixie"))
+    assert trixie["box"] == "autoglm/debian13-local"
 
 
 def test_vagrant_errors_show_the_last_lines_without_the_progress_bar() -> None:
@@ -211,6 +217,7 @@ def test_a_fresh_vm_must_boot_the_box_s_kernel_from_its_disk() -> None:
         "boot_image": "BOOT_IMAGE=/vmlinuz",
         "boots": "1",
         "insecure_key": "0",
+        "debian": "12",
     }
     assert set(good) == set(re.findall(r"echo (\w+)=", BOOT_FACTS_SCRIPT))
     assert boot_check_problems(good, kernel, xml) == []
@@ -231,7 +238,10 @@ def test_a_fresh_vm_must_boot_the_box_s_kernel_from_its_disk() -> None:
     assert boot_check_problems({**good, "insecure_key": "1"}, kernel, xml) == [
         "Vagrant's insecure key is still authorized ('1' lines)"
     ]
-    assert len(boot_check_problems({}, kernel, xml)) == 7  # the VM answered nothing
+    assert boot_check_problems(good, kernel, xml, debian="13") == [
+        "/etc/os-release says Debian '12', not 13"
+    ]
+    assert len(boot_check_problems({}, kernel, xml)) == 8  # the VM answered nothing
 
 
 def test_the_secure_boot_vm_boots_signed_loaders_with_smm_protected_variables(
