@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -226,3 +227,27 @@ def test_apparmor_parser_comes_with_the_engine_only_where_the_kernel_enforces_ap
     AppArmor kernel (`make vagrant-docker` read it); nspawn hosts have no AppArmor."""
     assert df.confinement_packages(kernel_apparmor=True) == ("apparmor",)
     assert df.confinement_packages(kernel_apparmor=False) == ()
+
+
+def test_health_gate_stops_at_once_when_docker_run_has_exited(tmp_path: Path) -> None:
+    """The daemon refused the container (as Debian 12's docker.io does on an AppArmor kernel
+    without apparmor_parser): `docker run` exits and no container ever appears. The gate
+    read that only after its whole timeout before (the VM showed 330 s)."""
+    fake = tmp_path / "docker"
+    fake.write_text("#!/bin/sh\nexit 1\n")  # no such container
+    fake.chmod(0o755)
+    script = df.health_gate_argv("autoglm", 300)[2].replace(df.DOCKER, str(fake))
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a PID that has exited: what $MAINPID names once `docker run` is gone
+    env = {"MAINPID": str(gone.pid), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        ["/bin/sh", "-c", script], capture_output=True, text=True, env=env, timeout=20
+    )
+    assert result.returncode == 1
+    assert "docker run exited before the container was healthy" in result.stderr
+    assert f"journalctl -u {df.UNIT_NAME}" in result.stderr
+    # still running: the gate keeps waiting (cut short here by a zero timeout)
+    late = subprocess.run(["/bin/sh", "-c", script.replace("+ 300 ))", "+ 0 ))")],
+                          capture_output=True, text=True,
+                          env={"MAINPID": str(os.getpid()), "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert "not healthy within 300 s (last health status: none)" in late.stderr

@@ -191,13 +191,20 @@ def render_json(doc: Mapping[str, Any]) -> bytes:
 
 
 def health_gate_argv(name: str, timeout_s: int) -> list[str]:
-    """Wait until Docker reports the container healthy; fail fast on unhealthy or gone."""
+    """Wait until Docker reports the container healthy; fail fast on unhealthy or gone.
+
+    Gone: `docker run` (the unit's main process, $MAINPID for ExecStartPost) has exited,
+    e.g. the daemon refused the container; systemd keeps waiting on the gate otherwise.
+    """
     script = (
         f"end=$(( $(date +%s) + {timeout_s} )); "
         "while :; do "
         f"s=$({DOCKER} inspect -f '{{{{.State.Health.Status}}}}' {name} 2>/dev/null); "
         'case "$s" in healthy) exit 0;; unhealthy) echo "container unhealthy" >&2; exit 1;; '
         "esac; "
+        '[ -z "$MAINPID" ] || kill -0 "$MAINPID" 2>/dev/null || '
+        '{ echo "docker run exited before the container was healthy; its error: '
+        f'journalctl -u {UNIT_NAME}" >&2; exit 1; }}; '
         '[ "$(date +%s)" -lt "$end" ] || '
         f'{{ echo "not healthy within {timeout_s} s (last health status: ${{s:-none}})" >&2; '
         "exit 1; }; "
