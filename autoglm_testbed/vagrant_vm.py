@@ -316,6 +316,7 @@ class BootedVm:
     started: float  # time.monotonic() when boot_vm began
     box: Box | None  # None: a VM that existed was kept, with whatever box it came from
     standins: Standins | None = None  # None: boot_vm(standins=False)
+    box_kernel: str = ""  # the release the box's kernel carries (read while the file is there)
 
 
 def boot_vm(
@@ -331,6 +332,7 @@ def boot_vm(
     ensure_libvirtd(state)
     previous = existing_vm_state()
     box: Box | None = None
+    box_kernel = ""
     name = box_name(sandbox.suite)
     if previous is not None and previous.get("box", "autoglm/debian12-local") != name:
         print(
@@ -356,6 +358,7 @@ def boot_vm(
         ensure_pool(pool, pool_dir)
         if add_box(box, name, pool):
             print(f"    `vagrant box add {name}` done")
+        box_kernel = kernel_release(box.kernel)
         probe = probe_kvm(box.kernel)
     print(f"==> hypervisor: {probe.driver} ({probe.reason})")
 
@@ -393,7 +396,7 @@ def boot_vm(
     boot_seconds = time.monotonic() - boot_started
     print(f"    up and answering SSH in {boot_seconds:.0f} s")
     known_hosts.unlink(missing_ok=True)  # a new VM has new host keys
-    return BootedVm(probe, net, boot_seconds, started, box, world_standins)
+    return BootedVm(probe, net, boot_seconds, started, box, world_standins, box_kernel)
 
 
 def reboot_problems(before: dict[str, str], after: dict[str, str]) -> list[str]:
@@ -466,7 +469,7 @@ def boot_check(sandbox: Sandbox, boot_timeout: int | None = None) -> int:
     booted = boot_vm(sandbox, boot_timeout, standins=False)
     if booted is None:
         return 1
-    box_kernel = kernel_release(booted.box.kernel) if booted.box else ""
+    box_kernel = booted.box_kernel
     domain = MACHINE_ID.read_text().strip()
     domain_xml = virsh("dumpxml", domain).stdout
     facts = vagrant_ssh_facts(BOOT_FACTS_SCRIPT)
