@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 MACHINE = "local"
 LIBVIRT_URI = "qemu:///system"
+LIBVIRTD_ANSWER_S = 120
 LOCAL_STATE = ROOT / ".vagrant" / "autoglm-local.json"
 INVENTORY = ROOT / "inventories" / "vagrant.py"
 MACHINE_ID = ROOT / ".vagrant" / "machines" / MACHINE / "libvirt" / "id"  # libvirt's domain UUID
@@ -172,14 +173,18 @@ def ensure_libvirtd(state_dir: Path) -> None:
             pid = _wait_pidfile(Path(pidfile))
             stat = _proc_stat(pid)
             started.append({"name": daemon, "pid": pid, "starttime": stat[1] if stat else 0})
-    deadline = time.monotonic() + 30
-    while virsh("version", check=False).returncode != 0:
-        if time.monotonic() > deadline:
-            raise SandboxError("libvirtd started but `virsh version` does not answer after 30 s")
-        time.sleep(0.5)
-    if started:
+    if started:  # recorded before the wait: `--down` stops them even if it times out
         state_dir.mkdir(parents=True, exist_ok=True)
         (state_dir / "daemons.json").write_text(json.dumps(started))
+    # re-attaching to running domains takes libvirtd a while on a loaded machine
+    deadline = time.monotonic() + LIBVIRTD_ANSWER_S
+    while virsh("version", check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise SandboxError(
+                f"libvirtd started but `virsh version` does not answer after "
+                f"{LIBVIRTD_ANSWER_S} s; `make vagrant-down` stops it"
+            )
+        time.sleep(0.5)
 
 
 def _wait_pidfile(path: Path, timeout: float = 15) -> int:
@@ -196,6 +201,11 @@ def stop_started_daemons(state_dir: Path) -> None:
     """Stop only the libvirtd/virtlogd this tool started (PID and start time recorded)."""
     record = state_dir / "daemons.json"
     if not record.is_file():
+        return
+    others = virsh("list", "--name", check=False).stdout.split()
+    if others:  # another checkout's VM: libvirtd manages it, so it stays
+        print(f"    libvirtd left running: it manages {', '.join(others)}")
+        record.unlink()
         return
     for entry in reversed(json.loads(record.read_text())):
         pid = int(entry["pid"])
