@@ -309,9 +309,8 @@ def ensure_box(sandbox: Sandbox, cache_dir: Path = BOX_CACHE_DIR) -> Box:
         shutil.copy(work / "root" / "vmlinuz", kernel)  # follows the link
         _pack_box(work / "disk.raw", box, key)
         _remove_build_dir(work)
-        for old in [*cache_dir.iterdir(), *cache_dir.parent.iterdir()]:
-            kept = (key, *DEBIAN_SUITES.values())  # the parent also held boxes before 2026-12
-            if old.is_dir() and old.name not in kept and not old.name.startswith("."):
+        for old in cache_dir.iterdir():
+            if old.is_dir() and old.name != key and not old.name.startswith("."):
                 shutil.rmtree(old, ignore_errors=True)  # one box per release is enough
     return Box(box, key, kernel, time.monotonic() - started)
 
