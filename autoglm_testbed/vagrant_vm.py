@@ -560,6 +560,8 @@ def down(sandbox: Sandbox, purge: bool = False) -> int:
     unless purge (then the pool, with the box image libvirt holds, goes too)."""
     state = sandbox.state_dir
     if LOCAL_STATE.is_file() and shutil.which("vagrant"):
+        # the VM's qemu outlives a stopped libvirtd; only libvirtd can destroy it
+        ensure_libvirtd(state)
         try:
             vagrant("destroy", "-f", MACHINE, timeout=300, log_file=state / "vagrant-down.log")
         except SandboxError as exc:
