@@ -676,7 +676,7 @@ class Sandbox:
             )
 
     def base_cache_file(self, key: str | None = None) -> Path:
-        return self.cache_dir / f"base-{key or cache_key(suite=self.suite)}.tar.zst"
+        return self.cache_dir / f"base-{self.suite}-{key or cache_key(suite=self.suite)}.tar.zst"
 
     def ensure_base(self) -> Path:
         """The golden rootfs under the state dir: kept, restored from the cache, or built."""
@@ -770,7 +770,8 @@ class Sandbox:
             os.replace(tmp, cache)
         finally:
             tmp.unlink(missing_ok=True)
-        for old in cache.parent.glob("base-*.tar.zst"):
+        release = cache.name.rsplit("-", 1)[0]  # base-<suite>: the other release's stays
+        for old in cache.parent.glob(f"{release}-*.tar.zst"):
             if old != cache:  # superseded by a newer week or prep; one base is enough
                 old.unlink(missing_ok=True)
 

@@ -137,3 +137,24 @@ def test_a_trixie_base_has_its_own_key_and_sources() -> None:
     )
     with pytest.raises(SandboxError, match="suite 'sid' is none of"):
         Sandbox("x", 9, Path("/tmp/x"), suite="sid")
+
+
+def test_a_new_base_replaces_only_its_own_release_s_cache(tmp_path: Path) -> None:
+    """The suite's nspawn hosts (bookworm) and the Debian 13 box's base (trixie) share the
+    cache directory: writing one must not evict the other."""
+    root, cache_dir = tmp_path / "root", tmp_path / "cache"
+    root.mkdir()
+    (root / "etc").mkdir()
+    cache_dir.mkdir()
+    bookworm = cache_dir / "base-bookworm-aaaa.tar.zst"
+    old_trixie = cache_dir / "base-trixie-bbbb.tar.zst"
+    for f in (bookworm, old_trixie):
+        f.write_bytes(b"x")
+    Sandbox._write_cache(root, cache_dir / "base-trixie-cccc.tar.zst")
+    assert sorted(p.name for p in cache_dir.iterdir()) == [
+        "base-bookworm-aaaa.tar.zst",
+        "base-trixie-cccc.tar.zst",
+    ]
+    assert Sandbox("x", 9, tmp_path / "s", suite="trixie").base_cache_file("k").name == (
+        "base-trixie-k.tar.zst"
+    )
