@@ -168,7 +168,8 @@ def ensure_libvirtd(state_dir: Path) -> None:
         return
     started: list[dict[str, object]] = []
     for daemon, pidfile in (("virtlogd", "/run/virtlogd.pid"), ("libvirtd", "/run/libvirtd.pid")):
-        if _run(["pgrep", "-x", daemon], check=False).returncode != 0:
+        if not running_pids(daemon):
+            Path(pidfile).unlink(missing_ok=True)  # a dead daemon's: never read its PID
             _run([daemon, "-d"])
             pid = _wait_pidfile(Path(pidfile))
             stat = _proc_stat(pid)
@@ -185,6 +186,21 @@ def ensure_libvirtd(state_dir: Path) -> None:
                 f"{LIBVIRTD_ANSWER_S} s; `make vagrant-down` stops it"
             )
         time.sleep(0.5)
+
+
+def running_pids(name: str) -> list[int]:
+    """PIDs of live processes named `name`. Not zombies: where no init runs as PID 1 (these
+    machines), a stopped daemon stays a zombie, and `pgrep` counts it as running."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            raw = stat.read_text()
+        except OSError:
+            continue
+        comm, state = raw[raw.find("(") + 1 : raw.rfind(")")], raw[raw.rfind(")") + 2 :][:1]
+        if comm == name and state not in ("Z", "X"):
+            pids.append(int(stat.parent.name))
+    return pids
 
 
 def _wait_pidfile(path: Path, timeout: float = 15) -> int:

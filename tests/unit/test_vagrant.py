@@ -10,6 +10,7 @@ import re
 import runpy
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -279,3 +280,25 @@ def test_the_secure_boot_vm_must_show_the_refusal_it_was_built_for() -> None:
     assert len(sb_problems("SecureBoot enabled\n", unread, refused, rows)) == 2  # + preflight
     assert "modprobe nvidia" in sb_problems("SecureBoot enabled", profile, (0, ""), rows)[0]
     assert len(sb_problems("SecureBoot enabled", profile, refused, {})) == 2
+
+
+def test_a_zombie_daemon_does_not_count_as_running() -> None:
+    """A stopped libvirtd stays a zombie where no init reaps it; `pgrep -x` still listed it,
+    so the next VM (CI's Debian 13 boot check) waited for a libvirtd nobody had started."""
+    from autoglm_testbed.vagrant_vm import running_pids
+
+    live = subprocess.Popen(["sleep", "30"])
+    dead = subprocess.Popen(["sleep", "0"])
+    try:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{dead.pid}/stat").read_text().split(") ")[1][0] != "Z":
+            assert time.monotonic() < deadline, "the child never became a zombie"
+            time.sleep(0.05)
+        found = running_pids("sleep")
+        assert live.pid in found and dead.pid not in found
+        pgrep = subprocess.run(["pgrep", "-x", "sleep"], capture_output=True, text=True)
+        assert str(dead.pid) in pgrep.stdout.split()  # what the old check believed
+    finally:
+        live.kill()
+        live.wait()
+        dead.wait()
