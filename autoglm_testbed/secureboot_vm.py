@@ -60,7 +60,7 @@ from autoglm_testbed.vagrant_box import (
     ensure_box,
     kernel_release,
 )
-from autoglm_testbed.vagrant_kernel import VERSION, gpu_check_rows
+from autoglm_testbed.vagrant_kernel import VERSION, check_rows
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")  # db: Microsoft PCA 2011 + UEFI CA 2011
@@ -300,7 +300,7 @@ def _scenario(sandbox: Sandbox, keep: bool) -> int:
         modprobe = vm.ssh("modprobe nvidia", 300)
         _, klog = vm.ssh("dmesg | tail -n 2")
         show(f"modprobe nvidia (exit {modprobe[0]}), then dmesg", modprobe[1] + klog)
-        rows, tail = gpu_check_rows(work, vm.inventory(), VM_HOST)
+        rows, tail = check_rows(work, vm.inventory(), VM_HOST)
         for name in ("module built", "module loaded"):
             print(f"    gpu_check {name}: {rows.get(name)}")
         if not rows:

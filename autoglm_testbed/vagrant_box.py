@@ -41,7 +41,7 @@ from autoglm_testbed.hosts import (
 
 log = logging.getLogger(__name__)
 
-BOX_NAME = "autoglm/debian12-local"
+BOX_NAME = "autoglm/debian12-local"  # box_name("bookworm"): the default machine's
 BOX_CACHE_DIR = DEFAULT_CACHE_DIR.parent / "vagrant-box"
 # Added on top of the sandbox base: a kernel and what booting it on a real disk needs.
 BOX_PACKAGES: tuple[str, ...] = (

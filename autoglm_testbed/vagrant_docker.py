@@ -46,7 +46,7 @@ from autoglm_testbed.vagrant_kernel import (
     APT,
     HOST_NAME,
     Scenario,
-    gpu_check_rows,
+    check_rows,
     row_text,
     run_scenario,
 )
@@ -151,7 +151,7 @@ class DockerScenario(Scenario):
 
     def doctor_apparmor(self, status: str, seen: str) -> None:
         started = time.monotonic()
-        rows, tail = gpu_check_rows(self.out_dir, self.inventory, check="doctor", env=self.env)
+        rows, tail = check_rows(self.out_dir, self.inventory, check="doctor", env=self.env)
         self.timings.append(("doctor", time.monotonic() - started))
         row = rows.get("apparmor")
         self.expect(

@@ -84,15 +84,15 @@ class VmCommand:
         return done.returncode, (done.stdout + done.stderr).decode(errors="replace")
 
 
-def gpu_check_rows(
+def check_rows(
     out_dir: Path,
     inventory: Path = INVENTORY,
     host: str = HOST_NAME,
     check: str = "gpu_check",
     env: dict[str, str] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], str]:
-    """gpu_check (or the doctor: check="doctor") through pyinfra on a VM: its rows by
-    name, and pyinfra's output tail."""
+    """A check deploy (`deploys/<check>.py`: gpu_check, doctor) through pyinfra on a VM:
+    its rows by name, and pyinfra's output tail."""
     result = run_pyinfra(
         inventory,
         f"deploys/{check}.py",
@@ -164,7 +164,7 @@ class Scenario:
 
     def rows(self, when: str) -> dict[str, dict[str, Any]]:
         started = time.monotonic()
-        rows, tail = gpu_check_rows(self.out_dir)
+        rows, tail = check_rows(self.out_dir)
         self.timings.append((f"gpu_check {when}", time.monotonic() - started))
         for name in ("module built", "module loaded"):
             print(f"    gpu_check {name}: {row_text(rows.get(name))}")

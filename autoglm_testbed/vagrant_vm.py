@@ -43,6 +43,7 @@ from autoglm_testbed.hosts import (
 )
 from autoglm_testbed.kvm_probe import ProbeResult, probe_kvm
 from autoglm_testbed.vagrant_box import (
+    BOX_NAME,
     Box,
     add_box,
     box_name,
@@ -137,7 +138,7 @@ def local_state(
     console: Path,
     host_data: dict[str, object],
     boot_timeout: int | None = None,
-    box: str = "autoglm/debian12-local",
+    box: str = BOX_NAME,
 ) -> dict[str, object]:
     """What the Vagrantfile and inventories/vagrant.py read (.vagrant/autoglm-local.json)."""
     return {
@@ -192,14 +193,15 @@ def running_pids(name: str) -> list[int]:
     """PIDs of live processes named `name`. Not zombies: where no init runs as PID 1 (these
     machines), a stopped daemon stays a zombie, and `pgrep` counts it as running."""
     pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for comm in Path("/proc").glob("[0-9]*/comm"):
         try:
-            raw = stat.read_text()
+            named = comm.read_text().strip() == name
         except OSError:
             continue
-        comm, state = raw[raw.find("(") + 1 : raw.rfind(")")], raw[raw.rfind(")") + 2 :][:1]
-        if comm == name and state not in ("Z", "X"):
-            pids.append(int(stat.parent.name))
+        pid = int(comm.parent.name)
+        stat = _proc_stat(pid) if named else None
+        if stat is not None and _alive(pid, stat[1]):
+            pids.append(pid)
     return pids
 
 
@@ -360,7 +362,7 @@ def boot_vm(
     box: Box | None = None
     box_kernel = ""
     name = box_name(sandbox.suite)
-    if previous is not None and previous.get("box", "autoglm/debian12-local") != name:
+    if previous is not None and previous.get("box", BOX_NAME) != name:
         print(
             f"error: the VM in this checkout runs {previous.get('box')}, not {name}: "
             "run `make vagrant-down` first",

@@ -17,6 +17,7 @@ import pytest
 
 from autoglm_testbed.kvm_probe import decide, probe_argv
 from autoglm_testbed.vagrant_box import (
+    BOX_NAME,
     BOX_PACKAGES,
     ROOT_LABEL,
     box_cache_key,
@@ -145,6 +146,7 @@ def test_vm_state_carries_the_world_and_what_a_vm_allows(tmp_path: Path) -> None
     probe = ProbeResult("qemu", "why")
     trixie = local_state(probe, net, "p", tmp_path, data, box=box_name("trixie"))
     assert trixie["box"] == "autoglm/debian13-local"
+    assert box_name() == BOX_NAME  # the default machine's box is Debian 12's
 
 
 def test_vagrant_errors_show_the_last_lines_without_the_progress_bar() -> None:
