@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from autoglm_testbed.hosts import _NAME_RE
 from autoglm_testbed.vagrant_vm import LIBVIRT_URI, MACHINE_ID, existing_vm_state, readable_tail
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,13 +42,22 @@ def vagrant_vm(debian: str, *args: str, timeout: float) -> subprocess.CompletedP
 
 
 def sandbox_name(debian: str) -> str:
-    return PREFIX + ("vm" if debian == "12" else "v13")
+    # Two characters after the 6-character prefix: names are limited to 8 (ci-33 failed on
+    # "pytestv13").
+    return PREFIX + ("vm" if debian == "12" else "vt")
 
 
 def virsh(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["virsh", "-c", LIBVIRT_URI, *args], capture_output=True, text=True, timeout=120
     )
+
+
+@pytest.mark.parametrize("debian", sorted(NETS))
+def test_the_vm_sandbox_names_are_valid_sandbox_names(debian: str) -> None:
+    # Checked here, in seconds, instead of 40 minutes into a CI run.
+    assert _NAME_RE.match(sandbox_name(debian)), sandbox_name(debian)
+    assert len({sandbox_name(d) for d in NETS}) == len(NETS)
 
 
 @pytest.mark.parametrize("debian", ["12", "13"])
