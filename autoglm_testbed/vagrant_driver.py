@@ -15,6 +15,9 @@ stand-in ships the module packages as real DKMS sources that depend on dkms, as 
    loaded, the blacklist inside the running kernel's initramfs (`lsinitramfs`), `dkms
    status` installed for `uname -r`, the NVIDIA packages held, gpu_check's "module built" ok.
 4. The same converge again: nothing changed, no reboot.
+5. `nvidia_reboot: never` with nouveau loaded again: "REBOOT REQUIRED", the marker that
+   gpu_check reads, nothing else changed, no reboot; again: nothing; with nouveau unloaded,
+   the marker removed.
 
     python -m autoglm_testbed.vagrant_driver --deploy full  # make vagrant; VM stays up
     python -m autoglm_testbed.vagrant_driver                # make vagrant-driver
@@ -28,6 +31,7 @@ from __future__ import annotations
 import re
 import sys
 
+from autoglm_infra.stages.nvidia.files import REBOOT_REQUIRED
 from autoglm_testbed.vagrant_kernel import APT, Scenario, row_text, run_scenario
 from autoglm_testbed.vagrant_vm import kernel_facts, reboot_problems
 
@@ -123,6 +127,64 @@ class DriverScenario(Scenario):
             "converge 2 did not reboot",
             f"{after.get('boots')} -> {again}",
         )
+        self.never_policy(kernel)
+
+    def never_policy(self, kernel: str) -> None:
+        """`nvidia_reboot: never` on a host that needs a reboot (nouveau loaded again): the
+        converge says "reboot required", writes the marker the doctor and gpu_check read, and
+        changes nothing else; again, nothing; once the reason is gone, the marker goes."""
+        code, out = self.step(
+            "modprobe nouveau again (blacklisted, but loaded by name, as at boot before the "
+            "blacklist)",
+            "modprobe nouveau && grep -c '^nouveau ' /proc/modules",
+            300,
+        )
+        self.expect(code == 0, "nouveau loads by name", out.strip()[-400:])
+        if code != 0:
+            return
+        boots = kernel_facts().get("boots")
+        never = ("--data", "nvidia_reboot=never")
+        third = self.converge("converge 3 with nvidia_reboot=never (nouveau loaded)", *never)
+        if third is None:
+            return
+        self.expect(
+            "REBOOT REQUIRED (nouveau is loaded" in third.stderr,
+            "converge 3 says REBOOT REQUIRED and why",
+            "\n".join(third.stderr.splitlines()[-20:]),
+        )
+        changed = third.changed()
+        self.expect(
+            len(changed) == 1 and changed[0].startswith("NVIDIA: reboot when"),
+            "converge 3 changed only the reboot-required marker",
+            ", ".join(changed),
+        )
+        code, marker = self.step("the marker", f"cat {REBOOT_REQUIRED}", 60)
+        self.expect(code == 0 and "nouveau is loaded" in marker, f"{REBOOT_REQUIRED}", marker)
+        reboot = row_text(self.rows("with nvidia_reboot=never").get("reboot"))
+        self.expect(
+            reboot.startswith("fail: reboot required: driver: nouveau is loaded"),
+            "gpu_check: reboot required, from the marker",
+            reboot,
+        )
+        fourth = self.converge("converge 4 with nvidia_reboot=never (must change nothing)", *never)
+        if fourth is None:
+            return
+        self.expect(not fourth.changed(), "converge 4 changed nothing", ", ".join(fourth.changed()))
+        code, out = self.step("modprobe -r nouveau (the reason gone)", "modprobe -r nouveau", 300)
+        self.expect(code == 0, "nouveau unloads (it drives no device here)", out.strip()[-400:])
+        fifth = self.converge("converge 5 with nvidia_reboot=never (removes the marker)", *never)
+        if fifth is None:
+            return
+        changed = fifth.changed()
+        self.expect(
+            len(changed) == 1 and changed[0].startswith("NVIDIA: reboot when"),
+            "converge 5 removed only the marker",
+            ", ".join(changed),
+        )
+        code, _ = self.step("the marker gone", f"test ! -e {REBOOT_REQUIRED}", 60)
+        self.expect(code == 0, f"{REBOOT_REQUIRED} is gone", f"exit status {code}")
+        again = kernel_facts().get("boots")
+        self.expect(again == boots, "converges 3-5 did not reboot", f"{boots} -> {again}")
 
 
 class FullScenario(DriverScenario):

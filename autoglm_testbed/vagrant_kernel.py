@@ -148,10 +148,12 @@ class Scenario:
             print(f"    exit status {code}:\n        {tail}")
         return code, out
 
-    def converge(self, title: str) -> ConvergeResult | None:
-        print(f"==> {title}: pyinfra {self.inventory.name} {self.deploy}")
+    def converge(self, title: str, *extra: str) -> ConvergeResult | None:
+        print(f"==> {title}: pyinfra {self.inventory.name} {self.deploy} {' '.join(extra)}")
         try:
-            result = run_pyinfra(self.inventory, self.deploy, timeout=self.timeout, env=self.env)
+            result = run_pyinfra(
+                self.inventory, self.deploy, *extra, timeout=self.timeout, env=self.env
+            )
         except subprocess.TimeoutExpired:
             self.problems.append(f"{title}: no end within {self.timeout} s")
             return None
