@@ -159,7 +159,11 @@ class DriverScenario(Scenario):
             ", ".join(changed),
         )
         code, marker = self.step("the marker", f"cat {REBOOT_REQUIRED}", 60)
-        self.expect(code == 0 and "nouveau is loaded" in marker, f"{REBOOT_REQUIRED}", marker)
+        self.expect(
+            code == 0 and "nouveau is loaded" in marker,
+            f"{REBOOT_REQUIRED} names the reason (nouveau is loaded)",
+            marker,
+        )
         reboot = row_text(self.rows("with nvidia_reboot=never").get("reboot"))
         self.expect(
             reboot.startswith("fail: reboot required: driver: nouveau is loaded"),
