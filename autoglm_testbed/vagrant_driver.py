@@ -32,9 +32,11 @@ import re
 import sys
 
 from autoglm_infra.stages.nvidia.files import REBOOT_REQUIRED
+from autoglm_testbed.converge import ConvergeResult
 from autoglm_testbed.vagrant_kernel import APT, Scenario, row_text, run_scenario
 from autoglm_testbed.vagrant_vm import kernel_facts, reboot_problems
 
+REBOOT_OPERATION = "NVIDIA: reboot when"  # its name in autoglm_infra/stages/nvidia/deploy.py
 GENERIC = "linux-image-amd64"  # Debian's generic kernel: nouveau is one of its modules
 _NVIDIA_PACKAGE = re.compile(r"^Inst (nvidia-|libnvidia-|libcuda|cuda-|cudnn|libcudnn)")
 
@@ -152,12 +154,7 @@ class DriverScenario(Scenario):
             "converge 3 says REBOOT REQUIRED and why",
             "\n".join(third.stderr.splitlines()[-20:]),
         )
-        changed = third.changed()
-        self.expect(
-            len(changed) == 1 and changed[0].startswith("NVIDIA: reboot when"),
-            "converge 3 changed only the reboot-required marker",
-            ", ".join(changed),
-        )
+        self.expect_only_the_marker(third, "converge 3 changed only the reboot-required marker")
         code, marker = self.step("the marker", f"cat {REBOOT_REQUIRED}", 60)
         self.expect(
             code == 0 and "nouveau is loaded" in marker,
@@ -179,16 +176,19 @@ class DriverScenario(Scenario):
         fifth = self.converge("converge 5 with nvidia_reboot=never (removes the marker)", *never)
         if fifth is None:
             return
-        changed = fifth.changed()
-        self.expect(
-            len(changed) == 1 and changed[0].startswith("NVIDIA: reboot when"),
-            "converge 5 removed only the marker",
-            ", ".join(changed),
-        )
+        self.expect_only_the_marker(fifth, "converge 5 removed only the marker")
         code, _ = self.step("the marker gone", f"test ! -e {REBOOT_REQUIRED}", 60)
         self.expect(code == 0, f"{REBOOT_REQUIRED} is gone", f"exit status {code}")
         again = kernel_facts().get("boots")
         self.expect(again == boots, "converges 3-5 did not reboot", f"{boots} -> {again}")
+
+    def expect_only_the_marker(self, result: ConvergeResult, what: str) -> None:
+        changed = result.changed()
+        self.expect(
+            len(changed) == 1 and changed[0].startswith(REBOOT_OPERATION),
+            what,
+            ", ".join(changed),
+        )
 
 
 class FullScenario(DriverScenario):
