@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,14 @@ import jinja2
 
 def render(folder: Path, name: str, **values: Any) -> str:
     """`folder/name` rendered; block tags leave no blank lines (trim and lstrip blocks)."""
-    env = jinja2.Environment(
+    return _environment(folder).get_template(name).render(**values)
+
+
+@functools.cache
+def _environment(folder: Path) -> jinja2.Environment:
+    """One environment per template folder, so each template is compiled once per process
+    and not once per host (jinja2 recompiles a template whose file changed)."""
+    return jinja2.Environment(
         loader=jinja2.FileSystemLoader(folder),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
@@ -18,4 +26,3 @@ def render(folder: Path, name: str, **values: Any) -> str:
         lstrip_blocks=True,
         autoescape=False,
     )
-    return env.get_template(name).render(**values)

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+import gevent
 from pyinfra import host, logger, state
 from pyinfra.api import StringCommand
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
@@ -49,6 +50,7 @@ class _Holder:
     files: tuple[Any, Any, Any]  # its stdin, stdout, stderr
     pid: int
     info: HolderInfo
+    reports: int = 0  # operations started; a pending report checks it is still the last
 
 
 def _run_info(stage: str) -> HolderInfo:
@@ -132,6 +134,12 @@ def tie_to_controller(command: str) -> str:
     return tied_command(command, holder_pid())
 
 
+# An operation is named in the holder record once it has run this long: a no-op re-run's
+# forty-odd quick operations would otherwise cost a packet each on the controller and a
+# rewrite of the record (an `mv`) each on the host, while only a long step is worth naming.
+REPORT_AFTER_S = 0.25
+
+
 class _StageReporter(BaseStateCallback):
     """Keeps the holder record at the operation this run is executing, for other operators."""
 
@@ -142,17 +150,25 @@ class _StageReporter(BaseStateCallback):
             return
         names = sorted(state.get_op_meta(op_hash).names)
         held.info = replace(held.info, stage=", ".join(names) or "an operation")
-        try:
-            held.files[0].write(held.info.line() + "\n")
-            held.files[0].flush()
-        except OSError:
-            pass  # the record is informative only; the lock itself is unaffected
+        held.reports += 1
+        gevent.spawn_later(REPORT_AFTER_S, _report_if_still_running, held, held.reports)
 
     @staticmethod
     def host_disconnect(state: State, host: Host) -> None:
         held = _held.pop((id(state), host.name), None)
         if held is not None:
+            held.reports += 1  # a pending report finds itself outdated
             _close(*held.files)  # the holder removes its record and exits
+
+
+def _report_if_still_running(held: _Holder, report: int) -> None:
+    if held.reports != report:
+        return  # that operation has ended (or the host disconnected) in the meantime
+    try:
+        held.files[0].write(held.info.line() + "\n")
+        held.files[0].flush()
+    except OSError:
+        pass  # the record is informative only; the lock itself is unaffected
 
 
 def _close(*files: Any) -> None:

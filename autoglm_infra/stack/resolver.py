@@ -21,6 +21,7 @@ Never imports pyinfra: deploy code turns the plan into operations.
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -162,7 +163,21 @@ def resolve_stack(request: StackRequest, table: StackTable | None = None) -> Sta
 
     With serve_engine_version=auto the engine's default-candidate releases are tried newest
     first and the first that fits the host wins (a note says why newer ones did not)."""
-    facts = table if table is not None else default_stack_table()
+    if table is None:  # a fleet's hosts mostly ask the same: resolved once per process
+        return _resolve_with_default_table(replace(request, today=_day(request)))
+    return _resolve_stack(request, table)
+
+
+def _day(request: StackRequest) -> datetime.date:
+    return request.today or datetime.date.today()
+
+
+@functools.lru_cache(maxsize=64)
+def _resolve_with_default_table(request: StackRequest) -> StackPlan:
+    return _resolve_stack(request, default_stack_table())
+
+
+def _resolve_stack(request: StackRequest, facts: StackTable) -> StackPlan:
     releases = _engine_releases(request.engine, request.engine_version, facts)
     if len(releases) == 1 and request.engine_version.strip().lower() != AUTO:
         return _resolve(request, facts, releases[0])
@@ -269,7 +284,7 @@ def _resolve(request: StackRequest, facts: StackTable, engine: Engine) -> StackP
         )
 
     _note_unverified(notes, target, gpus, branch, wheel, engine, cudnn)
-    _warn_lifecycle(warnings, facts, branch, target, request.today or datetime.date.today())
+    _warn_lifecycle(warnings, facts, branch, target, _day(request))
     pip_cudnn = wheel.torch_flavour.pip_cudnn or ""
     for defect in facts.defects(torch_release.version, wheel.torch_flavour.pip_cudnn):
         cudnn_text = f", cuDNN {pip_cudnn}" if pip_cudnn else ""

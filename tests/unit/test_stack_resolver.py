@@ -416,3 +416,25 @@ def test_volta_stays_on_580_proprietary_even_with_newer_branches(table: StackTab
     plan = resolve(table, DEBIAN_12, gpus=(V100,))
     assert (plan.driver_branch, plan.driver_flavour) == (580, "proprietary")
     assert [p.spec for p in plan.driver_packages] == ["cuda-drivers-580=580.95.05-1"]
+
+
+def test_the_default_table_resolves_each_request_once_per_process_and_day(
+    table: StackTable,
+) -> None:
+    """A fleet's hosts mostly send the same request: the plan is shared, errors are not
+    cached, a plan resolved for one day is not reused on another, and an explicit table
+    is always resolved afresh."""
+    import datetime
+
+    request = StackRequest(DEBIAN_12, (H100_SXM,), engine_version="0.12.0")
+    first = resolve_stack(request)
+    assert resolve_stack(request) is first
+    assert resolve_stack(request) == resolve_stack(request, table)
+    assert resolve_stack(request, table) is not resolve_stack(request, table)
+    later = datetime.date.today() + datetime.timedelta(days=3650)
+    assert resolve_stack(StackRequest(DEBIAN_12, (H100_SXM,), engine_version="0.12.0",
+                                      today=later)) is not first  # fmt: skip
+    broken = StackRequest(DEBIAN_12, (P100,), engine_version="0.12.0")
+    for _ in range(2):
+        with pytest.raises(StackError):
+            resolve_stack(broken)
