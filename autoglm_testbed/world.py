@@ -135,6 +135,9 @@ def full_group_data(standins: Standins) -> dict[str, object]:
         # The CPU lock's torch is in the index itself, not on a PyTorch-style index.
         "python_torch_index_url": None,
         "serve_engine": "cpu",
+        # The hosts share this machine's cores: engines spinning a thread per core each
+        # made eight concurrent smoke tests 70 times slower than one (7 s against 0.1 s).
+        "serve_cpu_threads": 1,
         # The tiny model answers, but has no chain of thought to check.
         "verify_expect_reasoning": False,
     }

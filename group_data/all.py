@@ -35,6 +35,12 @@ serve_dtype = "auto"
 # path other than /.
 serve_media_dir = "/srv/autoglm/media"
 
+# Compute threads of the cpu engine (OMP_NUM_THREADS); None keeps torch's default, one per core.
+# Test hosts that share one machine's cores answer far sooner with 1: several engines each
+# spinning one thread per core slow each other down many times. Allowed: integer 1-1024 or None
+# (read by the cpu engine in venv mode only).
+serve_cpu_threads = None
+
 # Extra engine arguments, one token per item, appended after the generated ones. Allowed: list of
 # strings.
 serve_extra_args = []
@@ -523,6 +529,7 @@ __all__ = [
     "python_service_user",
     "python_torch_index_url",
     "python_venv_dir",
+    "serve_cpu_threads",
     "serve_dtype",
     "serve_engine",
     "serve_engine_version",

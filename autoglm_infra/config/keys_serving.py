@@ -102,6 +102,13 @@ class ServingKeys(Keys):
         "The only host directory API requests may read local images from (never /).",
         "absolute path other than /",
     )
+    serve_cpu_threads: Annotated[int, Field(ge=1, le=1024)] | None = key(
+        None,
+        "Compute threads of the cpu engine (OMP_NUM_THREADS); None keeps torch's default, "
+        "one per core. Test hosts that share one machine's cores answer far sooner with 1: "
+        "several engines each spinning one thread per core slow each other down many times.",
+        "integer 1-1024 or None (read by the cpu engine in venv mode only)",
+    )
     serve_extra_args: list[Annotated[str, AfterValidator(extra_arg)]] = key(
         [],
         "Extra engine arguments, one token per item, appended after the generated ones.",

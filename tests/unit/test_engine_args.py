@@ -123,6 +123,12 @@ def test_cpu_engine_serves_same_name_through_hub_alias() -> None:
     assert command.hub_alias.repo_dir == "models--autoglm-phone-9b"
     assert command.hub_alias.target == "/srv/m/tiny"
     assert engine_command(settings, VENV) == command
+    assert command.environment == {}  # torch's default: a thread per core
+
+
+def test_cpu_engine_threads_are_omp_num_threads() -> None:
+    settings = Settings(serve_engine="cpu", serve_cpu_threads=1)
+    assert cpu_command(settings, VENV).environment == {"OMP_NUM_THREADS": "1"}
 
 
 def test_engine_choice_defaults_to_vllm() -> None:
@@ -152,6 +158,8 @@ def test_engine_choice_defaults_to_vllm() -> None:
         ({"serve_extra_args": ["--log-level", "info"]}, "serve_extra_args"),
         ({"serve_extra_args": ["--config", "/tmp/x.yaml"]}, "serve_extra_args"),
         ({"serve_dtype": "int4"}, "serve_dtype"),
+        ({"serve_cpu_threads": 0}, "serve_cpu_threads"),
+        ({"serve_cpu_threads": "many"}, "serve_cpu_threads"),
     ],
 )
 def test_bad_engine_settings_name_their_key(data: dict[str, Any], key: str) -> None:

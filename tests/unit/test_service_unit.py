@@ -87,6 +87,7 @@ def write_unit(tmp_path: Path, text: str) -> Path:
 VARIANTS: list[dict[str, Any]] = [
     {},
     {"serve_engine": "cpu"},
+    {"serve_engine": "cpu", "serve_cpu_threads": 1},
     {"serve_engine": "sglang"},
     {"serve_host": "0.0.0.0", "service_allow_from": ["10.0.0.0/8"], "vllm_max_num_seqs": 8},
     {"serve_host": "::", "serve_extra_args": ["--seed", "1", ";", "100%", "$HOME", 'a"b']},
@@ -244,6 +245,15 @@ def test_sglang_unit_starts_sglang_serve_with_the_same_hardening(layout: Service
         return [line for line in section.splitlines() if line and not line.startswith(skip)]
 
     assert hardening(text) == hardening(vllm_text)
+
+
+def test_cpu_engine_threads_are_set_in_the_unit_only_when_configured(
+    layout: ServiceLayout,
+) -> None:
+    unit = render_unit(Settings(serve_engine="cpu", serve_cpu_threads=2), layout)
+    assert '\nEnvironment="OMP_NUM_THREADS=2"\n' in unit
+    assert "OMP_NUM_THREADS" not in render_unit(Settings(serve_engine="cpu"), layout)
+    assert "OMP_NUM_THREADS" not in render_unit(Settings(serve_cpu_threads=2), layout)  # vLLM
 
 
 def test_cpu_engine_has_no_key_wrapper_but_a_hub_alias(layout: ServiceLayout) -> None:

@@ -197,7 +197,11 @@ def cpu_command(settings: Settings, venv: str) -> EngineCommand:
         "info",
         *settings.serve_extra_args,
     ]
-    return EngineCommand(argv, {}, key_env=None, hub_alias=HubAlias(name, settings.model_dir))
+    threads = settings.serve_cpu_threads
+    environment = {} if threads is None else {"OMP_NUM_THREADS": str(threads)}
+    return EngineCommand(
+        argv, environment, key_env=None, hub_alias=HubAlias(name, settings.model_dir)
+    )
 
 
 def engine_command(settings: Settings, venv: str) -> EngineCommand:
