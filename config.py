@@ -6,6 +6,7 @@ from pyinfra import config
 
 from autoglm_infra.pyinfra_ext.speedups import enable_pyinfra_speedups
 from autoglm_infra.pyinfra_ext.ssh_tuning import enable_tcp_nodelay
+from autoglm_infra.pyinfra_ext.state_reads import enable_state_reads_at_connect
 
 config.REQUIRE_PYINFRA_VERSION = "~=3.10"
 # No FAIL_PERCENT: one broken host never stops the others (a setting wrong for every host
@@ -22,3 +23,7 @@ if os.environ.get("AUTOGLM_SSH_NODELAY", "1") != "0":
 
 # pyinfra's per-operation cost on the controller, same results (pyinfra_ext/speedups.py).
 enable_pyinfra_speedups()
+
+# A host with a converge on record takes its lock and runs its state reads as soon as it
+# is connected, while the controller loads the stages (pyinfra_ext/state_reads.py).
+enable_state_reads_at_connect()

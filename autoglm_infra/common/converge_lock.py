@@ -25,6 +25,8 @@ from dataclasses import dataclass
 LOCK_PATH = "/run/lock/autoglm-converge.lock"
 HOLDER_PATH = "/run/lock/autoglm-converge.holder"
 KEY_WAIT = "converge_lock_wait"
+DEFAULT_WAIT_S = 600  # a venv build of the GPU lock can take ~7 minutes: longer than a stage
+MAX_WAIT_S = 86400
 TERM_GRACE_S = 10  # SIGTERM, then SIGKILL after this long
 FIELDS = ("controller", "user", "started", "deploy", "stage")
 
@@ -65,10 +67,13 @@ def parse_holder(text: str) -> HolderInfo:
     return HolderInfo(**found)
 
 
-def holder_script(info: HolderInfo, wait_s: int) -> str:
+def holder_script(info: HolderInfo, wait_s: int, then: str = "") -> str:
     """POSIX sh run as the holder: prints BUSY <holder> when it has to wait, then LOCKED
     <pid> or TIMEOUT <holder>; holds the lock until its stdin ends. Every stdin line
-    replaces the holder record (the controller reports the operation it is at)."""
+    replaces the holder record (the controller reports the operation it is at).
+
+    `then` (sh) runs once the lock is held, after the LOCKED line, in a subshell reading
+    nothing from the channel: the run's state reads, sent with the lock request."""
     lock, rec = shlex.quote(LOCK_PATH), shlex.quote(HOLDER_PATH)
     return "\n".join(
         [
@@ -82,6 +87,8 @@ def holder_script(info: HolderInfo, wait_s: int) -> str:
             f"mv -f {rec}.new {rec}; }}",
             f"record {shlex.quote(info.line())}",
             'echo "LOCKED $$"',
+            # without the lock's descriptor: nothing it starts can keep the lock
+            *([f"( exec 9>&-\n{then}\n) </dev/null"] if then else []),
             'while IFS= read -r line; do record "$line"; done',
             f"rm -f {rec}",  # still ours: the lock is dropped only when this shell exits
         ]

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from pydantic import Field
 
+from autoglm_infra.common.converge_lock import DEFAULT_WAIT_S, MAX_WAIT_S
 from autoglm_infra.config.fields import Keys, key
 
 
@@ -22,9 +23,8 @@ class PreflightKeys(Keys):
         "Refuse hosts with less free disk (GiB) at model_dir: ~20 GB weights plus caches.",
         "number >= 0",
     )
-    # A venv build of the GPU lock can take ~7 minutes: wait longer than one stage.
-    converge_lock_wait: Annotated[int, Field(ge=0, le=86400)] = key(
-        600,
+    converge_lock_wait: Annotated[int, Field(ge=0, le=MAX_WAIT_S)] = key(
+        DEFAULT_WAIT_S,
         "Seconds a converge waits for another one holding the same host (the host-side "
         "lock in /run/lock) before it stops that host naming the holder; 0: do not wait.",
         "integer 0-86400",

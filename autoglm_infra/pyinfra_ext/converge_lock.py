@@ -27,6 +27,7 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.host import Host
 from pyinfra.api.state import BaseStateCallback, State
 from pyinfra.connectors.util import make_unix_command_for_host
+from pyinfra.context import ctx_state
 
 from autoglm_infra.common.converge_lock import (
     HolderInfo,
@@ -36,10 +37,12 @@ from autoglm_infra.common.converge_lock import (
     tied_command,
 )
 from autoglm_infra.pyinfra_ext.preview import previewing
-from autoglm_infra.pyinfra_ext.run_key import host_key, run_key
+from autoglm_infra.pyinfra_ext.run_key import host_key
 
 # per pyinfra State (one per run, several in tests) and host
 _held: dict[tuple[int, str], _Holder | None] = {}
+# holders asked for at connect time, not yet waited for: the run's info and the files
+_early: dict[tuple[int, str], tuple[HolderInfo, tuple[Any, Any, Any]]] = {}
 _watching: set[int] = set()
 _NOT_FOR_HOLDER = ("_get_pty", "_timeout", "_stdin", "_success_exit_codes")
 
@@ -68,7 +71,8 @@ def take_converge_lock(stage: str, wait_s: int) -> None:
     """Hold the current host's converge lock for the rest of this run (once per run).
 
     Waits up to `wait_s` seconds for another run's lock, then stops this host with a
-    PyinfraError naming that run (controller, user, start, stage) and the fix.
+    PyinfraError naming that run (controller, user, start, stage) and the fix. A holder
+    already asked for when the host connected (start_converge_lock) is waited for here.
     """
     key = host_key()
     if key in _held:
@@ -77,18 +81,13 @@ def take_converge_lock(stage: str, wait_s: int) -> None:
     if client is None or previewing():
         _held[key] = None  # no SSH (tests' @fake, @local) or a preview: nothing to hold
         return
-    info = _run_info(stage)
-    arguments, _ = pop_global_arguments(state, host, {})
-    kwargs = {
-        k: v
-        for k, v in arguments.items()
-        if k in CONNECTOR_ARGUMENT_KEYS
-        and k not in ("_get_pty", "_timeout", "_stdin", "_success_exit_codes")
-    }
-    command = make_unix_command_for_host(
-        state, host, StringCommand(holder_script(info, wait_s)), **kwargs
-    )
-    stdin, stdout, stderr = client.exec_command(command.get_raw_value())
+    early = _early.pop(key, None)
+    if early is not None:
+        info, files = early
+    else:
+        info = _run_info(stage)
+        files = _exec_holder(state, host, info, wait_s)
+    _, stdout, stderr = files
     stdout.channel.settimeout(wait_s + 120)
     try:
         line = stdout.readline().strip()
@@ -100,27 +99,65 @@ def take_converge_lock(stage: str, wait_s: int) -> None:
             )
             line = stdout.readline().strip()
     except OSError as exc:  # socket.timeout included
-        _close(stdin, stdout, stderr)
+        _close(*files)
         raise PyinfraError(
             f"{host.name}: no answer while taking the converge lock: {exc}"
         ) from None
     if line.startswith("TIMEOUT"):
-        _close(stdin, stdout, stderr)
+        _close(*files)
         raise PyinfraError(
             busy_message(host.name, parse_holder(line.removeprefix("TIMEOUT")), wait_s)
         )
     if not line.startswith("LOCKED "):
         problem = stderr.read().decode(errors="replace").strip() or line or "no output"
-        _close(stdin, stdout, stderr)
+        _close(*files)
         raise PyinfraError(
             f"{host.name}: cannot take the converge lock: {problem} (needs flock from "
             "util-linux and a writable /run/lock)"
         )
     stdout.channel.settimeout(None)
-    _held[key] = _Holder(stdout.channel, (stdin, stdout, stderr), int(line.split()[1]), info)
-    if run_key() not in _watching:
-        _watching.add(run_key())
-        state.add_callback_handler(_StageReporter())
+    _held[key] = _Holder(stdout.channel, files, int(line.split()[1]), info)
+    _watch(ctx_state.get())
+
+
+def start_converge_lock(run_state: State, target: Host, wait_s: int, then: str) -> None:
+    """Ask for `target`'s converge lock now, without waiting: run `then` (sh, read-only) on
+    the host once it is held. take_converge_lock waits for the answer later, so the host
+    takes the lock and runs `then` while the controller loads the stages. Used at connect
+    time, where no host is current (hence the explicit State and Host)."""
+    info = _run_info("preflight")
+    files = _exec_holder(run_state, target, info, wait_s, then)
+    _early[(id(run_state), target.name)] = (info, files)
+    _watch(run_state)
+
+
+def holder_output(key: tuple[int, str]) -> Any | None:
+    """The stdout of `key`'s holder (what `then` printed follows its LOCKED line)."""
+    held = _held.get(key)
+    return held.files[1] if held is not None else None
+
+
+def _exec_holder(
+    run_state: State, target: Host, info: HolderInfo, wait_s: int, then: str = ""
+) -> tuple[Any, Any, Any]:
+    arguments, _ = pop_global_arguments(run_state, target, {})
+    kwargs = {
+        k: v
+        for k, v in arguments.items()
+        if k in CONNECTOR_ARGUMENT_KEYS and k not in _NOT_FOR_HOLDER
+    }
+    command = make_unix_command_for_host(
+        run_state, target, StringCommand(holder_script(info, wait_s, then)), **kwargs
+    )
+    client = target.connector.client  # type: ignore[attr-defined]  # SSH: callers checked
+    stdin, stdout, stderr = client.exec_command(command.get_raw_value())
+    return stdin, stdout, stderr
+
+
+def _watch(run_state: State) -> None:
+    if id(run_state) not in _watching:
+        _watching.add(id(run_state))
+        run_state.add_callback_handler(_StageReporter())
 
 
 def holder_pid() -> int | None:
@@ -155,6 +192,9 @@ class _StageReporter(BaseStateCallback):
 
     @staticmethod
     def host_disconnect(state: State, host: Host) -> None:
+        early = _early.pop((id(state), host.name), None)
+        if early is not None:  # the run ended before it needed the lock (bad input, say)
+            _close(*early[1])
         held = _held.pop((id(state), host.name), None)
         if held is not None:
             held.reports += 1  # a pending report finds itself outdated

@@ -11,6 +11,12 @@ this controller, or a configuration change altered what a stage reads) goes to t
 on its own as before and is in the record for the next converge. Only SSH hosts take part
 (@local and the tests' fake hosts read as before). AUTOGLM_STATE_PREFETCH=0 turns it off.
 
+When the host connects (config.py wraps pyinfra's SSH connector), a host with a record
+gets the batch together with its converge lock request: the holder runs it once the lock
+is held, while the controller is still importing and validating, and prefetch_state_reads
+reads its output from the holder's channel. So a no-op re-run waits for neither the lock
+nor the reads, and sends each host one command of its own (the smoke test).
+
 The record lives on the controller (~/.cache/autoglm-infra/state-reads, 0700/0600): fact
 commands name paths and package patterns, never secrets, and a lost record only costs
 one slower converge.
@@ -29,7 +35,8 @@ from typing import Any, TypeVar
 from pyinfra import host, logger
 from pyinfra.api import StringCommand
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
-from pyinfra.api.state import StateStage
+from pyinfra.api.host import Host
+from pyinfra.api.state import State, StateStage
 from pyinfra.context import ctx_state
 
 from autoglm_infra.common.batched_reads import (
@@ -39,6 +46,9 @@ from autoglm_infra.common.batched_reads import (
     split_batch,
 )
 from autoglm_infra.common.controller_cache import cache_dir, prune_unused, write_private
+from autoglm_infra.common.converge_lock import DEFAULT_WAIT_S, MAX_WAIT_S
+from autoglm_infra.pyinfra_ext.converge_lock import holder_output, start_converge_lock
+from autoglm_infra.pyinfra_ext.preview import previewing
 from autoglm_infra.pyinfra_ext.run_key import host_key
 from autoglm_infra.pyinfra_ext.typed_fact import TypedFact
 
@@ -50,6 +60,11 @@ RECORD_MAX_AGE_S = 30 * 24 * 3600
 # per pyinfra State and host: the batch's outputs, and the reads made in this run
 _batches: dict[tuple[int, str], dict[str, list[str]]] = {}
 _reads: dict[tuple[int, str], list[str]] = {}
+# batches the lock holder runs (sent at connect time): their marker and commands
+_early_batches: dict[tuple[int, str], tuple[str, list[str]]] = {}
+BATCH_DONE = "done"
+READS_WITH_THE_LOCK = "state reads ran with the converge lock request"
+BATCH_TIMEOUT_S = 120  # reads take well under a second; a stuck one is read on its own
 
 
 def _enabled() -> bool:
@@ -63,18 +78,73 @@ def _collecting() -> bool:
     return bool(ctx_state.get().current_stage == StateStage.Prepare)
 
 
-def record_path() -> Path:
-    """The current host's record: one per host, connection and deploy files."""
+def record_path(target: Host | None = None) -> Path:
+    """A host's record (the current host's by default): one per host, connection and
+    deploy files."""
+    target = target or host
     deploys = [a for a in sys.argv[1:] if a.endswith(".py") and "inventor" not in a]
     identity = [
-        host.name,
-        str(host.data.get("ssh_hostname") or ""),
-        str(host.data.get("ssh_port") or ""),
-        str(host.data.get("ssh_user") or ""),
+        target.name,
+        str(target.data.get("ssh_hostname") or ""),
+        str(target.data.get("ssh_port") or ""),
+        str(target.data.get("ssh_user") or ""),
         *deploys,
     ]
     digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:32]
     return cache_dir("state-reads") / f"{digest}.json"
+
+
+def start_state_reads_at_connect(run_state: State, target: Host) -> None:
+    """Send the batch with the converge lock request as soon as `target` is connected.
+
+    Only for a host with a record for these deploy files (its converge took the lock
+    before) and a plain integer converge_lock_wait (anything else is left to the settings
+    check). The host then takes the lock and reads while the controller loads the stages;
+    take_converge_lock and prefetch_state_reads pick up the answers."""
+    if os.environ.get("AUTOGLM_STATE_PREFETCH", "1") == "0" or previewing():
+        return
+    wait_s = target.data.get("converge_lock_wait", DEFAULT_WAIT_S)
+    if type(wait_s) is not int or not 0 <= wait_s <= MAX_WAIT_S:
+        return
+    commands = _record(target)
+    if not commands:
+        return
+    marker = f"autoglm-batch-{secrets.token_hex(8)}"
+    then = f"{batch_script(commands, marker)}\necho '{marker} {BATCH_DONE}'"
+    start_converge_lock(run_state, target, wait_s, then)
+    _early_batches[(id(run_state), target.name)] = (marker, commands)
+
+
+def _record(target: Host | None = None) -> list[str]:
+    path = record_path(target)
+    try:
+        commands = decode_record(path.read_text())
+        os.utime(path)  # in use: kept by prune_unused
+    except OSError:
+        return []  # no record yet: this converge reads one by one and writes it
+    return commands
+
+
+def _batch_from_holder(key: tuple[int, str]) -> dict[str, list[str]] | None:
+    """The batch the lock holder ran (start_state_reads_at_connect), read from its output."""
+    marker, commands = _early_batches.pop(key, (None, []))
+    stdout = holder_output(key)
+    if marker is None or stdout is None:
+        return None
+    lines: list[str] = []
+    stdout.channel.settimeout(BATCH_TIMEOUT_S)
+    try:
+        for line in iter(stdout.readline, ""):
+            line = line.rstrip("\n")
+            if line == f"{marker} {BATCH_DONE}":
+                logger.debug(f"{host.name}: {len(commands)} {READS_WITH_THE_LOCK}")
+                return split_batch(lines, marker, commands)
+            lines.append(line)
+    except OSError as exc:  # socket.timeout included: each read is tried on its own
+        logger.debug(f"{host.name}: batched state read failed: {exc}")
+    finally:
+        stdout.channel.settimeout(None)
+    return {}
 
 
 def prefetch_state_reads() -> None:
@@ -82,13 +152,12 @@ def prefetch_state_reads() -> None:
     key = host_key()
     if key in _batches or not _enabled() or not _collecting():
         return
+    early = _batch_from_holder(key)
+    if early is not None:
+        _batches[key] = early
+        return
     _batches[key] = {}
-    path = record_path()
-    try:
-        commands = decode_record(path.read_text())
-        os.utime(path)  # in use: kept by prune_unused
-    except OSError:
-        return  # no record yet: this converge reads one by one and writes it
+    commands = _record()
     if not commands:
         return
     marker = f"autoglm-batch-{secrets.token_hex(8)}"
@@ -133,3 +202,28 @@ def remember_state_reads() -> None:
         prune_unused(path.parent, RECORD_MAX_AGE_S)  # a new record: others may be long gone
     except OSError as exc:  # a cache: the next converge reads one by one
         logger.debug(f"{host.name}: state-read record not written: {exc}")
+
+
+def enable_state_reads_at_connect() -> None:
+    """Idempotently wrap pyinfra's SSH connector so that each new connection starts the
+    host's lock and batch at once (start_state_reads_at_connect)."""
+    from pyinfra.connectors.ssh import SSHConnector
+
+    original = SSHConnector.connect
+    if getattr(original, _MARK, False):
+        return
+
+    def connect(self: SSHConnector) -> None:
+        original(self)
+        if self.client is None:
+            return
+        try:
+            start_state_reads_at_connect(self.state, self.host)
+        except Exception as exc:  # the converge then takes the lock and reads as before
+            logger.debug(f"{self.host.name}: state reads not started at connect: {exc}")
+
+    setattr(connect, _MARK, True)
+    SSHConnector.connect = connect  # type: ignore[method-assign]
+
+
+_MARK = "_autoglm_state_reads_at_connect"

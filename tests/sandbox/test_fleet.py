@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from autoglm_infra.pyinfra_ext.state_reads import READS_WITH_THE_LOCK
 from autoglm_testbed.converge import describe_failure, run_pyinfra
 from autoglm_testbed.hosts import Sandbox, SandboxHost, write_inventory
 from autoglm_testbed.waiting import unit_properties
@@ -249,8 +251,9 @@ def test_the_hosts_state_reads_overlap_in_time(converged_fleet: Fleet) -> None:
 
 
 def test_a_no_op_re_run_reads_each_host_in_one_command(converged_fleet: Fleet) -> None:
-    """The stages' state reads that the last converge made go to each host as one batch:
-    a no-op re-run sends every host two commands (the batch and the smoke test)."""
+    """The stages' state reads that the last converge made go to each host as one batch,
+    with the converge lock request sent when the host connects: a no-op re-run sends every
+    host one command besides it (the smoke test)."""
     result = run_pyinfra(converged_fleet.inventory("plain"), "deploys/full.py", debug=True)
     assert result.returncode == 0 and result.changed() == [], describe_failure(result)
     sent = [
@@ -260,7 +263,9 @@ def test_a_no_op_re_run_reads_each_host_in_one_command(converged_fleet: Fleet) -
     ]
     for host in converged_fleet.hosts:
         mine = [command for command in sent if command.startswith(f"{host.name}:")]
-        assert len(mine) == 2, "\n".join(c[:200] for c in mine)
+        assert len(mine) == 1 and "python3 -" in mine[0], "\n".join(c[:200] for c in mine)
+        with_lock = re.search(rf"{host.name}: (\d+) {READS_WITH_THE_LOCK}", result.stderr)
+        assert with_lock and int(with_lock[1]) >= 8, result.stderr[-3000:]
     assert result.stderr.count("taken from the batched state read") >= 8 * len(
         converged_fleet.hosts
     ), result.stderr[-3000:]

@@ -62,3 +62,36 @@ def test_holder_script_refuses_with_timeout_naming_the_holder(tmp_path) -> None:
                              text=True)  # fmt: skip
     assert third.stdout is not None and third.stdout.readline().startswith("LOCKED ")
     third.communicate("", timeout=20)
+
+
+def test_holder_runs_then_once_locked_without_the_lock_or_the_channel(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`then` (the run's state reads) prints after LOCKED; what it starts holds neither the
+    lock's descriptor nor the channel's stdin, and the holder still records what the
+    controller reports once `then` is done."""
+    then = (
+        "echo then-started; [ -e /proc/self/fd/9 ] && echo fd9-inherited; "
+        'cat; sleep 30 >/dev/null & echo "bg $!"; echo then-done'
+    )
+    script = holder_script(HolderInfo(controller="c1"), 0, then)
+    script = script.replace("/run/lock/", f"{tmp_path}/")
+    holder = subprocess.Popen(["sh", "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    assert holder.stdout is not None and holder.stdin is not None
+    assert holder.stdout.readline().startswith("LOCKED ")
+    lines = [holder.stdout.readline().strip() for _ in range(3)]
+    assert lines[0] == "then-started" and lines[1].startswith("bg ") and lines[2] == "then-done"
+    background = int(lines[1].split()[1])
+    holder.stdin.write("controller=c1\tstage=Model: pull\n")
+    holder.stdin.flush()
+    record = tmp_path / "autoglm-converge.holder"
+    deadline = time.monotonic() + 10
+    while "Model: pull" not in record.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert parse_holder(record.read_text()).stage == "Model: pull"
+    holder.communicate("", timeout=20)  # the holder lets go; its background child lives on
+    try:
+        again = subprocess.run(["sh", "-c", script.replace(then, "true")], input="",
+                               capture_output=True, text=True, timeout=20)  # fmt: skip
+        assert again.stdout.startswith("LOCKED "), again.stdout  # the child kept no lock
+    finally:
+        subprocess.run(["kill", str(background)], check=False)
