@@ -62,6 +62,7 @@ _batches: dict[tuple[int, str], dict[str, list[str]]] = {}
 _reads: dict[tuple[int, str], list[str]] = {}
 # batches the lock holder runs (sent at connect time): their marker and commands
 _early_batches: dict[tuple[int, str], tuple[str, list[str]]] = {}
+_connected: set[tuple[int, str]] = set()  # hosts whose first connection was seen
 BATCH_DONE = "done"
 READS_WITH_THE_LOCK = "state reads ran with the converge lock request"
 BATCH_TIMEOUT_S = 120  # reads take well under a second; a stuck one is read on its own
@@ -95,12 +96,17 @@ def record_path(target: Host | None = None) -> Path:
 
 
 def start_state_reads_at_connect(run_state: State, target: Host) -> None:
-    """Send the batch with the converge lock request as soon as `target` is connected.
+    """Send the batch with the converge lock request as soon as `target` is connected
+    (the first time in this run).
 
     Only for a host with a record for these deploy files (its converge took the lock
     before) and a plain integer converge_lock_wait (anything else is left to the settings
     check). The host then takes the lock and reads while the controller loads the stages;
     take_converge_lock and prefetch_state_reads pick up the answers."""
+    key = (id(run_state), target.name)
+    if key in _connected:
+        return  # a reconnect (after a reboot): the stages take the lock again themselves
+    _connected.add(key)
     if os.environ.get("AUTOGLM_STATE_PREFETCH", "1") == "0" or previewing():
         return
     wait_s = target.data.get("converge_lock_wait", DEFAULT_WAIT_S)
@@ -112,7 +118,7 @@ def start_state_reads_at_connect(run_state: State, target: Host) -> None:
     marker = f"autoglm-batch-{secrets.token_hex(8)}"
     then = f"{batch_script(commands, marker)}\necho '{marker} {BATCH_DONE}'"
     start_converge_lock(run_state, target, wait_s, then)
-    _early_batches[(id(run_state), target.name)] = (marker, commands)
+    _early_batches[key] = (marker, commands)
 
 
 def _record(target: Host | None = None) -> list[str]:

@@ -41,6 +41,15 @@ def started(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tuple[int, 
     monkeypatch.setattr(state_reads, "start_converge_lock", start)
     yield calls
     state_reads._early_batches.clear()
+    state_reads._connected.clear()
+
+
+RUNS: list[SimpleNamespace] = []  # kept alive: a run is known by its id
+
+
+def new_run() -> SimpleNamespace:
+    RUNS.append(SimpleNamespace())
+    return RUNS[-1]
 
 
 def host(**data: Any) -> Host:
@@ -57,12 +66,15 @@ def test_a_host_with_a_record_sends_its_batch_with_the_lock_request(
     started: list[tuple[int, str]],
 ) -> None:
     target = host(converge_lock_wait=30)
-    state_reads.start_state_reads_at_connect(SimpleNamespace(), target)
+    state_reads.start_state_reads_at_connect(new_run(), target)
     assert started == []  # no record yet: the converge reads one by one and writes it
     write_record(target)
-    state_reads.start_state_reads_at_connect(SimpleNamespace(), target)
+    run = new_run()
+    state_reads.start_state_reads_at_connect(run, target)
     ((wait_s, then),) = started
     assert wait_s == 30 and "uname -s" in then and then.rstrip().endswith(" done'")
+    state_reads.start_state_reads_at_connect(run, target)  # reconnected after a reboot
+    assert len(started) == 1
 
 
 @pytest.mark.parametrize("wait", ["600", True, -1, 86401, None])
@@ -71,7 +83,7 @@ def test_a_lock_wait_that_is_not_a_plain_valid_integer_is_left_to_the_settings_c
 ) -> None:
     target = host(converge_lock_wait=wait)
     write_record(target)
-    state_reads.start_state_reads_at_connect(SimpleNamespace(), target)
+    state_reads.start_state_reads_at_connect(new_run(), target)
     assert started == []
 
 
@@ -81,13 +93,13 @@ def test_previews_and_prefetch_off_start_nothing(
     target = host()
     write_record(target)
     monkeypatch.setattr(sys, "argv", [*sys.argv, "--dry"])
-    state_reads.start_state_reads_at_connect(SimpleNamespace(), target)
+    state_reads.start_state_reads_at_connect(new_run(), target)
     monkeypatch.setattr(sys, "argv", sys.argv[:-1])
     monkeypatch.setenv("AUTOGLM_STATE_PREFETCH", "0")
-    state_reads.start_state_reads_at_connect(SimpleNamespace(), target)
+    state_reads.start_state_reads_at_connect(new_run(), target)
     assert started == []
     monkeypatch.delenv("AUTOGLM_STATE_PREFETCH")
-    state_reads.start_state_reads_at_connect(SimpleNamespace(), target)
+    state_reads.start_state_reads_at_connect(new_run(), target)
     assert len(started) == 1  # the default wait, 600 s
 
 
