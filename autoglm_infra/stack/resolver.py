@@ -163,9 +163,14 @@ def resolve_stack(request: StackRequest, table: StackTable | None = None) -> Sta
 
     With serve_engine_version=auto the engine's default-candidate releases are tried newest
     first and the first that fits the host wins (a note says why newer ones did not)."""
-    if table is None:  # a fleet's hosts mostly ask the same: resolved once per process
-        return _resolve_with_default_table(replace(request, today=_day(request)))
-    return _resolve_stack(request, table)
+    if table is not None:
+        return _resolve_stack(request, table)
+    dated = replace(request, today=_day(request))
+    try:
+        hash(dated)
+    except TypeError:  # a list where a tuple belongs: correct, only not cacheable
+        return _resolve_stack(dated, default_stack_table())
+    return _resolve_with_default_table(dated)  # a fleet's hosts mostly ask the same
 
 
 def _day(request: StackRequest) -> datetime.date:

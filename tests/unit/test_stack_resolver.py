@@ -434,6 +434,8 @@ def test_the_default_table_resolves_each_request_once_per_process_and_day(
     later = datetime.date.today() + datetime.timedelta(days=3650)
     assert resolve_stack(StackRequest(DEBIAN_12, (H100_SXM,), engine_version="0.12.0",
                                       today=later)) is not first  # fmt: skip
+    unhashable = StackRequest(DEBIAN_12, [H100_SXM], engine_version="0.12.0")  # type: ignore[arg-type]
+    assert resolve_stack(unhashable) == first
     broken = StackRequest(DEBIAN_12, (P100,), engine_version="0.12.0")
     for _ in range(2):
         with pytest.raises(StackError):
