@@ -6,7 +6,8 @@ Boots as many venv hosts as the largest count, converges them all once, then re-
 complete deploy against the first N of them (`--limit`), every count in every round, so
 all counts see the same machine load. Two variants per count: the complete deploy, whose
 verify stage asks each host's engine for a chat completion (on this machine a CPU engine
-per host, all on the same cores: that part grows with the fleet here, not on GPU hosts),
+per host, one thread each (serve_cpu_threads), all on the same cores: that part grows with
+the fleet here, not on GPU hosts),
 and the same with `verify_chat=False` (the endpoint's /health and model list only), which
 measures the tool. Prints the medians and the ratio of each count against one host.
 """
