@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 RECORD_VERSION = 1
 MAX_RECORD_BYTES = 1 << 20  # a record is a few KiB; anything larger is not ours
+DONE = "done"  # the word after the marker on the line that ends a batch
 
 
 def batch_script(commands: Sequence[str], marker: str) -> str:
@@ -28,17 +30,51 @@ def batch_script(commands: Sequence[str], marker: str) -> str:
     can fake a frame. Each frame ends with the command's exit status; the `\\n` before
     the end line keeps it on its own line when the output lacks a final newline.
     """
-    run = "".join(
-        f'( sh -c {shlex.quote(command)} </dev/null >"$d/{i}" 2>/dev/null; '
-        f'echo $? >"$d/{i}.rc" ) & '
+    return f"{_PRIVATE_DIR}{_start(commands, '$d')}wait; {_show(commands, '$d', marker)}"
+
+
+def early_script(reads: Sequence[str], checks: Sequence[str], marker: str) -> str:
+    """The batch of `reads` framed by `marker`, ended by `<marker> done`; with `checks`
+    (the converge's closing checks, slower) started at the same time, and printed after
+    that line framed by `check_marker(marker)`, ended by `<check marker> done`. The reads
+    wait for none of the checks, so the stages get their state as early as before."""
+    script = f'{_PRIVATE_DIR}mkdir "$d/c"; {_start(checks, "$d/c")}'
+    script += f"{_start(reads, '$d', pids='r')}wait $r; {_show(reads, '$d', marker)}; "
+    script += f"echo '{marker} {DONE}'"
+    if checks:
+        script += f"; wait; {_show(checks, '$d/c', check_marker(marker))}; "
+        script += f"echo '{check_marker(marker)} {DONE}'"
+    return script
+
+
+def check_marker(marker: str) -> str:
+    return f"{marker}-check"
+
+
+_PRIVATE_DIR = "d=$(mktemp -d) || exit 1; trap 'rm -rf \"$d\"' EXIT; "
+
+
+def _start(commands: Sequence[str], folder: str, pids: str = "") -> str:
+    """Each command in the background, its output and exit status in `folder` (a shell
+    word); with `pids`, their process ids are collected in that variable (`wait $pids`)."""
+    collect = f' {pids}="${pids} $!";' if pids else ""
+    started = f"{pids}=; " if pids else ""
+    return started + "".join(
+        f'( sh -c {shlex.quote(command)} </dev/null >"{folder}/{i}" 2>/dev/null; '
+        f'echo $? >"{folder}/{i}.rc" ) &{collect} '
         for i, command in enumerate(commands)
     )
-    show = "; ".join(
-        f"echo '{marker} begin {i}'; cat \"$d/{i}\"; "
-        f'printf \'\\n{marker} end {i} %s\\n\' "$(cat "$d/{i}.rc")"'
-        for i in range(len(commands))
+
+
+def _show(commands: Sequence[str], folder: str, marker: str) -> str:
+    return (
+        "; ".join(
+            f"echo '{marker} begin {i}'; cat \"{folder}/{i}\"; "
+            f'printf \'\\n{marker} end {i} %s\\n\' "$(cat "{folder}/{i}.rc")"'
+            for i in range(len(commands))
+        )
+        or ":"
     )
-    return f"d=$(mktemp -d) || exit 1; trap 'rm -rf \"$d\"' EXIT; {run}wait; {show}"
 
 
 def split_batch(lines: Sequence[str], marker: str, commands: Sequence[str]) -> dict[str, list[str]]:
@@ -72,21 +108,36 @@ def _int(text: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def encode_record(commands: Sequence[str]) -> str:
-    return json.dumps({"version": RECORD_VERSION, "reads": list(commands)}, indent=1)
+@dataclass(frozen=True)
+class StateRecord:
+    """What a host's last converge read: its state reads (while operations were collected)
+    and its closing checks (the smoke test, run after everything else)."""
+
+    reads: tuple[str, ...] = ()
+    checks: tuple[str, ...] = ()
 
 
-def decode_record(text: str) -> list[str]:
-    """The commands of a record; [] for anything that is not a record of this version."""
+def encode_record(record: StateRecord) -> str:
+    data = {"version": RECORD_VERSION, "reads": list(record.reads), "checks": list(record.checks)}
+    return json.dumps(data, indent=1)
+
+
+def decode_record(text: str) -> StateRecord:
+    """The record in `text`; an empty one for anything that is not a record of this version
+    (a record from before checks were kept has none)."""
     if len(text) > MAX_RECORD_BYTES:
-        return []
+        return StateRecord()
     try:
         data = json.loads(text)
     except ValueError:
-        return []
+        return StateRecord()
     if not isinstance(data, dict) or data.get("version") != RECORD_VERSION:
-        return []
-    reads = data.get("reads")
-    if not isinstance(reads, list) or not all(isinstance(r, str) for r in reads):
-        return []
-    return list(reads)
+        return StateRecord()
+    reads, checks = data.get("reads"), data.get("checks", [])
+    if not (_strings(reads) and _strings(checks)):
+        return StateRecord()
+    return StateRecord(tuple(reads), tuple(checks))
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)

@@ -15,11 +15,18 @@ When the host connects (config.py wraps pyinfra's SSH connector), a host with a 
 gets the batch together with its converge lock request: the holder runs it once the lock
 is held, while the controller is still importing and validating, and prefetch_state_reads
 reads its output from the holder's channel. So a no-op re-run waits for neither the lock
-nor the reads, and sends each host one command of its own (the smoke test).
+nor the reads.
+
+The closing check (the smoke test, planned with plan_check) starts at the same time, beside
+the reads; the verify stage takes its answer (early_check) only if no operation of this
+run changed the host before it, so the host is still as the check saw it with the lock
+held. After any change the check runs again, as before, and the early answer is ignored
+(the holder, and with it the lock, ends only once that early check has; the smoke test's
+own tries and timeouts bound it). A no-op re-run thus sends no command of its own.
 
 The record lives on the controller (~/.cache/autoglm-infra/state-reads, 0700/0600): fact
-commands name paths and package patterns, never secrets, and a lost record only costs
-one slower converge.
+commands name paths and package patterns, the smoke test its URL, model and key file,
+never secrets; a lost record only costs one slower converge.
 """
 
 from __future__ import annotations
@@ -37,11 +44,15 @@ from pyinfra.api import StringCommand
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
 from pyinfra.api.host import Host
 from pyinfra.api.state import State, StateStage
-from pyinfra.context import ctx_state
+from pyinfra.context import ctx_host, ctx_state
 
 from autoglm_infra.common.batched_reads import (
+    DONE,
+    StateRecord,
     batch_script,
+    check_marker,
     decode_record,
+    early_script,
     encode_record,
     split_batch,
 )
@@ -60,11 +71,14 @@ RECORD_MAX_AGE_S = 30 * 24 * 3600
 # per pyinfra State and host: the batch's outputs, and the reads made in this run
 _batches: dict[tuple[int, str], dict[str, list[str]]] = {}
 _reads: dict[tuple[int, str], list[str]] = {}
-# batches the lock holder runs (sent at connect time): their marker and commands
+# closing checks (the smoke test) planned in this run, recorded after the reads
+_checks: dict[tuple[int, str], list[str]] = {}
+# what the lock holder runs (sent at connect time): marker and commands, reads and checks
 _early_batches: dict[tuple[int, str], tuple[str, list[str]]] = {}
+_early_checks: dict[tuple[int, str], tuple[str, list[str]]] = {}
 _connected: set[tuple[int, str]] = set()  # hosts whose first connection was seen
-BATCH_DONE = "done"
 READS_WITH_THE_LOCK = "state reads ran with the converge lock request"
+CHECK_WITH_THE_LOCK = "closing check ran with the converge lock request, nothing changed since"
 BATCH_TIMEOUT_S = 120  # reads take well under a second; a stuck one is read on its own
 
 
@@ -112,23 +126,25 @@ def start_state_reads_at_connect(run_state: State, target: Host) -> None:
     wait_s = target.data.get("converge_lock_wait", DEFAULT_WAIT_S)
     if type(wait_s) is not int or not 0 <= wait_s <= MAX_WAIT_S:
         return
-    commands = _record(target)
-    if not commands:
+    record = _record(target)
+    if not record.reads:
         return
     marker = f"autoglm-batch-{secrets.token_hex(8)}"
-    then = f"{batch_script(commands, marker)}\necho '{marker} {BATCH_DONE}'"
-    start_converge_lock(run_state, target, wait_s, then)
-    _early_batches[key] = (marker, commands)
+    script = early_script(record.reads, record.checks, marker)
+    start_converge_lock(run_state, target, wait_s, script)
+    _early_batches[key] = (marker, list(record.reads))
+    if record.checks:
+        _early_checks[key] = (check_marker(marker), list(record.checks))
 
 
-def _record(target: Host | None = None) -> list[str]:
+def _record(target: Host | None = None) -> StateRecord:
     path = record_path(target)
     try:
-        commands = decode_record(path.read_text())
+        record = decode_record(path.read_text())
         os.utime(path)  # in use: kept by prune_unused
     except OSError:
-        return []  # no record yet: this converge reads one by one and writes it
-    return commands
+        return StateRecord()  # no record yet: this converge reads one by one and writes it
+    return record
 
 
 def _batch_from_holder(key: tuple[int, str]) -> dict[str, list[str]] | None:
@@ -137,20 +153,28 @@ def _batch_from_holder(key: tuple[int, str]) -> dict[str, list[str]] | None:
     stdout = holder_output(key)
     if marker is None or stdout is None:
         return None
+    lines = _lines_until(stdout, f"{marker} {DONE}")
+    if lines is None:
+        return {}  # each read is tried on its own
+    logger.debug(f"{host.name}: {len(commands)} {READS_WITH_THE_LOCK}")
+    return split_batch(lines, marker, commands)
+
+
+def _lines_until(stdout: Any, end: str) -> list[str] | None:
+    """The holder's output lines up to the line `end`; None when cut off or too slow."""
     lines: list[str] = []
     stdout.channel.settimeout(BATCH_TIMEOUT_S)
     try:
         for line in iter(stdout.readline, ""):
             line = line.rstrip("\n")
-            if line == f"{marker} {BATCH_DONE}":
-                logger.debug(f"{host.name}: {len(commands)} {READS_WITH_THE_LOCK}")
-                return split_batch(lines, marker, commands)
+            if line == end:
+                return lines
             lines.append(line)
-    except OSError as exc:  # socket.timeout included: each read is tried on its own
-        logger.debug(f"{host.name}: batched state read failed: {exc}")
+    except OSError as exc:  # socket.timeout included
+        logger.debug(f"{host.name}: reading the converge lock holder's output failed: {exc}")
     finally:
         stdout.channel.settimeout(None)
-    return {}
+    return None
 
 
 def prefetch_state_reads() -> None:
@@ -163,7 +187,7 @@ def prefetch_state_reads() -> None:
         _batches[key] = early
         return
     _batches[key] = {}
-    commands = _record()
+    commands = list(_record().reads)
     if not commands:
         return
     marker = f"autoglm-batch-{secrets.token_hex(8)}"
@@ -194,17 +218,51 @@ def read_state(fact: type[TypedFact[T]], **kwargs: Any) -> T:
     return host.get_fact(fact, **kwargs)
 
 
+def plan_check(command: str) -> None:
+    """Note the closing check `command` (a read-only command run after every change, the
+    smoke test) for the host's record: the next converge starts it at connect time."""
+    if _enabled() and _collecting():
+        planned = _checks.setdefault(host_key(), [])
+        if command not in planned:
+            planned.append(command)
+
+
+def early_check(command: str) -> list[str] | None:
+    """The output of the closing check `command` as the lock holder ran it at connect
+    time, if this run has changed nothing on the host since (then the host is as it was
+    read); None when the check must run now."""
+    key = host_key()
+    marker, checks = _early_checks.pop(key, (None, []))
+    if marker is None or command not in checks or _changed_in_this_run():
+        return None
+    stdout = holder_output(key)
+    lines = _lines_until(stdout, f"{marker} {DONE}") if stdout is not None else None
+    output = split_batch(lines or [], marker, checks).get(command)
+    if output is not None:
+        logger.debug(f"{host.name}: {CHECK_WITH_THE_LOCK}")
+    return output
+
+
+def _changed_in_this_run() -> bool:
+    ops = ctx_state.get().ops.get(ctx_host.get(), {})  # the Host itself, not the proxy
+    return any(
+        data.operation_meta.is_complete() and data.operation_meta.did_change()
+        for data in ops.values()
+    )
+
+
 def remember_state_reads() -> None:
-    """Write the reads of this converge as the host's record, if they changed."""
+    """Write the reads and checks of this converge as the host's record, if they changed."""
     key = host_key()
     reads = _reads.get(key)
     if not reads or not _enabled():
         return
+    record = StateRecord(tuple(reads), tuple(_checks.get(key, ())))
     path = record_path()
     try:
-        if path.exists() and decode_record(path.read_text()) == reads:
+        if path.exists() and decode_record(path.read_text()) == record:
             return
-        write_private(path, encode_record(reads).encode())
+        write_private(path, encode_record(record).encode())
         prune_unused(path.parent, RECORD_MAX_AGE_S)  # a new record: others may be long gone
     except OSError as exc:  # a cache: the next converge reads one by one
         logger.debug(f"{host.name}: state-read record not written: {exc}")

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_infra.pyinfra_ext.state_reads import READS_WITH_THE_LOCK
+from autoglm_infra.pyinfra_ext.state_reads import CHECK_WITH_THE_LOCK, READS_WITH_THE_LOCK
+from autoglm_infra.stages.network.files import PIP_CONF
 from autoglm_testbed.converge import describe_failure, run_pyinfra
 from autoglm_testbed.hosts import Sandbox, SandboxHost, write_inventory
 from autoglm_testbed.waiting import unit_properties
@@ -250,22 +251,34 @@ def test_the_hosts_state_reads_overlap_in_time(converged_fleet: Fleet) -> None:
     assert whole < 0.6 * sum(spans), (whole, spans)
 
 
-def test_a_no_op_re_run_reads_each_host_in_one_command(converged_fleet: Fleet) -> None:
-    """The stages' state reads that the last converge made go to each host as one batch,
-    with the converge lock request sent when the host connects: a no-op re-run sends every
-    host one command besides it (the smoke test)."""
-    result = run_pyinfra(converged_fleet.inventory("plain"), "deploys/full.py", debug=True)
-    assert result.returncode == 0 and result.changed() == [], describe_failure(result)
-    sent = [
-        line.split("Running command on ", 1)[1]
-        for line in result.stderr.splitlines()
-        if "Running command on " in line
+def sent_commands(stderr: str, host: SandboxHost) -> list[str]:
+    """Commands the run sent `host` besides its converge lock request (--debug log)."""
+    return [
+        line.split(f"Running command on {host.name}: ", 1)[1]
+        for line in stderr.splitlines()
+        if f"Running command on {host.name}: " in line
     ]
+
+
+def test_a_no_op_re_run_sends_no_command_besides_the_lock_request(converged_fleet: Fleet) -> None:
+    """The stages' state reads and the smoke test that the last converge made go to each
+    host with the converge lock request, sent when the host connects: a no-op re-run sends
+    no other command. A host that a stage changes gets its smoke test again after the change,
+    in the same run."""
+    changed, *kept = converged_fleet.hosts
+    changed.ssh(f"rm {PIP_CONF}")
+    result = run_pyinfra(converged_fleet.inventory("plain"), "deploys/full.py", debug=True)
+    assert result.returncode == 0, describe_failure(result)
+    assert result.changed() and all(changed.name in c and "," not in c for c in result.changed())
     for host in converged_fleet.hosts:
-        mine = [command for command in sent if command.startswith(f"{host.name}:")]
-        assert len(mine) == 1 and "python3 -" in mine[0], "\n".join(c[:200] for c in mine)
         with_lock = re.search(rf"{host.name}: (\d+) {READS_WITH_THE_LOCK}", result.stderr)
         assert with_lock and int(with_lock[1]) >= 8, result.stderr[-3000:]
+    for host in kept:
+        assert sent_commands(result.stderr, host) == [], result.stderr[-3000:]
+        assert f"{host.name}: {CHECK_WITH_THE_LOCK}" in result.stderr
+    smoke = [c for c in sent_commands(result.stderr, changed) if "python3 -" in c]
+    assert len(smoke) == 1, "\n".join(c[:200] for c in sent_commands(result.stderr, changed))
+    assert f"{changed.name}: {CHECK_WITH_THE_LOCK}" not in result.stderr
     assert result.stderr.count("taken from the batched state read") >= 8 * len(
         converged_fleet.hosts
     ), result.stderr[-3000:]

@@ -6,8 +6,11 @@ import subprocess
 from pathlib import Path
 
 from autoglm_infra.common.batched_reads import (
+    StateRecord,
     batch_script,
+    check_marker,
     decode_record,
+    early_script,
     encode_record,
     split_batch,
 )
@@ -91,8 +94,50 @@ def test_a_cut_off_batch_keeps_only_whole_frames() -> None:
 
 
 def test_records_round_trip_and_anything_else_reads_as_none() -> None:
-    reads = ["echo a", "sh -c 'x'"]
-    assert decode_record(encode_record(reads)) == reads
+    record = StateRecord(("echo a", "sh -c 'x'"), ("python3 - --chat",))
+    assert decode_record(encode_record(record)) == record
+    before_checks = '{"version": 1, "reads": ["echo a"]}'  # written before checks were kept
+    assert decode_record(before_checks) == StateRecord(("echo a",))
     for text in ["", "not json", "[]", '{"version": 2, "reads": []}', '{"version": 1}',
-                 '{"version": 1, "reads": [1]}', "x" * (2 << 20)]:  # fmt: skip
-        assert decode_record(text) == []
+                 '{"version": 1, "reads": [1]}', '{"version": 1, "reads": [], "checks": "x"}',
+                 "x" * (2 << 20)]:  # fmt: skip
+        assert decode_record(text) == StateRecord()
+
+
+def test_the_reads_end_before_the_checks_that_started_with_them(tmp_path: Path) -> None:
+    """Reads and checks start together; the reads' frames and end line come as soon as
+    the reads are done, the checks' after them, each in frames of their own marker."""
+    flag = tmp_path / "reads-done"
+    reads = ["echo state", "sleep 0.2; echo second"]
+    # the check waits for the reads' end line to be printed: it cannot hold them up
+    checks = [f"while [ ! -e {flag} ]; do sleep 0.01; done; echo healthy", "exit 1"]
+    script = early_script(reads, checks, MARKER)
+    proc = subprocess.Popen(
+        ["timeout", "10", "sh", "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path)},
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in iter(proc.stdout.readline, ""):
+        lines.append(line.rstrip("\n"))
+        if lines[-1] == f"{MARKER} done":
+            flag.touch()
+    assert proc.wait() == 0
+    cut = lines.index(f"{MARKER} done")
+    assert split_batch(lines[:cut], MARKER, reads) == {reads[0]: ["state"], reads[1]: ["second"]}
+    checked = lines[cut + 1 :]
+    assert checked[-1] == f"{check_marker(MARKER)} done"
+    assert split_batch(checked, check_marker(MARKER), checks) == {checks[0]: ["healthy"]}
+    assert split_batch(checked, MARKER, reads) == {}  # the markers tell the two apart
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reads-done"]
+
+
+def test_without_checks_the_early_script_is_the_batch_and_its_end_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        ["sh", "-c", early_script(["echo a"], [], MARKER)],
+        capture_output=True, text=True, check=True, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert done.stdout.splitlines()[-1] == f"{MARKER} done"
+    assert check_marker(MARKER) not in done.stdout

@@ -14,12 +14,19 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from pyinfra.context import ctx_host, ctx_state
 
-from autoglm_infra.common.batched_reads import encode_record
+from autoglm_infra.common.batched_reads import (
+    StateRecord,
+    check_marker,
+    early_script,
+    encode_record,
+)
 from autoglm_infra.common.converge_lock import HolderInfo, holder_script
 from autoglm_infra.pyinfra_ext import converge_lock, state_reads
 
 COMMANDS = ["echo one; echo two", "uname -s", "exit 3"]
+SMOKE = "sleep 0.2; echo '{\"ok\": true}'"  # stands for the smoke test: slower than the reads
 
 
 class Host(SimpleNamespace):
@@ -41,6 +48,7 @@ def started(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tuple[int, 
     monkeypatch.setattr(state_reads, "start_converge_lock", start)
     yield calls
     state_reads._early_batches.clear()
+    state_reads._early_checks.clear()
     state_reads._connected.clear()
 
 
@@ -56,10 +64,10 @@ def host(**data: Any) -> Host:
     return Host(name="gpu-01", data={"ssh_hostname": "10.0.0.1", **data})
 
 
-def write_record(target: Host) -> None:
+def write_record(target: Host, checks: tuple[str, ...] = ()) -> None:
     path = state_reads.record_path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(encode_record(COMMANDS))
+    path.write_text(encode_record(StateRecord(tuple(COMMANDS), checks)))
 
 
 def test_a_host_with_a_record_sends_its_batch_with_the_lock_request(
@@ -154,3 +162,67 @@ def test_a_batch_cut_off_before_its_end_line_gives_nothing(
         assert take_batch(monkeypatch, stdout, marker) == {}  # every read goes on its own
     finally:
         proc.communicate("", timeout=20)
+
+
+def test_a_recorded_closing_check_starts_with_the_reads(started: list[tuple[int, str]]) -> None:
+    target = host()
+    write_record(target, checks=(SMOKE,))
+    run = new_run()
+    state_reads.start_state_reads_at_connect(run, target)
+    ((_, then),) = started
+    assert "uname -s" in then and "sleep 0.2" in then and then.endswith("-check done'")
+    marker, checks = state_reads._early_checks[(id(run), "gpu-01")]
+    assert checks == [SMOKE] and then.endswith(f"echo '{marker} done'")
+
+
+class HashableHost:  # a key of State.ops, as pyinfra's Host is
+    name = "gpu-01"
+
+
+class Meta(SimpleNamespace):
+    def is_complete(self) -> bool:
+        return bool(self.complete)
+
+    def did_change(self) -> bool:
+        return bool(self.changed)
+
+
+def early_check(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, command: str, *, changed: bool
+) -> list[str] | None:
+    """early_check against the real holder running the reads and SMOKE, after an operation
+    that changed the host (or not)."""
+    marker = "autoglm-batch-0123456789abcdef"
+    proc, stdout = holder_stdout(tmp_path, early_script(COMMANDS, [SMOKE], marker))
+    target, run = HashableHost(), SimpleNamespace()
+    run.ops = {target: {"op": SimpleNamespace(operation_meta=Meta(complete=True, changed=changed))}}
+    key = (id(run), "gpu-01")
+    monkeypatch.setitem(converge_lock._held, key, converge_lock._Holder(None, (None, stdout, None),
+                                                                      1, HolderInfo()))  # fmt: skip
+    monkeypatch.setitem(state_reads._early_batches, key, (marker, COMMANDS))
+    monkeypatch.setitem(state_reads._early_checks, key, (check_marker(marker), [SMOKE]))
+    monkeypatch.setattr(state_reads, "host", target)
+    monkeypatch.setattr(state_reads, "host_key", lambda: key)
+    try:
+        with ctx_state.use(run), ctx_host.use(target):
+            assert state_reads._batch_from_holder(key) == {
+                "echo one; echo two": ["one", "two"], "uname -s": ["Linux"]
+            }  # fmt: skip
+            answer = state_reads.early_check(command)
+            assert state_reads.early_check(command) is None  # taken once; then run again
+            return answer
+    finally:
+        proc.communicate("", timeout=20)
+
+
+def test_a_run_that_changed_nothing_takes_the_check_run_at_connect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert early_check(monkeypatch, tmp_path, SMOKE, changed=False) == ['{"ok": true}']
+
+
+def test_after_a_change_or_for_another_check_the_check_runs_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert early_check(monkeypatch, tmp_path, SMOKE, changed=True) is None
+    assert early_check(monkeypatch, tmp_path, "python3 - --chat", changed=False) is None

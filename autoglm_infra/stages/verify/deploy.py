@@ -11,10 +11,11 @@ from __future__ import annotations
 import ipaddress
 
 from autoglm_infra.pyinfra_ext.stage import StageRun, stage
+from autoglm_infra.pyinfra_ext.state_reads import plan_check
 from autoglm_infra.stages.docker.args import api_key_path
 from autoglm_infra.stages.service.engine_args import served_model_name
 from autoglm_infra.stages.service.unit import CREDENTIAL_PATH
-from autoglm_infra.stages.verify.ops import smoke_test
+from autoglm_infra.stages.verify.ops import smoke_command, smoke_test
 
 
 @stage("verify", 9, changes_host=False)
@@ -36,4 +37,5 @@ def verify(run: StageRun) -> None:
         args.append("--no-chat")
     elif settings.verify_expect_reasoning:
         args.append("--expect-reasoning")
+    plan_check(smoke_command(args))  # the next converge starts it when the host connects
     smoke_test(name="Verify: smoke test of the endpoint", args=args)

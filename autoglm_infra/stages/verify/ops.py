@@ -13,6 +13,10 @@ from pyinfra.api import operation
 from pyinfra.facts.server import Command
 
 from autoglm_infra.pyinfra_ext.operations import fail_host
+from autoglm_infra.pyinfra_ext.state_reads import early_check
+
+# said of a smoke test taken from the converge lock request (state_reads.early_check)
+_WHEN = " (tested when the host connected; this run changed nothing since)"
 
 SMOKE_SOURCE = Path(__file__).resolve().parents[2] / "host_tools" / "smoke.py"
 
@@ -42,7 +46,8 @@ def parse_smoke(output: str) -> dict[str, Any]:
 def smoke_test(args: Sequence[str]) -> Generator[Any, None, None]:
     """/health, /v1/models and a chat completion on the host; fail the host when broken.
 
-    Runs at execution time, after the service stage started or restarted the server.
+    Runs at execution time, after the service stage started or restarted the server; a
+    run that changed nothing takes the answer of the test run at connect time.
 
     + args: arguments of host_tools/smoke.py (URL, model, --chat ...)
 
@@ -53,14 +58,20 @@ def smoke_test(args: Sequence[str]) -> Generator[Any, None, None]:
         smoke_test(name="smoke", args=["--base-url", "http://127.0.0.1:8000", "--chat"])
     """
     yield from ()  # a check: never a change
-    result = parse_smoke(str(host.get_fact(Command, smoke_command(args)) or ""))
+    command = smoke_command(args)
+    early = early_check(command)  # run at connect, nothing changed since: still true
+    output = "\n".join(early) if early is not None else host.get_fact(Command, command)
+    result = parse_smoke(str(output or ""))
     if not result.get("ok"):
         yield fail_host(f"smoke test failed: {result.get('error')}")
         return
     if "chat_latency_s" in result:
         host.noop(
             f"endpoint healthy; chat completion in {result['chat_latency_s']} s: "
-            f"{result.get('answer', '')!r}"
+            f"{result.get('answer', '')!r}{_WHEN if early is not None else ''}"
         )
     else:
-        host.noop(f"endpoint healthy; models {result.get('models')} (chat not requested)")
+        host.noop(
+            f"endpoint healthy; models {result.get('models')} (chat not requested)"
+            f"{_WHEN if early is not None else ''}"
+        )
