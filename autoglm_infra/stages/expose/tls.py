@@ -12,14 +12,19 @@ import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from autoglm_infra.common.lazy_import import lazy_module
 from autoglm_infra.common.secrets import SecretError, read_secret
+
+if TYPE_CHECKING:
+    from cryptography import x509
+else:  # X.509 only when a TLS front is wanted: 10-15 ms of every converge otherwise
+    x509 = lazy_module("cryptography.x509")
 
 CA_DAYS = 3650
 SERVER_DAYS = 397  # what browsers accept for public certificates; renewed within 30 days
@@ -140,7 +145,7 @@ def _load_key(path: Path, setting: str) -> ec.EllipticCurvePrivateKey:
     return key
 
 
-CaPair = tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
+CaPair = tuple["x509.Certificate", ec.EllipticCurvePrivateKey]
 
 
 def _load_cert(path: Path, setting: str) -> x509.Certificate:
@@ -176,7 +181,9 @@ def ensure_ca(secrets_dir: str, now: dt.datetime | None = None, write: bool = Tr
         )
     now = now or _now()
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "autoglm-infra deployment CA")])
+    name = x509.Name(
+        [x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "autoglm-infra deployment CA")]
+    )
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -273,7 +280,7 @@ def issued_pair(
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host_name[:64])]))
+        .subject_name(x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, host_name[:64])]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
