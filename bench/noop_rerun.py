@@ -58,7 +58,8 @@ def main() -> int:
         print(f"  {phase:58} {floor_phases.get(phase, 0.0):5.2f}  {noop_phases[phase]:5.2f}")
     print(
         f"remote commands per re-run: {counted.remote_commands()} "
-        "(besides the converge lock request, which carries the batched state reads)"
+        "(besides the converge lock request, which carries the batched state reads "
+        "and the smoke test)"
     )
     print(f"ratio re-run / first converge: {noop_s / first.seconds:.2f}")
     return 0

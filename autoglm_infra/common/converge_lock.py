@@ -73,7 +73,8 @@ def holder_script(info: HolderInfo, wait_s: int, then: str = "") -> str:
     replaces the holder record (the controller reports the operation it is at).
 
     `then` (sh) runs once the lock is held, after the LOCKED line, in a subshell reading
-    nothing from the channel: the run's state reads, sent with the lock request."""
+    nothing from the channel: the run's state reads and smoke test, sent with the lock
+    request."""
     lock, rec = shlex.quote(LOCK_PATH), shlex.quote(HOLDER_PATH)
     return "\n".join(
         [
