@@ -153,17 +153,17 @@ def _batch_from_holder(key: tuple[int, str]) -> dict[str, list[str]] | None:
     stdout = holder_output(key)
     if marker is None or stdout is None:
         return None
-    lines = _lines_until(stdout, f"{marker} {DONE}")
+    lines = _lines_until(stdout, f"{marker} {DONE}", BATCH_TIMEOUT_S)
     if lines is None:
         return {}  # each read is tried on its own
     logger.debug(f"{host.name}: {len(commands)} {READS_WITH_THE_LOCK}")
     return split_batch(lines, marker, commands)
 
 
-def _lines_until(stdout: Any, end: str) -> list[str] | None:
+def _lines_until(stdout: Any, end: str, timeout_s: float | None) -> list[str] | None:
     """The holder's output lines up to the line `end`; None when cut off or too slow."""
     lines: list[str] = []
-    stdout.channel.settimeout(BATCH_TIMEOUT_S)
+    stdout.channel.settimeout(timeout_s)
     try:
         for line in iter(stdout.readline, ""):
             line = line.rstrip("\n")
@@ -236,7 +236,9 @@ def early_check(command: str) -> list[str] | None:
     if marker is None or command not in checks or _changed_in_this_run():
         return None
     stdout = holder_output(key)
-    lines = _lines_until(stdout, f"{marker} {DONE}") if stdout is not None else None
+    # no timeout of our own: the check bounds itself (the smoke test's tries and
+    # timeouts), and running it again would only wait as long once more
+    lines = _lines_until(stdout, f"{marker} {DONE}", None) if stdout is not None else None
     output = split_batch(lines or [], marker, checks).get(command)
     if output is not None:
         logger.debug(f"{host.name}: {CHECK_WITH_THE_LOCK}")
@@ -244,9 +246,11 @@ def early_check(command: str) -> list[str] | None:
 
 
 def _changed_in_this_run() -> bool:
+    """Whether an operation of this run sent the host a command (failed ones included:
+    they may have changed something before failing)."""
     ops = ctx_state.get().ops.get(ctx_host.get(), {})  # the Host itself, not the proxy
     return any(
-        data.operation_meta.is_complete() and data.operation_meta.did_change()
+        data.operation_meta.is_complete() and data.operation_meta.executed
         for data in ops.values()
     )
 

@@ -183,19 +183,18 @@ class Meta(SimpleNamespace):
     def is_complete(self) -> bool:
         return bool(self.complete)
 
-    def did_change(self) -> bool:
-        return bool(self.changed)
-
 
 def early_check(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, command: str, *, changed: bool
 ) -> list[str] | None:
     """early_check against the real holder running the reads and SMOKE, after an operation
-    that changed the host (or not)."""
+    that sent the host a command (or not)."""
     marker = "autoglm-batch-0123456789abcdef"
     proc, stdout = holder_stdout(tmp_path, early_script(COMMANDS, [SMOKE], marker))
     target, run = HashableHost(), SimpleNamespace()
-    run.ops = {target: {"op": SimpleNamespace(operation_meta=Meta(complete=True, changed=changed))}}
+    run.ops = {
+        target: {"op": SimpleNamespace(operation_meta=Meta(complete=True, executed=changed))}
+    }
     key = (id(run), "gpu-01")
     monkeypatch.setitem(converge_lock._held, key, converge_lock._Holder(None, (None, stdout, None),
                                                                       1, HolderInfo()))  # fmt: skip
