@@ -133,11 +133,13 @@ def decode_record(text: str) -> StateRecord:
         return StateRecord()
     if not isinstance(data, dict) or data.get("version") != RECORD_VERSION:
         return StateRecord()
-    reads, checks = data.get("reads"), data.get("checks", [])
-    if not (_strings(reads) and _strings(checks)):
+    reads, checks = _strings(data.get("reads")), _strings(data.get("checks", []))
+    if reads is None or checks is None:
         return StateRecord()
-    return StateRecord(tuple(reads), tuple(checks))
+    return StateRecord(reads, checks)
 
 
-def _strings(value: object) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+def _strings(value: object) -> tuple[str, ...] | None:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return None
+    return tuple(value)
