@@ -250,8 +250,7 @@ def _changed_in_this_run() -> bool:
     they may have changed something before failing)."""
     ops = ctx_state.get().ops.get(ctx_host.get(), {})  # the Host itself, not the proxy
     return any(
-        data.operation_meta.is_complete() and data.operation_meta.executed
-        for data in ops.values()
+        data.operation_meta.is_complete() and data.operation_meta.executed for data in ops.values()
     )
 
 
